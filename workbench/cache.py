@@ -1,0 +1,138 @@
+"""Where the workbench keeps things on disk, atomic writes, and the results cache.
+
+    from workbench.cache import cached
+
+    df = cached({"what": "perplexity", "model": record.key, "bits": 4, "seed": 0},
+                lambda: expensive_dataframe())
+
+Layout under $WORKBENCH_HOME (default ~/.cache/workbench):
+    downloads/   verified PyPI artifacts (wheels, sdists)
+    assets/      members extracted from them, one folder per asset
+    models/      converted model folders (e.g. a GGUF dequantized to fp32 safetensors)
+    results/     the results cache; $WORKBENCH_RESULTS overrides its location
+
+Every result is keyed by a sha256 of the canonical JSON of all that determines it, plus the
+workbench version, and written to a temporary file that is renamed into place, so a reader
+never sees a half-written entry. Set WORKBENCH_NO_CACHE=1 to always recompute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def workbench_home() -> Path:
+    """The root folder for downloads, assets, converted models and results."""
+    return Path(os.environ.get("WORKBENCH_HOME", Path.home() / ".cache" / "workbench")).expanduser()
+
+
+def results_dir() -> Path:
+    """The results-cache folder: $WORKBENCH_RESULTS, else $WORKBENCH_HOME/results."""
+    env = os.environ.get("WORKBENCH_RESULTS")
+    return Path(env).expanduser() if env else workbench_home() / "results"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A failure (or Ctrl-C) inside the block removes the temporary file and leaves `path` as it
+    was, so nothing half-written is ever found at `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically and return the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {"__type__": type(obj).__name__, **_jsonable(dataclasses.asdict(obj))}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return repr(obj)  # exact, and NaN/inf safe
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(
+        f"cache key part {obj!r} of type {type(obj).__name__} is not JSON-like; "
+        "pass strings, numbers, lists, dicts or dataclasses (e.g. a model's record.key, not the model)"
+    )
+
+
+def cache_key(parts: dict) -> str:
+    """sha256 hex digest of the canonical JSON of `parts` plus the workbench version."""
+    from workbench import __version__
+
+    payload = {"workbench_version": __version__, "parts": _jsonable(parts)}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ResultCache:
+    """A folder of pickled results named by their key; entries are written atomically."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else results_dir()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pkl"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        path = self.path(key)
+        if not path.exists():
+            return default
+        with open(path, "rb") as f:
+            return pickle.load(f)["value"]
+
+    def put(self, key: str, value: Any, parts: dict | None = None) -> None:
+        blob = pickle.dumps({"parts": _jsonable(parts or {}), "value": value})
+        atomic_write_bytes(self.path(key), blob)
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def get_or_compute(self, parts: dict, compute: Callable[[], Any]) -> Any:
+        """Return the cached value for `parts`, computing and storing it on a miss."""
+        key = cache_key(parts)
+        if os.environ.get("WORKBENCH_NO_CACHE") != "1" and key in self:
+            return self.get(key)
+        value = compute()
+        self.put(key, value, parts)
+        return value
+
+
+def cached(parts: dict, compute: Callable[[], Any], cache: ResultCache | None = None) -> Any:
+    """Return `compute()`, cached on disk under the key of `parts` (see `cache_key`)."""
+    return (cache or ResultCache()).get_or_compute(parts, compute)
