@@ -1,0 +1,53 @@
+# quant-workbench: `make reproduce` recomputes every notebook, `make test` runs the test suite.
+# Both create .venv if missing, install the project with pinned versions, and fetch the assets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# Quiet, reproducible notebook runs: no progress bars, deterministic hashing, offline hub libs.
+export TQDM_DISABLE := 1
+export PYTHONHASHSEED := 0
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_VERBOSITY := error
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: all setup assets reproduce test unit notebooks-test benchmark lock clean-results
+
+all: test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,compare]'
+	touch $@
+
+assets: setup
+	$(PY) -m workbench.assets fetch
+	$(PY) -c "from workbench.models import load_model; load_model('smollm2-135m')"
+
+# Execute every notebook in place from a cold results cache; figures/ and data/results/ are rewritten.
+reproduce: assets
+	rm -rf "$${WORKBENCH_RESULTS:-$${WORKBENCH_HOME:-$$HOME/.cache/workbench}/results}"
+	for nb in $(NOTEBOOKS); do \
+	  $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; done
+
+# Unit tests, then nbval: every committed notebook output must equal a fresh execution, computed
+# from an empty results cache (a temporary one) so that no stale number can pass.
+test: assets
+	$(PY) -m pytest tests -q
+	export WORKBENCH_RESULTS=$$(mktemp -d); trap 'rm -rf "$$WORKBENCH_RESULTS"' EXIT; \
+	  $(PY) -m pytest --nbval notebooks -p no:cacheprovider \
+	    --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 1800 -q
+
+benchmark: assets
+	$(PY) benchmarks/bench_foundation.py
+
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | \
+	  cat <(head -3 constraints.txt) - > constraints.tmp && mv constraints.tmp constraints.txt

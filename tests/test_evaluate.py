@@ -1,0 +1,62 @@
+import math
+
+import pytest
+import torch
+
+from workbench.evaluate import perplexity, token_windows, window_nll
+
+
+def _hand_perplexity(model, windows):
+    """Token by token, one prefix at a time: no batching, no shifting tricks."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for window in windows:
+            for t in range(1, window.numel()):
+                logits = model(window[:t].unsqueeze(0)).logits[0, -1].double()
+                total -= torch.log_softmax(logits, dim=-1)[window[t]].item()
+                count += 1
+    return math.exp(total / count)
+
+
+def test_perplexity_equals_hand_computation(tiny_lm, tiny_text):
+    model, tok, _ = tiny_lm
+    seqlen = 16
+    windows = token_windows(tok, tiny_text, seqlen, max_windows=3)
+    expected = _hand_perplexity(model, windows)
+    got = perplexity(model, tok, tiny_text, seqlen=seqlen, batch_size=2, max_windows=3, progress=False)
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_windows_do_not_overlap_and_drop_the_tail(tiny_lm, tiny_text):
+    _, tok, _ = tiny_lm
+    ids = tok(tiny_text, return_tensors="pt").input_ids[0]
+    windows = token_windows(tok, tiny_text, 32)
+    assert windows.shape == (ids.numel() // 32, 32)
+    assert torch.equal(windows.flatten(), ids[: windows.numel()])
+
+
+def test_batch_size_does_not_change_the_result(tiny_lm, tiny_text):
+    model, tok, _ = tiny_lm
+    windows = token_windows(tok, tiny_text, 20)
+    a = window_nll(model, windows, batch_size=1, progress=False)
+    b = window_nll(model, windows, batch_size=5, progress=False)
+    assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_text_shorter_than_a_window_is_a_clear_error(tiny_lm):
+    model, tok, _ = tiny_lm
+    with pytest.raises(ValueError, match="fewer than one window"):
+        perplexity(model, tok, "w1 w2 w3", seqlen=16)
+    with pytest.raises(ValueError, match="seqlen"):
+        token_windows(tok, "w1 w2", seqlen=1)
+
+
+def test_a_broken_model_gives_infinite_or_nan_perplexity_not_a_number_that_looks_fine(tiny_lm, tiny_text):
+    import copy
+
+    model, tok, _ = tiny_lm
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.lm_head.weight.mul_(1e4)
+    ppl = perplexity(broken, tok, tiny_text, seqlen=16, max_windows=2, progress=False)
+    assert ppl > 1e6 or math.isnan(ppl)

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from workbench.models import REGISTRY, load_model
+
+
+def test_local_folder_loads_like_a_hub_model(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    model, tok, record = load_model(str(tiny_lm_dir))
+    reference = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+    ids = tok("w1 w2 w3 w4", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+    assert record.source == "local" and record.task == "causal-lm"
+    assert record.architecture == "LlamaForCausalLM" and record.dtype == "float32"
+    assert record.n_params == sum(p.numel() for p in reference.parameters())
+    assert record.caveat is None
+    assert not model.training
+
+
+def test_record_key_does_not_depend_on_where_the_folder_is(tiny_lm_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_lm_dir, copy)
+    k1, k2 = load_model(str(tiny_lm_dir)).record.key, load_model(str(copy)).record.key
+    assert k1["path"] == k2["path"]
+
+
+def test_task_override_loads_the_encoder_class(tiny_lm_dir):
+    model, _, record = load_model(str(tiny_lm_dir), task="encoder")
+    assert record.task == "encoder" and not hasattr(model, "lm_head")
+
+
+def test_unknown_name_lists_the_registry():
+    with pytest.raises(ValueError) as e:
+        load_model("smollm-135")
+    for name in REGISTRY:
+        assert name in str(e.value)
+
+
+def test_folder_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(str(tmp_path))
+
+
+def test_unreachable_hub_id_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="hub") as e:
+        load_model("no-such-owner/no-such-model-xyz")
+    assert "save_pretrained" in str(e.value)
+
+
+def test_bad_task_is_rejected():
+    with pytest.raises(ValueError, match="task"):
+        load_model("smollm2-135m", task="seq2seq")
+
+
+def test_default_model_carries_the_dequantized_caveat():
+    model, tok, record = load_model("smollm2-135m")
+    assert record.source == "registry" and record.task == "causal-lm"
+    assert "4-bit" in record.caveat and "GGUF" in record.caveat and record.hub_id in record.caveat
+    assert 134_000_000 < record.n_params < 135_000_000
+    ids = tok("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert torch.isfinite(logits).all() and logits.shape[-1] == 49152
+
+
+def test_encoder_is_real_fp32_without_caveat():
+    model, tok, record = load_model("minilm-l6")
+    assert record.task == "encoder" and record.caveat is None
+    assert record.architecture == "BertModel" and 22_000_000 < record.n_params < 23_500_000
+    with torch.no_grad():
+        out = model(**tok("hello world", return_tensors="pt")).last_hidden_state
+    assert out.shape[-1] == 384

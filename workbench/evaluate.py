@@ -1,0 +1,113 @@
+"""Token perplexity over non-overlapping windows, the convention of the GPTQ paper.
+
+    from workbench.evaluate import perplexity
+    ppl = perplexity(model, tokenizer, evaluation_text("lee"), seqlen=512)
+
+The convention (GPTQ, Frantar et al. 2023, `datautils.py`/`llama_eval`): join the evaluation
+documents with "\\n\\n", tokenize the whole string once, cut it into n = len // seqlen
+non-overlapping windows (the tail that does not fill a window is dropped), run each window
+with no context from the previous one, and report
+
+    ppl = exp( sum of token NLLs / number of predicted tokens ),
+
+where every window predicts its tokens 2..seqlen from the ones before (seqlen - 1 tokens each;
+GPTQ's code multiplies each window's mean loss by seqlen instead, a difference of 1/seqlen in
+the exponent). The number depends on the tokenizer and on `seqlen`: compare models that share
+both. lm-eval's `word_perplexity` differs: it scores each document separately with rolling,
+overlapping windows (every token gets up to max_length of context) and normalizes the total
+log-likelihood by the number of *words*, not tokens, so it is comparable across tokenizers and
+lower-context effects are smaller. Use lm-eval (workbench.abilities) when you need that.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def token_windows(tokenizer, text: str, seqlen: int = 512, max_windows: int | None = None) -> torch.Tensor:
+    """Tokenize `text` once and cut it into non-overlapping windows: LongTensor [n, seqlen]."""
+    if seqlen < 2:
+        raise ValueError(f"seqlen must be at least 2 (one context token, one predicted), got {seqlen}")
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]  # [n_tokens]
+    n = ids.numel() // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of {seqlen}; "
+                         "use a longer text or a smaller seqlen")
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+@torch.inference_mode()
+def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
+               progress: bool = True) -> torch.Tensor:
+    """Summed next-token NLL of each window: [n, seqlen] token ids -> [n] float64 nats.
+
+    Windows are run `batch_size` at a time without a KV cache; each window predicts its own
+    tokens 2..seqlen.
+    """
+    device = next(model.parameters()).device
+    out = []
+    starts = range(0, windows.shape[0], batch_size)
+    for s in tqdm(starts, desc="perplexity", unit="batch", disable=not progress, leave=False):
+        batch = windows[s : s + batch_size].to(device)                        # [B, T]
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1]       # [B, T-1, V]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")  # [B, T-1]
+        out.append(nll.double().sum(dim=1).cpu())
+    return torch.cat(out)
+
+
+def perplexity(model: nn.Module, tokenizer, text: str, seqlen: int = 512, batch_size: int = 4,
+               max_windows: int | None = None, progress: bool = True) -> float:
+    """Token perplexity of `model` on `text` over non-overlapping `seqlen` windows (see module doc).
+
+    `max_windows` keeps only the first windows, for quick looks; leave it None for the number a
+    paper would report. A non-finite result (a broken quantization) is returned as inf or nan,
+    never hidden.
+    """
+    windows = token_windows(tokenizer, text, seqlen, max_windows)
+    nll = window_nll(model, windows, batch_size=batch_size, progress=progress)
+    mean = nll.sum().item() / (windows.shape[0] * (seqlen - 1))
+    return math.exp(mean) if mean < 700 else math.inf
+
+
+def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: str = "lee",
+                     seqlen: int = 512, max_windows: int | None = None, batch_size: int = 4,
+                     progress: bool = True):
+    """Perplexity of `model` quantized by each spec, as a DataFrame; each result cached on disk.
+
+    `specs` maps a label to a quantization spec (`QuantConfig` or {regex: config}) or to None
+    for the unquantized model. `record` is the ModelRecord from `load_model`; its `key`, the
+    spec, the corpus, `seqlen` and `max_windows` key the cache, so a re-run reads results back
+    and any change recomputes. Columns: label, bits, perplexity, mean relative weight error,
+    the number of quantized modules, and the evaluated token count.
+    """
+    import pandas as pd
+
+    from workbench.cache import cached
+    from workbench.data import evaluation_text
+    from workbench.quantize import quantize_model
+
+    text = evaluation_text(corpus)
+    n_windows = token_windows(tokenizer, text, seqlen, max_windows).shape[0]
+    rows = []
+    for label, spec in specs.items():
+        parts = {"what": "perplexity", "model": record.key, "spec": spec, "corpus": corpus,
+                 "split": "evaluation", "seqlen": seqlen, "max_windows": max_windows}
+
+        def compute(spec=spec):
+            qmodel, report = (model, None) if spec is None else quantize_model(model, spec)
+            ppl = perplexity(qmodel, tokenizer, text, seqlen, batch_size, max_windows, progress)
+            err = float("nan") if report is None else float(report.rel_weight_error.mean())
+            return {"perplexity": ppl, "rel_weight_error": err,
+                    "quantized_modules": 0 if report is None else len(report)}
+
+        result = cached(parts, compute)
+        bits = getattr(spec, "bits", None)  # None for the unquantized model and mixed specs
+        rows.append({"label": label, "bits": bits, **result, "tokens": n_windows * seqlen})
+    return pd.DataFrame(rows)

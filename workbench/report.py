@@ -1,0 +1,46 @@
+"""Write result tables and figures where the project keeps them, atomically.
+
+    from workbench.report import save_table, save_figure
+    save_table(df, "quickstart_perplexity")     # -> data/results/quickstart_perplexity.csv
+    save_figure(fig, "quickstart_perplexity")   # -> figures/quickstart_perplexity.png
+
+The project folder is found by walking up from the working directory to the pyproject.toml of
+quant-workbench (notebooks run from notebooks/); $WORKBENCH_OUTPUT overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.cache import atomic_path
+
+
+def project_dir() -> Path:
+    """The quant-workbench checkout that holds figures/ and data/results/."""
+    if os.environ.get("WORKBENCH_OUTPUT"):
+        return Path(os.environ["WORKBENCH_OUTPUT"])
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        pyproject = folder / "pyproject.toml"
+        if pyproject.exists() and 'name = "quant-workbench"' in pyproject.read_text():
+            return folder
+    raise FileNotFoundError("not inside a quant-workbench checkout; set WORKBENCH_OUTPUT to the "
+                            "folder where figures/ and data/results/ should go")
+
+
+def save_table(df: pd.DataFrame, name: str, float_format: str = "%.6g") -> Path:
+    """Write `df` to data/results/<name>.csv (floats to 6 significant digits) and return the path."""
+    path = project_dir() / "data" / "results" / f"{name}.csv"
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=float_format)
+    return path
+
+
+def save_figure(fig, name: str, dpi: int = 120) -> Path:
+    """Write a matplotlib figure to figures/<name>.png and return the path."""
+    path = project_dir() / "figures" / f"{name}.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path
