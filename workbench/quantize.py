@@ -39,14 +39,26 @@ MIN_BITS, MAX_BITS = 2, 8
 GRANULARITIES = ("tensor", "channel", "group")
 
 
+METHODS = ("rtn", "gptq", "bcq")
+OUTLIER_MODES = ("weight", "channel")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    """Settings of a uniform integer quantizer.
+    """Settings of one quantizer, shared by every method (method-specific fields say so).
 
-    bits: 2..8. granularity: "group" (one scale per `group_size` inputs of a row), "channel"
-    (one per output row) or "tensor". symmetric: zero fixed at the grid's centre. round_zero:
-    keep the asymmetric zero point an integer (the default, so codes are exactly storable);
-    False lets it be any real number. method: "rtn" here; the suite adds more.
+    bits: 2..8 (1..8 bit planes for "bcq"). granularity: "group" (one scale per `group_size`
+    inputs of a row), "channel" (one per output row) or "tensor". symmetric: zero fixed at the
+    grid's centre. round_zero: keep the asymmetric zero point an integer (default; False lets
+    it be any real number). zero_in_range: widen each group's range to contain 0 (GPTQ's
+    convention; HQQ and quanto use the plain min..max). scale_dtype: precision at which scales
+    (and real-valued zeros) are kept, so that a packed checkpoint reproduces them exactly.
+    mse_clip: search a shrink factor of the range per group that minimizes the |w - ŵ|^2.4
+    error (GPTQ's and PreQuant's "MSE" quantizer). method: "rtn", "gptq" (needs calibration)
+    or "bcq" (binary-coding, AlphaTuning's format). damp, act_order, static_groups, block_size:
+    GPTQ's settings. outlier_fraction: share of weights kept in full precision, chosen by
+    magnitude (outlier_mode="weight") or as whole input channels by calibration activation
+    norm ("channel"). bcq_iters: alternating least-squares rounds of BCQ.
     """
 
     bits: int = 4
@@ -54,20 +66,48 @@ class QuantConfig:
     granularity: str = "group"
     symmetric: bool = False
     round_zero: bool = True
+    zero_in_range: bool = True
+    scale_dtype: str = "float16"
+    mse_clip: bool = False
     method: str = "rtn"
+    damp: float = 0.01
+    act_order: bool = False
+    static_groups: bool = False
+    block_size: int = 128
+    outlier_fraction: float = 0.0
+    outlier_mode: str = "weight"
+    bcq_iters: int = 20
 
     def __post_init__(self):
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
-            raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {self.bits!r}; "
-                             "to leave a module in full precision, map its pattern to None in the spec")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown quantization method {self.method!r}; available: {', '.join(METHODS)}")
+        lowest = 1 if self.method == "bcq" else MIN_BITS
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not lowest <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer from {lowest} to {MAX_BITS} for method {self.method!r}, "
+                             f"got {self.bits!r}; to leave a module in full precision, map its pattern to None "
+                             "in the spec")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.granularity == "group" and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
                                             or self.group_size < 1):
             raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}; use "
                              "granularity='channel' for one scale per row")
-        if self.method != "rtn":
-            raise ValueError(f"unknown quantization method {self.method!r}; available: 'rtn'")
+        if self.scale_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"scale_dtype must be 'float16', 'bfloat16' or 'float32', got {self.scale_dtype!r}")
+        if not 0 < self.damp < 1:
+            raise ValueError(f"damp is a fraction of the mean Hessian diagonal in (0, 1), got {self.damp!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if not 0 <= self.outlier_fraction < 1:
+            raise ValueError(f"outlier_fraction must be in [0, 1), got {self.outlier_fraction!r}")
+        if self.outlier_mode not in OUTLIER_MODES:
+            raise ValueError(f"outlier_mode must be one of {OUTLIER_MODES}, got {self.outlier_mode!r}")
+        if not isinstance(self.bcq_iters, int) or self.bcq_iters < 0:
+            raise ValueError(f"bcq_iters must be a non-negative integer, got {self.bcq_iters!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq" or (self.outlier_fraction > 0 and self.outlier_mode == "channel")
 
     @property
     def maxq(self) -> int:
@@ -101,29 +141,63 @@ def _expand(p: torch.Tensor, cols: int, g: int) -> torch.Tensor:
     return p.repeat_interleave(g, dim=1)[:, :cols]
 
 
-def choose_qparams(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of each group of `w` [out, in]: two float tensors [out, n_groups]."""
+def group_range(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of each group of `w` [out, in]: two tensors [out, n_groups]."""
     w = w.float()
     if config.granularity == "tensor":
-        lo, hi = w.min().view(1, 1).expand(w.shape[0], 1), w.max().view(1, 1).expand(w.shape[0], 1)
-    else:
-        wp, mask = _grouped(w, config.group_len(w.shape[1]))
-        lo = torch.where(mask, wp, torch.inf).amin(dim=-1)       # [out, G]
-        hi = torch.where(mask, wp, -torch.inf).amax(dim=-1)
-    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        return w.min().view(1, 1).expand(w.shape[0], 1), w.max().view(1, 1).expand(w.shape[0], 1)
+    wp, mask = _grouped(w, config.group_len(w.shape[1]))
+    return torch.where(mask, wp, torch.inf).amin(dim=-1), torch.where(mask, wp, -torch.inf).amax(dim=-1)
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the grid that covers [lo, hi] (elementwise) with 2^bits levels."""
+    if config.zero_in_range:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    dtype = getattr(torch, config.scale_dtype)
     if config.symmetric:
-        amax = torch.maximum(-lo, hi)
+        amax = torch.maximum(lo.abs(), hi.abs())
         amax = torch.where(amax == 0, torch.ones_like(amax), amax)
-        scale = 2 * amax / config.maxq
+        scale = (2 * amax / config.maxq).to(dtype).float()
         zero = torch.full_like(scale, (config.maxq + 1) / 2)
     else:
-        both0 = (lo == 0) & (hi == 0)
-        lo, hi = torch.where(both0, -1.0, lo), torch.where(both0, 1.0, hi)
-        scale = (hi - lo) / config.maxq
+        flat = hi - lo <= 0
+        lo, hi = torch.where(flat, lo - 1, lo), torch.where(flat, hi + 1, hi)
+        scale = ((hi - lo) / config.maxq).to(dtype).float()
         zero = -lo / scale
-        if config.round_zero:
-            zero = torch.round(zero)
+        zero = torch.round(zero) if config.round_zero else zero.to(dtype).float()
     return scale, zero
+
+
+def choose_qparams(w: torch.Tensor, config: QuantConfig, grid: int = 100, max_shrink: float = 0.8,
+                   norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each group of `w` [out, in]: two float tensors [out, n_groups].
+
+    With `config.mse_clip`, each group's range is shrunk by the factor p in 1, 0.99, ...,
+    1 - max_shrink that minimizes sum |w - ŵ|^norm over the group (GPTQ's `find_params(mse=True)`).
+    """
+    lo, hi = group_range(w, config)
+    scale, zero = qparams_from_range(lo, hi, config)
+    if not config.mse_clip:
+        return scale, zero
+    best = _group_error(w, scale, zero, config, norm)
+    for i in range(1, int(max_shrink * grid)):
+        p = 1 - i / grid
+        s, z = qparams_from_range(p * lo, p * hi, config)
+        err = _group_error(w, s, z, config, norm)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+    return scale, zero
+
+
+def _group_error(w, scale, zero, config, norm) -> torch.Tensor:
+    """sum |w - ŵ|^norm per group: [out, n_groups]."""
+    err = (dequantize(quantize(w, scale, zero, config), scale, zero, config) - w.float()).abs().pow(norm)
+    if config.granularity == "tensor":
+        return err.sum(dim=1, keepdim=True)
+    wp, _ = _grouped(err, config.group_len(w.shape[1]))
+    return wp.sum(dim=-1)
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, config: QuantConfig) -> torch.Tensor:
