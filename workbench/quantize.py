@@ -141,13 +141,24 @@ def _expand(p: torch.Tensor, cols: int, g: int) -> torch.Tensor:
     return p.repeat_interleave(g, dim=1)[:, :cols]
 
 
-def group_range(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimum and maximum of each group of `w` [out, in]: two tensors [out, n_groups]."""
+def group_range(w: torch.Tensor, config: QuantConfig,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of each group of `w` [out, in]: two tensors [out, n_groups].
+
+    Entries where the boolean `exclude` [out, in] is True (outliers kept in full precision) do
+    not count; a group with nothing left gets the range [0, 0].
+    """
     w = w.float()
+    lo_src = w if exclude is None else w.masked_fill(exclude, torch.inf)
+    hi_src = w if exclude is None else w.masked_fill(exclude, -torch.inf)
     if config.granularity == "tensor":
-        return w.min().view(1, 1).expand(w.shape[0], 1), w.max().view(1, 1).expand(w.shape[0], 1)
-    wp, mask = _grouped(w, config.group_len(w.shape[1]))
-    return torch.where(mask, wp, torch.inf).amin(dim=-1), torch.where(mask, wp, -torch.inf).amax(dim=-1)
+        lo, hi = lo_src.min().view(1, 1).expand(w.shape[0], 1), hi_src.max().view(1, 1).expand(w.shape[0], 1)
+    else:
+        g = config.group_len(w.shape[1])
+        (lo_p, mask), (hi_p, _) = _grouped(lo_src, g), _grouped(hi_src, g)
+        lo = torch.where(mask, lo_p, torch.inf).amin(dim=-1)
+        hi = torch.where(mask, hi_p, -torch.inf).amax(dim=-1)
+    return torch.where(torch.isinf(lo), 0.0, lo), torch.where(torch.isinf(hi), 0.0, hi)
 
 
 def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,30 +181,32 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) 
 
 
 def choose_qparams(w: torch.Tensor, config: QuantConfig, grid: int = 100, max_shrink: float = 0.8,
-                   norm: float = 2.4) -> tuple[torch.Tensor, torch.Tensor]:
+                   norm: float = 2.4, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point of each group of `w` [out, in]: two float tensors [out, n_groups].
 
     With `config.mse_clip`, each group's range is shrunk by the factor p in 1, 0.99, ...,
     1 - max_shrink that minimizes sum |w - ŵ|^norm over the group (GPTQ's `find_params(mse=True)`).
     """
-    lo, hi = group_range(w, config)
+    lo, hi = group_range(w, config, exclude)
     scale, zero = qparams_from_range(lo, hi, config)
     if not config.mse_clip:
         return scale, zero
-    best = _group_error(w, scale, zero, config, norm)
+    best = _group_error(w, scale, zero, config, norm, exclude)
     for i in range(1, int(max_shrink * grid)):
         p = 1 - i / grid
         s, z = qparams_from_range(p * lo, p * hi, config)
-        err = _group_error(w, s, z, config, norm)
+        err = _group_error(w, s, z, config, norm, exclude)
         better = err < best
         best = torch.where(better, err, best)
         scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
     return scale, zero
 
 
-def _group_error(w, scale, zero, config, norm) -> torch.Tensor:
-    """sum |w - ŵ|^norm per group: [out, n_groups]."""
+def _group_error(w, scale, zero, config, norm, exclude=None) -> torch.Tensor:
+    """sum |w - ŵ|^norm per group, outliers excluded: [out, n_groups]."""
     err = (dequantize(quantize(w, scale, zero, config), scale, zero, config) - w.float()).abs().pow(norm)
+    if exclude is not None:
+        err = err.masked_fill(exclude, 0.0)
     if config.granularity == "tensor":
         return err.sum(dim=1, keepdim=True)
     wp, _ = _grouped(err, config.group_len(w.shape[1]))
@@ -215,15 +228,81 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, con
     return (codes.float() - _expand(zero, cols, g)) * _expand(scale, cols, g)
 
 
-def fake_quantize(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """Round-to-nearest quantize then dequantize `w` [out, in]; same shape and dtype."""
+def _check_weight(w: torch.Tensor) -> None:
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(w.shape)}")
     if not torch.isfinite(w).all():
         raise ValueError("the weight holds NaN or inf values; quantizing it would spread them. "
                          "Check the checkpoint or the step that produced it")
-    scale, zero = choose_qparams(w, config)
-    return dequantize(quantize(w, scale, zero, config), scale, zero, config).to(w.dtype)
+
+
+def outlier_mask(w: torch.Tensor, config: QuantConfig, channel_norms: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Boolean [out, in] mask of the weights kept in full precision, or None when there are none.
+
+    outlier_mode "weight": the `outlier_fraction` of weights with the largest magnitude (SpQR,
+    PreQuant). "channel": whole input channels, the `outlier_fraction` of them with the largest
+    calibration activation norm `channel_norms` [in] (LLM.int8's outlier features).
+    """
+    if config.outlier_fraction == 0:
+        return None
+    if config.outlier_mode == "weight":
+        k = max(1, round(config.outlier_fraction * w.numel()))
+        idx = w.abs().flatten().topk(k).indices
+        mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+        mask[idx] = True
+        return mask.view_as(w)
+    if channel_norms is None:
+        raise ValueError("outlier_mode='channel' picks input channels by activation norm: pass "
+                         "calibration=calibration_batch(tokenizer, ...) to quantize_model")
+    k = max(1, round(config.outlier_fraction * w.shape[1]))
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    mask[:, channel_norms.topk(k).indices] = True
+    return mask
+
+
+@dataclass
+class QuantizedWeight:
+    """What a packed checkpoint stores for one uniformly quantized weight (besides the codes,
+    which are `quantize(Ŵ, scale, zero, config)`): per-group scale and zero [out, n_groups],
+    and the full-precision outliers as flat indices into [out, in] and their values."""
+
+    config: QuantConfig
+    scale: torch.Tensor
+    zero: torch.Tensor
+    outlier_index: torch.Tensor | None = None
+    outlier_value: torch.Tensor | None = None
+
+
+def rtn_quantize_weight(w: torch.Tensor, config: QuantConfig,
+                        channel_norms: torch.Tensor | None = None) -> tuple[torch.Tensor, QuantizedWeight]:
+    """Round-to-nearest quantize `w` [out, in], keeping outliers in full precision if asked.
+
+    Returns the dequantized weight (same shape and dtype) and its QuantizedWeight. Outliers do
+    not widen their group's range, so the other weights get a finer grid.
+    """
+    _check_weight(w)
+    mask = outlier_mask(w, config, channel_norms)
+    scale, zero = choose_qparams(w, config, exclude=mask)
+    w_hat = dequantize(quantize(w, scale, zero, config), scale, zero, config)
+    state = QuantizedWeight(config, scale, zero)
+    if mask is not None:
+        w_hat = torch.where(mask, w.float(), w_hat)
+        state.outlier_index = mask.flatten().nonzero().squeeze(1)
+        state.outlier_value = w.flatten()[state.outlier_index].float()
+    return w_hat.to(w.dtype), state
+
+
+def fake_quantize(w: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Round-to-nearest quantize then dequantize `w` [out, in]; same shape and dtype."""
+    return rtn_quantize_weight(w, config)[0]
+
+
+def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
+    """||X (W - Ŵ)ᵀ||_F / ||X Wᵀ||_F on calibration inputs X, from H ∝ XᵀX [in, in]."""
+    delta = (w.float() - w_hat.float())
+    num = torch.einsum("oi,ij,oj->", delta, hessian, delta)
+    den = torch.einsum("oi,ij,oj->", w.float(), hessian, w.float())
+    return (num.clamp(min=0) / den).sqrt().item()
 
 
 Spec = QuantConfig | dict[str, "QuantConfig | None"]
@@ -249,35 +328,90 @@ def resolve_spec(model: nn.Module, spec: Spec, skip: str | None = DEFAULT_SKIP) 
     return {n: c for n, c in chosen.items() if c is not None}
 
 
+def _row(name: str, cfg: QuantConfig, shape, **measures) -> dict:
+    info = module_info(name)
+    return dict(module=name, layer=info.layer, component=info.component, method=cfg.method, bits=cfg.bits,
+                granularity=cfg.granularity,
+                group_size=cfg.group_len(shape[1]) if cfg.granularity == "group" else None,
+                groups=cfg.describe_groups(shape[1]), symmetric=cfg.symmetric,
+                outlier_fraction=cfg.outlier_fraction, shape=tuple(shape), **measures)
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | None = None,
-                   inplace: bool = False, skip: str | None = DEFAULT_SKIP) -> tuple[nn.Module, pd.DataFrame]:
-    """Fake-quantize the linear layers of `model` by `spec`; return the model and a report.
+                   inplace: bool = False, skip: str | None = DEFAULT_SKIP,
+                   progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+    """Quantize the linear layers of `model` by `spec`; return the model and a per-module report.
 
-    `spec` is one QuantConfig for every linear layer, or {module regex: QuantConfig or None}.
-    Layers whose name matches `skip` (default: the LM head) are left alone. The model is
-    copied unless `inplace`. The report has one row per quantized module: its layer and
-    component, bits, groups (e.g. '4x128+64'), the relative weight error ||W - Ŵ||_F / ||W||_F
-    and the time taken. `calibration` is accepted for the calibrated methods of the suite.
+    `spec` is one QuantConfig for every linear layer, or {module regex: QuantConfig or None}
+    (first matching pattern wins; None leaves a module alone; a pattern that matches nothing is
+    an error). Layers matching `skip` (default: the LM head) are left alone. `calibration`
+    (token ids [n, seqlen], see `workbench.data.calibration_batch`) is required by GPTQ and by
+    channel outliers; when given, the report also has each layer's relative output error on
+    those inputs. RTN and BCQ layers are done first, then GPTQ runs block by block on the
+    partly quantized model. The model is copied unless `inplace`; its `quant_state` attribute
+    maps module names to what `save_quantized` stores. Report columns: module, layer,
+    component, method, bits, groups (e.g. '4x128+64': a shorter last group), symmetric,
+    outlier_fraction, rel_weight_error ||W - Ŵ||/||W||, rel_output_error, time_s, note.
     """
     plan = resolve_spec(model, spec, skip)
+    need = sorted({n for n, c in plan.items() if c.needs_calibration})
+    if need and calibration is None:
+        raise ValueError(f"{len(need)} modules (e.g. {need[0]}) use GPTQ or channel outliers, which need "
+                         "calibration data: pass calibration=calibration_batch(tokenizer, n_samples=32, seqlen=512)")
+    if any(c.method == "gptq" and c.outlier_fraction > 0 for c in plan.values()):
+        raise ValueError("outlier_fraction is supported with method 'rtn' only; use GPTQ without outliers "
+                         "or RTN with outliers")
     qmodel = model if inplace else copy.deepcopy(model)
     modules = linear_modules(qmodel)
+    original = {n: modules[n].weight.detach().clone() for n in plan}
+    hessians = {}
+    if calibration is not None:
+        from workbench.gptq import collect_hessians
+        hessians = collect_hessians(qmodel, [n for n, c in plan.items() if c.method != "gptq"], calibration)
+    state = dict(getattr(qmodel, "quant_state", {}))
     rows = []
     for name, cfg in plan.items():
+        if cfg.method != "rtn":
+            continue
         w = modules[name].weight
+        norms = hessians[name].diagonal().clamp(min=0).sqrt() if name in hessians else None
         t0 = time.perf_counter()
         try:
-            w_hat = fake_quantize(w.data, cfg)
+            w_hat, state[name] = rtn_quantize_weight(w.data, cfg, norms)
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-        elapsed = time.perf_counter() - t0
-        err = (torch.linalg.norm(w.data.float() - w_hat.float()) / torch.linalg.norm(w.data.float())).item()
         w.data.copy_(w_hat)
-        info = module_info(name)
-        rows.append(dict(module=name, layer=info.layer, component=info.component, method=cfg.method,
-                         bits=cfg.bits, granularity=cfg.granularity,
-                         group_size=cfg.group_len(w.shape[1]) if cfg.granularity == "group" else None,
-                         groups=cfg.describe_groups(w.shape[1]), symmetric=cfg.symmetric,
-                         shape=tuple(w.shape), rel_weight_error=err, time_s=elapsed))
-    return qmodel, pd.DataFrame(rows)
+        rows.append(_row(name, cfg, w.shape, time_s=time.perf_counter() - t0, note=""))
+    bcq_plan = {n: c for n, c in plan.items() if c.method == "bcq"}
+    if bcq_plan:
+        from workbench.bcq import bcq_quantize_model
+        for r in bcq_quantize_model(qmodel, bcq_plan):
+            rows.append(_row(r["module"], bcq_plan[r["module"]], original[r["module"]].shape,
+                             time_s=r["time_s"], note=""))
+            state[r["module"]] = bcq_plan[r["module"]]
+    gptq_plan = {n: c for n, c in plan.items() if c.method == "gptq"}
+    if gptq_plan:
+        from workbench.gptq import gptq_quantize_model
+        params, gptq_rows = gptq_quantize_model(qmodel, gptq_plan, calibration, progress=progress)
+        for r in gptq_rows:
+            name = r["module"]
+            state[name] = QuantizedWeight(gptq_plan[name], *params[name])
+            rows.append(_row(name, gptq_plan[name], original[name].shape, time_s=r["time_s"],
+                             rel_output_error=r["rel_output_error"],
+                             rtn_rel_output_error=r.get("rtn_rel_output_error"), note=r.get("note", "")))
+    current = {n: m.weight for n, m in qmodel.named_modules() if n in original}
+    for row in rows:
+        name = row["module"]
+        w, w_hat = original[name].float(), current[name].detach().float()
+        row["rel_weight_error"] = (torch.linalg.norm(w - w_hat) / torch.linalg.norm(w)).item()
+        if name in hessians:
+            row["rel_output_error"] = relative_output_error(w, w_hat, hessians[name])
+    qmodel.quant_state = state
+    order = {n: i for i, n in enumerate(plan)}
+    report = pd.DataFrame(rows)
+    if len(report):
+        report = report.sort_values("module", key=lambda s: s.map(order)).reset_index(drop=True)
+        first = ["module", "layer", "component", "method", "bits", "groups", "rel_weight_error"]
+        report = report[first + [c for c in report.columns if c not in first]]
+    return qmodel, report
