@@ -11,3 +11,11 @@
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# transformers imports torchao (when installed) on every model load; on a CPU machine torchao
+# then warns that its CUDA kernels cannot load, and torch warns about torchao's pytree enums.
+# Neither concerns CPU use; silence them so notebook outputs hold only what the code says.
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)

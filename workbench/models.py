@@ -16,6 +16,7 @@ therefore a dequantized 4-bit grid: `record.caveat` says so, and every analysis 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -145,11 +146,26 @@ def _task_of(folder_or_id: str) -> str:
     return "causal-lm" if causal or getattr(config, "is_decoder", False) else "encoder"
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide transformers' per-tensor loading bars (noise in notebooks; loads take ~1 s)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(where: str, task: str, dtype: torch.dtype, device: str):
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModel
-    model = cls.from_pretrained(where, dtype=dtype).to(device).eval()
+    with _quiet_loading():
+        model = cls.from_pretrained(where, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(where)
     if task == "causal-lm" and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

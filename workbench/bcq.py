@@ -1,0 +1,198 @@
+"""Binary-coding quantization (BCQ): the format of AlphaTuning (Kwon et al. 2022) and of
+Xu et al. 2018, "Alternating multi-bit quantization" (gpt-fast style, flat and readable).
+
+    from workbench.bcq import bcq_fit, bcq_dequantize, BCQLinear, bcq_quantize_model
+    cfg = QuantConfig(method="bcq", bits=3, group_size=128)
+    alpha, binary = bcq_fit(W, cfg)                  # [q, out, n_groups] fp32, [q, out, in] int8 ±1
+    W_hat = bcq_dequantize(alpha, binary, 128)       # [out, in]
+    layer = BCQLinear.from_linear(linear, cfg)       # only layer.alpha is trainable (AlphaTuning)
+    report = bcq_quantize_model(model, {"model.layers.0.mlp.down_proj": cfg})   # in place
+
+A weight matrix is a sum of q binary planes, each with one scale per (row, group):
+    W ≈ Σ_{i=1..q} α_i ∘ b_i,   b_i ∈ {-1, +1}^[out, in],   α_i ∈ R^[out, n_groups]
+Groups run along the input dimension; a row whose length is not a multiple of the group size
+ends in one shorter group (576 at group 128 is 4 x 128 + 64), whose scales see only its real
+columns. `bits` in the QuantConfig is the number of planes q (1..8).
+
+Fitting: greedy init (b_i = sign(r), α_i = mean |r| over the group, r -= α_i b_i), then
+`bcq_iters` rounds of alternating least squares: (a) α exactly by least squares given the
+codes (a q x q normal-equations system per group), (b) each weight's codes re-picked as the
+nearest of the 2^q values Σ ±α_i of its group (sorted values + binary search). Scales are
+rounded through `config.scale_dtype` before the codes are picked, so the stored α reproduce
+the fit exactly; each group keeps its best state, so the error never grows with the rounds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.quantize import QuantConfig, _grouped
+
+
+def _check(w: torch.Tensor, config: QuantConfig) -> None:
+    if config.method != "bcq":
+        raise ValueError(f"BCQ needs a QuantConfig with method='bcq', got method={config.method!r}")
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError("the weight holds NaN or inf values; BCQ cannot fit scales to them. "
+                         "Check the checkpoint or the step that produced it")
+
+
+def _round_scales(alpha: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Scales as stored: nonnegative (a sign is absorbed into the codes) and rounded through scale_dtype."""
+    return alpha.abs().to(getattr(torch, config.scale_dtype)).float()
+
+
+def _nearest_codes(wp: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Codes ±1 [q, out, G, g] picking, for each weight of wp [out, G, g], the nearest of its
+    group's 2^q values Σ ±α_i (alpha [q, out, G]): sort the values, binary-search each weight."""
+    q = alpha.shape[0]
+    combo = torch.arange(2 ** q, device=wp.device)
+    signs = ((combo[:, None] >> torch.arange(q, device=wp.device)) & 1).float() * 2 - 1   # [2^q, q]
+    values, order = torch.einsum("cq,qoG->oGc", signs, alpha).contiguous().sort(dim=-1)   # [out, G, 2^q]
+    hi = torch.searchsorted(values, wp.contiguous()).clamp(max=2 ** q - 1)               # [out, G, g]
+    lo = (hi - 1).clamp(min=0)
+    d_lo = (wp - values.gather(-1, lo)).abs()
+    d_hi = (wp - values.gather(-1, hi)).abs()
+    pick = order.gather(-1, torch.where(d_lo <= d_hi, lo, hi))                           # combination index
+    bits = (pick.unsqueeze(0) >> torch.arange(q, device=wp.device).view(q, 1, 1, 1)) & 1
+    return bits.float() * 2 - 1                                                          # [q, out, G, g]
+
+
+def _group_error(wp: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared error over each group's real columns: [out, G]."""
+    w_hat = (alpha.unsqueeze(-1) * b).sum(0)                                            # [out, G, g]
+    return ((wp - w_hat) ** 2 * mask).sum(-1)
+
+
+def bcq_fit(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit BCQ to `w` [out, in]: returns alpha [q, out, n_groups] (float32, exactly representable
+    in config.scale_dtype, nonnegative) and binary [q, out, in] (int8 in {-1, +1}). Greedy init,
+    then config.bcq_iters rounds of alternating least squares (stopping early once the codes no
+    longer change); each group keeps its lowest-error state. granularity "channel" gives one
+    group per row, "tensor" one scale per plane for the whole matrix (repeated over the rows)."""
+    _check(w, config)
+    out, cols = w.shape
+    w = w.detach().float()
+    if config.granularity == "tensor":
+        wp, mask = w.reshape(1, 1, -1), torch.ones(1, out * cols, dtype=torch.bool, device=w.device)
+    else:
+        wp, mask = _grouped(w, config.group_len(cols))                                   # [out, G, g], [G, g]
+    mask = mask.float()
+    count = mask.sum(-1)                                                                 # [G] real columns
+    q = config.bits
+
+    # Greedy init: peel off one plane at a time from the residual.
+    r = wp.clone()
+    alpha, b = [], []
+    for _ in range(q):
+        bi = torch.where(r >= 0, 1.0, -1.0)                                              # sign(0) = +1
+        ai = _round_scales((r.abs() * mask).sum(-1) / count, config)                     # [out, G]
+        r = r - ai.unsqueeze(-1) * bi
+        alpha.append(ai)
+        b.append(bi)
+    alpha, b = torch.stack(alpha), torch.stack(b)                                        # [q, out, G], [q, out, G, g]
+    err = _group_error(wp, mask, alpha, b)                                               # [out, G]
+
+    eye = torch.eye(q, dtype=torch.float64, device=w.device)
+    for _ in range(config.bcq_iters):
+        # (a) least-squares scales given the codes: (BᵀB + λI) α = Bᵀw per group, padding masked out.
+        bm = b * mask
+        gram = torch.einsum("ioGk,joGk->oGij", bm, bm).double()                          # [out, G, q, q]
+        rhs = torch.einsum("ioGk,oGk->oGi", bm, wp).double()                             # [out, G, q]
+        ridge = 1e-7 * count.double().view(1, -1, 1, 1) * eye                           # only matters when singular
+        a_new = torch.linalg.solve(gram + ridge, rhs.unsqueeze(-1)).squeeze(-1)          # [out, G, q]
+        a_new = _round_scales(a_new.permute(2, 0, 1).float(), config)                    # [q, out, G]
+        # (b) codes given the scales: nearest representable value for every weight.
+        b_new = _nearest_codes(wp, a_new)
+        e_new = _group_error(wp, mask, a_new, b_new)
+        better = e_new < err                                                             # [out, G]
+        if not better.any():
+            break                                                                        # converged
+        err = torch.where(better, e_new, err)
+        alpha = torch.where(better, a_new, alpha)
+        b = torch.where(better.unsqueeze(-1), b_new, b)
+
+    binary = b.reshape(q, out, -1)[..., :cols].to(torch.int8)                            # drop the padding
+    if config.granularity == "tensor":
+        alpha = alpha.expand(q, out, 1).contiguous()
+    return alpha, binary
+
+
+def bcq_dequantize(alpha: torch.Tensor, binary: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Ŵ = Σ_i α_i ∘ b_i: alpha [q, out, G], binary [q, out, in] -> [out, in] (in alpha's dtype).
+    `group_size` is the columns per group (the whole row for one group per row); gradients flow to alpha."""
+    q, out, cols = binary.shape
+    n_groups = -(-cols // group_size)
+    if alpha.shape != (q, out, n_groups):
+        raise ValueError(f"alpha has shape {tuple(alpha.shape)} but binary {tuple(binary.shape)} at group "
+                         f"size {group_size} needs ({q}, {out}, {n_groups})")
+    scales = alpha.repeat_interleave(group_size, dim=2)[..., :cols]                      # [q, out, in]
+    return (scales * binary.to(alpha.dtype)).sum(0)
+
+
+class BCQLinear(nn.Module):
+    """A linear layer whose weight is stored in binary-coding form: `alpha` [q, out, n_groups]
+    is the only trainable parameter (AlphaTuning fine-tunes just these scales), `binary`
+    [q, out, in] int8 ±1 is a buffer and the bias, if any, a frozen parameter. The forward
+    pass rebuilds Ŵ from both, so gradients reach alpha."""
+
+    def __init__(self, alpha: torch.Tensor, binary: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None = None):
+        super().__init__()
+        self.bits, self.out_features, self.in_features = binary.shape
+        self.group_size = group_size
+        self.alpha = nn.Parameter(alpha.float().clone())                                 # [q, out, G]
+        self.register_buffer("binary", binary.to(torch.int8).clone())                   # [q, out, in]
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig) -> BCQLinear:
+        """Fit BCQ to `linear.weight` by `config` and build the layer (on the weight's device)."""
+        alpha, binary = bcq_fit(linear.weight.detach(), config)
+        group = binary.shape[2] if config.granularity == "tensor" else config.group_len(linear.in_features)
+        return cls(alpha, binary, group, linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = bcq_dequantize(self.alpha, self.binary, self.group_size)                     # [out, in]
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w.to(x.dtype), bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight [out, in] (detached, float32)."""
+        return bcq_dequantize(self.alpha.detach(), self.binary, self.group_size)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+
+def bcq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig]) -> list[dict]:
+    """Replace each planned nn.Linear of `model` in place by a BCQLinear. `plan` maps module
+    names to QuantConfig(method="bcq"). Returns one report dict per module: module, bits (planes),
+    groups (e.g. '4x128+64'), rel_weight_error ||W - Ŵ||/||W|| and time_s of the fit."""
+    rows = []
+    for name, config in plan.items():
+        linear = model.get_submodule(name)
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"{name}: BCQ replaces nn.Linear modules, this one is {type(linear).__name__}")
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                layer = BCQLinear.from_linear(linear, config)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        elapsed = time.perf_counter() - t0
+        w = linear.weight.detach().float()
+        err = (torch.linalg.norm(w - layer.weight) / torch.linalg.norm(w)).item()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        rows.append(dict(module=name, bits=config.bits, groups=config.describe_groups(linear.in_features),
+                         rel_weight_error=err, time_s=elapsed))
+    return rows

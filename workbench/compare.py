@@ -1,0 +1,284 @@
+"""The workbench's RTN next to HQQ, optimum-quanto and torchao: same model, same data, on the CPU.
+
+    from workbench.compare import LIBRARIES, compare_libraries, library_dequantized_weight, matching_config
+    from workbench.data import evaluation_text
+    from workbench.models import load_model
+    model, tokenizer, record = load_model("smollm2-135m")
+    table = compare_libraries(model, tokenizer, evaluation_text("lee"), bits=4, group_size=64,
+                              seqlen=512, max_windows=8)
+    w_lib = library_dequantized_weight(w, "hqq", bits=4, group_size=64)     # the library's Ŵ
+    w_wb = fake_quantize(w, matching_config("hqq", bits=4, group_size=64))  # equal up to ties
+
+All three libraries run here on the CPU (`pip install .[compare]`; each is imported only when
+used), each through its own quantized module: `HQQLinear` (PyTorch backend, which dequantizes
+on every forward), quanto's frozen `QLinear` (a `WeightQBitsTensor` weight) and torchao's
+`quantize_` with `IntxWeightOnlyConfig` (an `IntxUnpackedToInt8Tensor` weight). Every library
+is asked for plain round-to-nearest: HQQ with `optimize=False` (no half-quadratic refinement),
+quanto with its default `MaxOptimizer`, torchao with `MappingType.ASYMMETRIC` and the AFFINE
+qparams algorithm. Bits each one offers: HQQ 1-8 (not 7), quanto 2 and 4, torchao 1-8; the
+workbench starts at 2.
+
+Each library's grid, and the workbench config that reproduces it (`matching_config`), for
+fp32 weights (the workbench's models load in fp32):
+
+    hqq      plain min..max; works with the inverse scale s' = (2^b-1)/(max-min) and
+             zero = -min·s' in fp32, codes round(w·s' + zero), Ŵ = (q - zero)/s'. Its
+             BaseQuantizeConfig rounds the zero at 4 bits only (round_zero=True iff nbits == 4).
+             Scale and zero are kept at HQQLinear's compute_dtype, set here to the weight's
+             dtype.  -> QuantConfig(zero_in_range=False, round_zero=(bits == 4), scale_dtype="float32")
+    quanto   plain min..max; scale = (max-min)/(2^b-1) and a float shift = -min, both in the
+             weight's dtype; codes round((w + shift)/scale), Ŵ = q·scale - shift (a real zero
+             point, never rounded by QLinear).
+             -> QuantConfig(zero_in_range=False, round_zero=False, scale_dtype="float32")
+    torchao  GPTQ's range [min(w,0), max(w,0)] with an integer zero point; scale in the
+             weight's dtype (IntxWeightOnlyConfig.scale_dtype=None); codes round(w·(1/scale)) + zp
+             on the signed range [-2^(b-1), 2^(b-1)-1] (the same grid shifted by 2^(b-1)).
+             -> QuantConfig(zero_in_range=True, round_zero=True, scale_dtype="float32"): the
+             workbench default but for fp32 instead of fp16 scales.
+
+"Up to ties": each library computes the same grid with different float operations (multiply
+by an inverse scale, add the zero before or after rounding, shift in weight units), so a
+weight whose w/scale + zero lies within an ulp of k + 1/2 may round the other way, and the two
+Ŵ then differ by exactly one step; every other weight agrees to a few ulps. `agreement`
+measures both. The workbench's default fp16 scales are *not* a tie-level difference: rounding
+the scale by up to 2^-11 moves ~0.1-1% of the codes, so the matching configs use fp32 scales.
+
+What the existing QuantConfig cannot express (the matches above need none of it):
+  * HQQ's default compute_dtype=float16: codes are chosen with the fp32 scale/zero, which are
+    rounded to fp16 only afterwards and used in fp16 arithmetic; QuantConfig.scale_dtype rounds
+    the scale *before* choosing the codes. It would need an option such as
+    `round_qparams_after_codes: bool` (and an fp16 dequantization).
+  * quanto on bf16/fp16 weights: its shift is -min in weight units at the weight's dtype, the
+    workbench's real zero is in code units (-min/scale); it would need a `zero_domain="float"`
+    option (Ŵ = q·scale + min, the tinygemm/quanto form).
+  * HQQ's guards: s' = 1 when max-min <= 1e-4 and s' clamped to 2e4 (groups narrower than
+    (2^b-1)/2e4); the workbench only widens groups whose max == min. No real weight group is
+    that narrow.
+
+Groups: all three form groups of `group_size` consecutive inputs of a row (HQQ axis=1 and quanto
+axis=0 reshape W to [-1, group_size], torchao uses block (1, group_size)), the workbench's own
+layout, as long as the row length divides by the group size. SmolLM2's rows are 576 wide
+(q, k, v, o, gate, up) and 1536 (down), so group 64 divides every row and is the primary
+setting of a comparison. At group 128 with 576-wide rows:
+  * hqq runs silently but forms groups *across rows* (the flattened weight is cut every 128
+    values, so row 0's last 64 inputs share a group with row 1's first 64); the workbench would
+    need a `group_layout="flat"` option to reproduce it. It refuses only when out·in is not a
+    multiple of the group size.
+  * quanto raises "Group size (128) must be a divisor of (576)"; its QLinear left to itself
+    picks the group size (128, else 96 or 64, the largest that divides) and would use 96.
+  * torchao raises an AssertionError ("Expecting input size ... to be divisible by block_size").
+  * the workbench uses 4 x 128 + one group of 64.
+`compare_libraries` reports the refusals as rows with a note and no perplexity.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.evaluate import perplexity
+from workbench.modules import linear_modules
+from workbench.quantize import QuantConfig, choose_qparams, fake_quantize, quantize_model
+
+LIBRARIES = ("hqq", "quanto", "torchao")
+LIBRARY_BITS = {"hqq": (2, 3, 4, 5, 6, 8), "quanto": (2, 4), "torchao": (2, 3, 4, 5, 6, 7, 8)}
+DEFAULT_SKIP = r"lm_head"
+
+
+def _check(library: str, bits: int) -> None:
+    if library not in LIBRARIES:
+        raise ValueError(f"unknown library {library!r}; available: {', '.join(LIBRARIES)}")
+    if bits not in LIBRARY_BITS[library]:
+        raise ValueError(f"{library} does not quantize to {bits} bits here; it offers "
+                         f"{', '.join(map(str, LIBRARY_BITS[library]))}")
+
+
+def matching_config(library: str, bits: int, group_size: int) -> QuantConfig:
+    """The workbench QuantConfig whose grid is the library's plain RTN grid for fp32 weights.
+
+    HQQ and quanto use the plain min..max of each group, torchao widens it to include 0 as
+    GPTQ does; HQQ rounds the zero point at 4 bits only (its BaseQuantizeConfig), quanto never,
+    torchao always; all three keep the scale at the weight's precision (fp32). The module
+    docstring gives each library's formulas and what no QuantConfig field can express.
+    """
+    _check(library, bits)
+    if library == "hqq":
+        return QuantConfig(bits=bits, group_size=group_size, zero_in_range=False, round_zero=bits == 4,
+                           scale_dtype="float32")
+    if library == "quanto":
+        return QuantConfig(bits=bits, group_size=group_size, zero_in_range=False, round_zero=False,
+                           scale_dtype="float32")
+    return QuantConfig(bits=bits, group_size=group_size, zero_in_range=True, round_zero=True,
+                       scale_dtype="float32")
+
+
+def _library_linear(linear: nn.Linear, library: str, bits: int, group_size: int) -> nn.Module:
+    """The library's own quantized replacement for one nn.Linear, built by its plain RTN.
+
+    Raises ValueError where the library refuses the group size (see the module docstring);
+    HQQ's cross-row groups, which it forms without complaint, are left to the caller to flag.
+    """
+    _check(library, bits)
+    out_features, in_features = linear.weight.shape
+    if library == "hqq":
+        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+        if group_size % 8:
+            raise ValueError(f"hqq: group_size must be a multiple of 8, got {group_size}")
+        if (out_features * in_features) % group_size:
+            raise ValueError(f"hqq: a {out_features}x{in_features} weight does not split into groups of "
+                             f"{group_size} (its flattened size must be a multiple of the group size)")
+        config = BaseQuantizeConfig(nbits=bits, group_size=group_size, axis=1)
+        config["weight_quant_params"]["optimize"] = False  # plain RTN, no half-quadratic refinement
+        return HQQLinear(linear, config, compute_dtype=linear.weight.dtype, device=str(linear.weight.device))
+    if in_features % group_size:
+        raise ValueError(f"{library}: rows of {in_features} inputs do not divide into groups of {group_size}; "
+                         f"{library} needs in_features % group_size == 0")
+    if library == "quanto":
+        from optimum.quanto import QLinear, qint2, qint4
+
+        qlinear = QLinear.from_module(linear, weights={2: qint2, 4: qint4}[bits])
+        qlinear.weight_group_size = group_size  # quanto 0.2.7 picks 128/96/64 itself; no public argument
+        qlinear.freeze()
+        return qlinear
+    from torchao.quantization import IntxWeightOnlyConfig, MappingType, PerGroup, quantize_
+
+    quantize_(linear, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size),
+                                           mapping_type=MappingType.ASYMMETRIC))
+    return linear
+
+
+@torch.no_grad()
+def _dequantized(module: nn.Module, library: str) -> torch.Tensor:
+    """The dequantized weight [out, in] held by a module from `_library_linear`, in float32."""
+    if library == "hqq":
+        return module.dequantize().float()
+    return module.weight.dequantize().detach().float()  # quanto WeightQBitsTensor / torchao IntxUnpackedToInt8Tensor
+
+
+def library_dequantized_weight(weight: torch.Tensor, library: str, bits: int, group_size: int) -> torch.Tensor:
+    """Quantize one weight matrix [out, in] with the library's own plain RTN; return its Ŵ in float32.
+
+    The weight goes through the same quantized module that `library_quantize_model` builds
+    (HQQLinear, quanto's QLinear, torchao's quantize_), so the test of this function is a test
+    of the models that `compare_libraries` evaluates. Raises ValueError where the library
+    refuses the group size.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(weight.shape)}")
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float32)
+    with torch.no_grad():
+        linear.weight.copy_(weight.float())
+    return _dequantized(_library_linear(linear, library, bits, group_size), library)
+
+
+def agreement(weight: torch.Tensor, library_weight: torch.Tensor, config: QuantConfig) -> dict:
+    """How far a library's Ŵ is from the workbench's `fake_quantize(weight, config)`, in steps.
+
+    A weight differs when |Ŵ_lib - Ŵ_wb| exceeds 1/1000 of its group's step (the workbench's
+    scale), which leaves out the few-ulp noise of different float operations. Returns
+    max_abs_diff, n_weights, n_differing, share_differing, and n_not_one_step: how many of
+    the differing weights are not exactly one step apart (a tie broken the other way is one
+    step; anything else means the grids do not match).
+    """
+    reference = fake_quantize(weight.float(), config)
+    scale, _ = choose_qparams(weight.float(), config)
+    cols = weight.shape[1]
+    step = scale.repeat_interleave(cols if config.granularity == "tensor" else config.group_len(cols), dim=1)[:, :cols]
+    diff = (library_weight.float() - reference).abs()
+    differing = diff > 1e-3 * step
+    not_one_step = differing & ((diff / step - 1).abs() > 1e-3)
+    return dict(max_abs_diff=diff.max().item(), n_weights=diff.numel(), n_differing=int(differing.sum()),
+                share_differing=differing.float().mean().item(), n_not_one_step=int(not_one_step.sum()))
+
+
+@torch.no_grad()
+def library_quantize_model(model: nn.Module, library: str, bits: int, group_size: int,
+                           skip: str | None = DEFAULT_SKIP) -> tuple[nn.Module, float]:
+    """A deep copy of `model` with every nn.Linear not matching `skip` replaced by the library's module.
+
+    The replacements are the libraries' real quantized modules, not fake quantization:
+    HQQLinear (compute dtype = the weight's), quanto's frozen QLinear, torchao's Linear with an
+    IntxUnpackedToInt8Tensor weight; all three run on the CPU. Returns the model and the wall
+    time of the quantization alone (the copy and the library import are not counted).
+    """
+    _check(library, bits)
+    _library_linear(nn.Linear(group_size, 8, bias=False), library, bits, group_size)  # import and warm up
+    qmodel = copy.deepcopy(model)
+    names = [n for n in linear_modules(qmodel) if not (skip and re.search(skip, n))]
+    t0 = time.perf_counter()
+    for name in names:
+        qmodel.set_submodule(name, _library_linear(qmodel.get_submodule(name), library, bits, group_size))
+    return qmodel, time.perf_counter() - t0
+
+
+def _timed_perplexity(model, tokenizer, text, seqlen, max_windows) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    ppl = perplexity(model, tokenizer, text, seqlen=seqlen, max_windows=max_windows, progress=False)
+    return ppl, time.perf_counter() - t0
+
+
+def compare_libraries(model: nn.Module, tokenizer, text: str, bits: int = 4, group_size: int = 128,
+                      libraries=LIBRARIES, seqlen: int = 512, max_windows: int | None = None,
+                      skip: str | None = DEFAULT_SKIP, baseline: bool = True) -> pd.DataFrame:
+    """Perplexity and time of the workbench's RTN and of each library's at the same bits and group size.
+
+    Rows: the unquantized model (if `baseline`), the workbench with its default config, then
+    per library the workbench with `matching_config` and the library itself. Columns: method,
+    library, bits, group_size, perplexity, quantize_time_s (the quantization alone),
+    eval_time_s (the perplexity run, which for the libraries goes through their own CPU
+    kernels), and for library rows the agreement of their Ŵ with the workbench's matching
+    config summed over all quantized modules: max_abs_diff, share_of_weights_differing,
+    n_differing_not_one_step; note says where a library refused or formed other groups.
+    """
+    rows = []
+
+    def add(method, library, ppl=float("nan"), qtime=float("nan"), etime=float("nan"), note="", **agree):
+        rows.append(dict(method=method, library=library, bits=bits, group_size=group_size, perplexity=ppl,
+                         quantize_time_s=qtime, eval_time_s=etime,
+                         max_abs_diff=agree.get("max_abs_diff", float("nan")),
+                         share_of_weights_differing=agree.get("share_differing", float("nan")),
+                         n_differing_not_one_step=agree.get("n_not_one_step", pd.NA), note=note))
+
+    if baseline:
+        ppl, etime = _timed_perplexity(model, tokenizer, text, seqlen, max_windows)
+        add("unquantized", "none", ppl, 0.0, etime)
+    originals = {n: m.weight.detach() for n, m in linear_modules(model).items() if not (skip and re.search(skip, n))}
+    odd_rows = sorted({w.shape[1] for w in originals.values() if w.shape[1] % group_size})
+
+    def add_workbench(method, config):
+        qmodel, report = quantize_model(model, config, skip=skip)
+        ppl, etime = _timed_perplexity(qmodel, tokenizer, text, seqlen, max_windows)
+        add(method, "workbench", ppl, float(report.time_s.sum()), etime,
+            note="groups " + ", ".join(sorted(set(report.groups))))
+
+    add_workbench("workbench RTN (default config)", QuantConfig(bits=bits, group_size=group_size))
+    for library in libraries:
+        try:
+            config = matching_config(library, bits, group_size)
+        except ValueError as e:
+            add(f"{library} RTN", library, note=f"refused: {e}")
+            continue
+        add_workbench(f"workbench RTN matching {library}", config)
+        try:
+            lmodel, qtime = library_quantize_model(model, library, bits, group_size, skip=skip)
+        except (ValueError, AssertionError) as e:
+            add(f"{library} RTN", library, note=f"refused: {str(e).splitlines()[0]}")
+            continue
+        ppl, etime = _timed_perplexity(lmodel, tokenizer, text, seqlen, max_windows)
+        totals = dict(max_abs_diff=0.0, n_weights=0, n_differing=0, n_not_one_step=0)
+        for name, w in originals.items():
+            a = agreement(w, _dequantized(lmodel.get_submodule(name), library), config)
+            totals["max_abs_diff"] = max(totals["max_abs_diff"], a["max_abs_diff"])
+            for key in ("n_weights", "n_differing", "n_not_one_step"):
+                totals[key] += a[key]
+        totals["share_differing"] = totals["n_differing"] / totals["n_weights"]
+        note = f"groups straddle rows of {odd_rows} inputs" if library == "hqq" and odd_rows else ""
+        add(f"{library} RTN", library, ppl, qtime, etime, note=note, **totals)
+        del lmodel
+    return pd.DataFrame(rows)

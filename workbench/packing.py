@@ -1,0 +1,422 @@
+"""Bit-packed checkpoints of quantized models: real files at the real bit width (HQQ bitpack style).
+
+    from workbench.packing import pack_bits, unpack_bits, save_quantized, load_quantized, packed_size
+    packed = pack_bits(codes, 3)                        # uint8 [ceil(numel * 3 / 8)], a dense bitstream
+    codes = unpack_bits(packed, 3, numel)               # uint8 [numel]
+    qmodel, report = quantize_model(model, QuantConfig(bits=3, group_size=128))
+    save_quantized(qmodel, "smollm2-w3g128", tokenizer)
+    qmodel = load_quantized("smollm2-w3g128")           # state_dict bit-identical to the saved one
+    sizes = packed_size("smollm2-w3g128")               # per module; sizes.attrs: the whole file
+
+Bitstream: code i of a `bits`-wide stream occupies bits [i*bits, (i+1)*bits) of the stream,
+least significant bit first, and byte j holds stream bits [8j, 8j+8); so 3-, 5-, 6- and 7-bit
+codes straddle byte boundaries, and the last byte is zero-padded.
+
+A checkpoint folder holds:
+    quantized.safetensors    per quantized module M (uniform: RTN/GPTQ):
+                               M.codes  uint8, the [out, in] codes packed at `bits` bits
+                               M.scale  [out, n_groups] at config.scale_dtype
+                               M.zero   integer zeros packed at `bits` bits; real zeros at
+                                        scale_dtype; absent when symmetric (zero = 2^(bits-1))
+                               M.outlier_index int32 flat indices, M.outlier_value in the
+                                        weight's dtype (only with outliers)
+                             per BCQ module: M.binary (the q planes ±1 packed at 1 bit each,
+                             +1 -> 1) and M.alpha [q, out, n_groups] at scale_dtype
+    model.safetensors        every other tensor of the state dict (embeddings, norms, biases),
+                             unchanged, each stored once (tied weights are recorded as aliases)
+    workbench_quant.json     format version, per-module format, config, shape, dtypes, aliases
+    config.json (+ tokenizer files)   model.config.save_pretrained (tokenizer.save_pretrained)
+
+Any tensor that is not exactly representable at the compact precision (a scale that is not
+an fp16 number, a zero outside [0, 2^bits - 1]) is stored at float32 instead, so loading is
+always exact; `packed_size` then shows the overhead. A model without a Hugging Face `config`
+(a bare nn.Module) is saved without config.json; load it with `load_quantized(folder, model=
+a_fresh_instance)`. The folder is written to a temporary folder beside the target and renamed
+into place, so an interrupted save leaves either the old checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from workbench.quantize import QuantConfig, QuantizedWeight, dequantize, quantize
+
+FORMAT, VERSION = "workbench-packed", 1
+META_FILE, QUANT_FILE, PLAIN_FILE = "workbench_quant.json", "quantized.safetensors", "model.safetensors"
+INDEX_DTYPE = torch.int32                    # outlier indices; counted at 4 bytes in the ideal
+
+
+# ----------------------------------------------------------------------------- bit packing
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise ValueError(f"bits must be an integer from 1 to 8, got {bits!r}")
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes (any shape, values in [0, 2^bits - 1]) into a dense little-endian
+    bitstream: a uint8 1-D tensor of ceil(numel * bits / 8) bytes. Eight codes make `bits`
+    bytes, so each block of eight is assembled into one 64-bit word and split into bytes
+    (vectorised, no loop over elements). ValueError for codes outside the range."""
+    _check_bits(bits)
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise TypeError(f"codes must be an integer tensor (uint8), got {codes.dtype}")
+    flat = codes.detach().reshape(-1)
+    n = flat.numel()
+    if n and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
+        raise ValueError(f"codes must lie in [0, {2 ** bits - 1}] to pack at {bits} bits, "
+                         f"got values in [{int(flat.min())}, {int(flat.max())}]")
+    if bits == 8:
+        return flat.to(torch.uint8).clone()
+    x = F.pad(flat.to(torch.int64), (0, (-n) % 8)).view(-1, 8)                  # [n/8, 8] codes
+    word = (x << (torch.arange(8, device=x.device) * bits)).sum(1)              # [n/8] <= 56 bits each
+    out = (word[:, None] >> (torch.arange(bits, device=x.device) * 8)) & 0xFF   # [n/8, bits] bytes
+    return out.to(torch.uint8).view(-1)[: (n * bits + 7) // 8].clone()
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: the first `numel` codes of a `bits`-wide bitstream, as a uint8
+    1-D tensor. `packed` must be uint8 of exactly ceil(numel * bits / 8) bytes."""
+    _check_bits(bits)
+    need = (numel * bits + 7) // 8
+    if packed.dtype != torch.uint8 or packed.numel() != need:
+        raise ValueError(f"{numel} codes at {bits} bits need a uint8 stream of {need} bytes, got "
+                         f"{packed.numel()} bytes of {packed.dtype}")
+    flat = packed.reshape(-1)
+    if bits == 8:
+        return flat.clone()
+    b = F.pad(flat.to(torch.int64), (0, (-need) % bits)).view(-1, bits)         # [n/8, bits] bytes
+    word = (b << (torch.arange(bits, device=b.device) * 8)).sum(1)              # [n/8]
+    out = (word[:, None] >> (torch.arange(8, device=b.device) * bits)) & (2 ** bits - 1)
+    return out.to(torch.uint8).view(-1)[:numel].clone()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _compact(t: torch.Tensor, dtype_name: str) -> torch.Tensor:
+    """`t` cast to `dtype_name` when that is exact, else kept at float32 (never lossy)."""
+    low = t.to(getattr(torch, dtype_name))
+    return low if torch.equal(low.float(), t.float()) else t.float()
+
+
+def _nbytes(dtype_name: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype_name)).element_size()
+
+
+def _checkpoint_json(folder: Path) -> dict:
+    """The folder's metadata, or a clear error when it is not a workbench packed checkpoint."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist or is not a folder; pass a folder written by "
+                                "workbench.packing.save_quantized")
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not (folder / QUANT_FILE).exists():
+        raise ValueError(f"{folder} is not a workbench quantized checkpoint (no valid {META_FILE} and "
+                         f"{QUANT_FILE}); write one with workbench.packing.save_quantized. For a plain "
+                         "Hugging Face folder use workbench.models.load_model")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(f"{folder} was written by a newer workbench (format version {meta['version']}, "
+                         f"this one reads up to {VERSION}); upgrade the workbench")
+    return meta
+
+
+def _pack_uniform(name: str, module: nn.Module, qw: QuantizedWeight) -> tuple[dict, dict]:
+    """Tensors and metadata of one RTN/GPTQ module; checks that they reproduce its weight exactly."""
+    cfg = qw.config
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"{name}: quant_state has a QuantizedWeight but the module has no 2-D weight")
+    w = weight.detach().cpu()
+    scale, zero = qw.scale.detach().cpu().float(), qw.zero.detach().cpu().float()
+    codes = quantize(w, scale, zero, cfg)
+    w_rec = dequantize(codes, scale, zero, cfg)
+    idx = None
+    if qw.outlier_index is not None and qw.outlier_index.numel():
+        idx = qw.outlier_index.detach().cpu().long().reshape(-1)
+        w_rec.view(-1)[idx] = w.reshape(-1)[idx].float()
+    if not torch.equal(w_rec.to(w.dtype), w):
+        raise ValueError(f"{name}: the weight is not on the grid of its quant_state (it was changed after "
+                         "quantize_model, or its groups are not contiguous); re-quantize before saving")
+    t = {f"{name}.codes": pack_bits(codes, cfg.bits), f"{name}.scale": _compact(scale, cfg.scale_dtype)}
+    implied = torch.full_like(zero, (cfg.maxq + 1) / 2)
+    integer = bool(torch.equal(zero, zero.round()) and zero.min() >= 0 and zero.max() <= cfg.maxq)
+    if cfg.symmetric and torch.equal(zero, implied):
+        zero_format = "implied"
+    elif integer:
+        zero_format = "packed"
+        t[f"{name}.zero"] = pack_bits(zero.to(torch.uint8), cfg.bits)
+    else:
+        zero_format = "real"
+        t[f"{name}.zero"] = _compact(zero, cfg.scale_dtype)
+    if idx is not None:
+        if w.numel() > torch.iinfo(INDEX_DTYPE).max:
+            raise ValueError(f"{name}: too many weights for int32 outlier indices")
+        t[f"{name}.outlier_index"] = idx.to(INDEX_DTYPE)
+        t[f"{name}.outlier_value"] = w.reshape(-1)[idx].clone()
+    meta = dict(format="uniform", config=dataclasses.asdict(cfg), shape=list(w.shape),
+                n_groups=scale.shape[1], dtype=_dtype_name(w.dtype), zero=zero_format,
+                n_outliers=0 if idx is None else idx.numel(), tensors=list(t))
+    return t, meta
+
+
+def _pack_bcq(name: str, module: nn.Module, cfg: QuantConfig) -> tuple[dict, dict]:
+    """Tensors and metadata of one BCQLinear: binary planes at 1 bit, alpha at scale_dtype."""
+    alpha, binary = getattr(module, "alpha", None), getattr(module, "binary", None)
+    if alpha is None or binary is None:
+        raise ValueError(f"{name}: quant_state says BCQ but the module is a {type(module).__name__}, "
+                         "not a workbench.bcq.BCQLinear")
+    alpha, binary = alpha.detach().cpu(), binary.detach().cpu()
+    if not bool(((binary == 1) | (binary == -1)).all()):
+        raise ValueError(f"{name}: BCQ binary planes must hold only -1 and +1")
+    t = {f"{name}.binary": pack_bits((binary > 0).to(torch.uint8), 1),
+         f"{name}.alpha": _compact(alpha, cfg.scale_dtype)}
+    meta = dict(format="bcq", config=dataclasses.asdict(cfg), shape=list(binary.shape[1:]),
+                planes=binary.shape[0], n_groups=alpha.shape[2], group_size=module.group_size,
+                dtype=_dtype_name(alpha.dtype), binary_dtype=_dtype_name(binary.dtype), tensors=list(t))
+    return t, meta
+
+
+def _dedupe(state: dict[str, torch.Tensor], prefer: set[str]) -> tuple[list[str], dict[str, str]]:
+    """Names to store (one per shared tensor) and {alias: stored name} (save_pretrained-style ties);
+    a name in `prefer` (a quantized weight) is the one kept when it shares its tensor."""
+    groups: dict[tuple, list[str]] = {}
+    for k, v in state.items():
+        key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
+        groups.setdefault(key, []).append(k)
+    keep, aliases = [], {}
+    for names in groups.values():
+        head = next((n for n in names if n in prefer), names[0])
+        keep.append(head)
+        aliases.update({n: head for n in names if n != head})
+    return keep, aliases
+
+
+# ----------------------------------------------------------------------------- save / load
+
+@torch.no_grad()
+def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
+    """Write `model` (from `quantize_model`) as a bit-packed checkpoint folder and return its path.
+
+    Each module of `model.quant_state` is stored packed (see the module docstring), every other
+    state-dict tensor once in model.safetensors, plus workbench_quant.json, the model's
+    config.json when it has a Hugging Face config, and the tokenizer if given. Written to a
+    temporary folder beside `folder` and renamed into place; an existing workbench checkpoint at
+    `folder` is replaced, any other existing non-empty folder is refused (FileExistsError).
+    """
+    state = getattr(model, "quant_state", None)
+    if not isinstance(state, dict):
+        raise ValueError(f"this {type(model).__name__} has no quant_state: quantize it with quantize_model "
+                         "first (workbench.quantize.quantize_model returns a model that save_quantized can pack)")
+    folder = Path(folder).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise FileExistsError(f"{folder} exists and is not a folder")
+        if any(folder.iterdir()) and not (folder / META_FILE).exists():
+            raise FileExistsError(f"{folder} exists and is not a workbench checkpoint; refusing to replace it. "
+                                  "Choose another folder or remove it yourself")
+    modules = dict(model.named_modules())
+    sd = model.state_dict()
+    qtensors, qmeta, qkeys = {}, {}, set()
+    for name, entry in state.items():
+        if name not in modules:
+            raise ValueError(f"quant_state names {name!r}, which is not a module of this model")
+        if isinstance(entry, QuantizedWeight):
+            t, meta = _pack_uniform(name, modules[name], entry)
+            qkeys.add(f"{name}.weight")
+        elif isinstance(entry, QuantConfig) and entry.method == "bcq":
+            t, meta = _pack_bcq(name, modules[name], entry)
+            qkeys.update({f"{name}.alpha", f"{name}.binary"})
+        else:
+            raise TypeError(f"quant_state[{name!r}] is a {type(entry).__name__}; expected a QuantizedWeight "
+                            "or a QuantConfig(method='bcq')")
+        qtensors.update(t)
+        qmeta[name] = meta
+    keep, aliases = _dedupe(sd, qkeys)
+    plain, seen = {}, set()
+    for k in keep:
+        if k in qkeys:
+            continue
+        v = sd[k].detach().cpu().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        plain[k] = v.clone() if ptr in seen else v             # distinct views of one storage: copy
+        seen.add(ptr)
+    hf_config = getattr(model, "config", None)
+    meta = dict(format=FORMAT, version=VERSION, bit_order="lsb-first", modules=qmeta, aliases=aliases,
+                hf_config=hasattr(hf_config, "save_pretrained"), torch_version=torch.__version__)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = None
+    try:
+        save_file(qtensors, tmp / QUANT_FILE, metadata={"format": FORMAT})
+        save_file(plain, tmp / PLAIN_FILE, metadata={"format": "pt"})
+        if meta["hf_config"]:
+            hf_config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old is not None:
+                os.replace(old, folder)
+                old = None
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _unpack_uniform(t: dict, name: str, m: dict) -> tuple[torch.Tensor, QuantizedWeight]:
+    """The dequantized weight (outliers restored, in its saved dtype) and its QuantizedWeight."""
+    cfg = QuantConfig(**m["config"])
+    out, cols = m["shape"]
+    codes = unpack_bits(t[f"{name}.codes"], cfg.bits, out * cols).view(out, cols)
+    scale = t[f"{name}.scale"].float()
+    if m["zero"] == "implied":
+        zero = torch.full_like(scale, (cfg.maxq + 1) / 2)
+    elif m["zero"] == "packed":
+        zero = unpack_bits(t[f"{name}.zero"], cfg.bits, scale.numel()).view_as(scale).float()
+    else:
+        zero = t[f"{name}.zero"].float()
+    w = dequantize(codes, scale, zero, cfg)
+    qw = QuantizedWeight(cfg, scale, zero)
+    if m["n_outliers"]:
+        idx, val = t[f"{name}.outlier_index"].long(), t[f"{name}.outlier_value"]
+        w.view(-1)[idx] = val.float()
+        qw.outlier_index, qw.outlier_value = idx, val.float()
+    return w.to(getattr(torch, m["dtype"])), qw
+
+
+def _build_model(folder: Path, meta: dict) -> nn.Module:
+    if not meta.get("hf_config"):
+        raise ValueError(f"{folder} was saved from a model without a Hugging Face config, so its architecture "
+                         "cannot be rebuilt: pass a freshly built instance, load_quantized(folder, model=...)")
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
+    return (AutoModelForCausalLM if causal else AutoModel).from_config(config, dtype=torch.float32)
+
+
+@torch.no_grad()
+def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
+    """Load a checkpoint written by `save_quantized`: the model in eval mode with `quant_state` set.
+
+    The architecture is rebuilt from config.json (AutoModelForCausalLM for *ForCausalLM, else
+    AutoModel, in float32), or `model` (a fresh instance of the saved architecture) is filled.
+    Quantized weights are unpacked and dequantized (outliers put back), BCQ modules rebuilt as
+    BCQLinear, tied weights re-tied: the state dict is bit-identical to the saved model's.
+    """
+    folder = Path(folder).expanduser()
+    meta = _checkpoint_json(folder)
+    if model is None:
+        model = _build_model(folder, meta)
+    qt = load_file(folder / QUANT_FILE)
+    sd = load_file(folder / PLAIN_FILE)
+    quant_state = {}
+    for name, m in meta["modules"].items():
+        if m["format"] == "uniform":
+            sd[f"{name}.weight"], quant_state[name] = _unpack_uniform(qt, name, m)
+        elif m["format"] == "bcq":
+            from workbench.bcq import BCQLinear
+
+            q, (out, cols) = m["planes"], m["shape"]
+            binary = unpack_bits(qt[f"{name}.binary"], 1, q * out * cols).view(q, out, cols)
+            binary = (binary.to(torch.int8) * 2 - 1).to(getattr(torch, m["binary_dtype"]))
+            alpha = qt[f"{name}.alpha"].to(getattr(torch, m["dtype"]))
+            linear = model.get_submodule(name)
+            layer = BCQLinear(alpha, binary, m["group_size"], getattr(linear, "bias", None))
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer)
+            sd[f"{name}.alpha"], sd[f"{name}.binary"] = alpha, binary
+            quant_state[name] = QuantConfig(**m["config"])
+        else:
+            raise ValueError(f"{folder}: module {name} has unknown format {m['format']!r}")
+    for alias, head in meta["aliases"].items():
+        sd[alias] = sd[head]
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"{folder} does not match the model's architecture: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()                    # re-ties only what the config ties
+    model.quant_state = quant_state
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- sizes
+
+def _ideal_bytes(m: dict) -> int:
+    """Bytes a perfect packing of one module needs (see `packed_size`)."""
+    cfg = QuantConfig(**m["config"])
+    out, cols = m["shape"]
+    n_params, s = out * m["n_groups"], _nbytes(cfg.scale_dtype)
+    if m["format"] == "bcq":
+        return math.ceil(m["planes"] * out * cols / 8) + m["planes"] * n_params * s
+    zero = 0 if cfg.symmetric else (math.ceil(n_params * cfg.bits / 8) if cfg.round_zero else n_params * s)
+    outliers = m["n_outliers"] * (torch.iinfo(INDEX_DTYPE).bits // 8 + _nbytes(m["dtype"]))
+    return math.ceil(out * cols * cfg.bits / 8) + n_params * s + zero + outliers
+
+
+def _tensor_bytes(path: Path) -> dict[str, int]:
+    """Bytes of each tensor's data in a safetensors file, from its header."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+
+
+def packed_size(folder: str | os.PathLike) -> pd.DataFrame:
+    """Ideal against stored bytes of each quantized module of a checkpoint, one row per module.
+
+    Columns: module, format, bits (planes for BCQ), groups (e.g. '4x128+64'), n_weights,
+    ideal_bytes, stored_bytes (the module's tensors in quantized.safetensors), overhead
+    (stored / ideal - 1). Ideal, uniform: ceil(n*bits/8) codes + out*G scales at scale_dtype +
+    zeros (ceil(out*G*bits/8) when integer, out*G at scale_dtype when real, none when symmetric)
+    + outliers at 4 + bytes(weight dtype) each; BCQ: ceil(q*n/8) + q*out*G at scale_dtype.
+    `df.attrs` holds the whole-file comparison: file_bytes (quantized.safetensors on disk, its
+    JSON header included), ideal_bytes (sum over modules), file_overhead, header_bytes.
+    """
+    folder = Path(folder).expanduser()
+    meta = _checkpoint_json(folder)
+    stored = _tensor_bytes(folder / QUANT_FILE)
+    rows = []
+    for name, m in meta["modules"].items():
+        cfg = QuantConfig(**m["config"])
+        ideal = _ideal_bytes(m)
+        got = sum(stored[k] for k in m["tensors"])
+        rows.append(dict(module=name, format=m["format"], bits=cfg.bits, groups=cfg.describe_groups(m["shape"][1]),
+                         n_weights=m["shape"][0] * m["shape"][1], ideal_bytes=ideal, stored_bytes=got,
+                         overhead=got / ideal - 1))
+    df = pd.DataFrame(rows, columns=["module", "format", "bits", "groups", "n_weights", "ideal_bytes",
+                                     "stored_bytes", "overhead"])
+    file_bytes, ideal = (folder / QUANT_FILE).stat().st_size, int(df.ideal_bytes.sum())
+    df.attrs.update(file_bytes=file_bytes, ideal_bytes=ideal, header_bytes=file_bytes - sum(stored.values()),
+                    file_overhead=file_bytes / ideal - 1 if ideal else float("nan"))
+    return df
