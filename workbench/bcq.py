@@ -50,18 +50,15 @@ def _round_scales(alpha: torch.Tensor, config: QuantConfig) -> torch.Tensor:
 
 def _nearest_codes(wp: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Codes ±1 [q, out, G, g] picking, for each weight of wp [out, G, g], the nearest of its
-    group's 2^q values Σ ±α_i (alpha [q, out, G]): sort the values, binary-search each weight."""
+    group's 2^q values Σ ±α_i (alpha [q, out, G]): sort the values, then binary-search each
+    weight among the midpoints between neighbours (a weight on a midpoint takes the upper value)."""
     q = alpha.shape[0]
     combo = torch.arange(2 ** q, device=wp.device)
     signs = ((combo[:, None] >> torch.arange(q, device=wp.device)) & 1).float() * 2 - 1   # [2^q, q]
     values, order = torch.einsum("cq,qoG->oGc", signs, alpha).contiguous().sort(dim=-1)   # [out, G, 2^q]
-    hi = torch.searchsorted(values, wp.contiguous()).clamp(max=2 ** q - 1)               # [out, G, g]
-    lo = (hi - 1).clamp(min=0)
-    d_lo = (wp - values.gather(-1, lo)).abs()
-    d_hi = (wp - values.gather(-1, hi)).abs()
-    pick = order.gather(-1, torch.where(d_lo <= d_hi, lo, hi))                           # combination index
-    bits = (pick.unsqueeze(0) >> torch.arange(q, device=wp.device).view(q, 1, 1, 1)) & 1
-    return bits.float() * 2 - 1                                                          # [q, out, G, g]
+    midpoints = (values[..., 1:] + values[..., :-1]) / 2                                 # [out, G, 2^q - 1]
+    rank = torch.searchsorted(midpoints, wp, right=True)                                 # [out, G, g] sorted index
+    return signs.T[:, order.gather(-1, rank)]                                            # [q, out, G, g]
 
 
 def _group_error(wp: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
