@@ -22,6 +22,7 @@ lower-context effects are smaller. Use lm-eval (workbench.abilities) when you ne
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -78,34 +79,52 @@ def perplexity(model: nn.Module, tokenizer, text: str, seqlen: int = 512, batch_
 
 def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: str = "lee",
                      seqlen: int = 512, max_windows: int | None = None, batch_size: int = 4,
-                     progress: bool = True):
+                     calibration: dict | None = None, progress: bool = True):
     """Perplexity of `model` quantized by each spec, as a DataFrame; each result cached on disk.
 
     `specs` maps a label to a quantization spec (`QuantConfig` or {regex: config}) or to None
-    for the unquantized model. `record` is the ModelRecord from `load_model`; its `key`, the
-    spec, the corpus, `seqlen` and `max_windows` key the cache, so a re-run reads results back
-    and any change recomputes. Columns: label, bits, perplexity, mean relative weight error,
-    the number of quantized modules, and the evaluated token count.
+    for the unquantized model. `record` is the ModelRecord from `load_model`. `calibration`
+    (e.g. {"corpus": "lee", "n_samples": 16, "seqlen": 512, "seed": 0}) is drawn with
+    `workbench.data.calibration_batch` and handed to `quantize_model` (GPTQ and channel outliers
+    need it; with it the report also measures output error). The model's `record.key`, the
+    spec, the calibration settings, the corpus, `seqlen` and `max_windows` key the cache, so a
+    re-run reads results back and any change recomputes. Columns: label, bits, perplexity, the
+    mean relative weight (and, with calibration, output) error over quantized modules, their
+    number, the quantization time and the evaluated token count.
     """
     import pandas as pd
 
     from workbench.cache import cached
-    from workbench.data import evaluation_text
+    from workbench.data import calibration_batch, evaluation_text
     from workbench.quantize import quantize_model
 
     text = evaluation_text(corpus)
     n_windows = token_windows(tokenizer, text, seqlen, max_windows).shape[0]
+    calib = None
     rows = []
     for label, spec in specs.items():
         parts = {"what": "perplexity", "model": record.key, "spec": spec, "corpus": corpus,
-                 "split": "evaluation", "seqlen": seqlen, "max_windows": max_windows}
+                 "split": "evaluation", "seqlen": seqlen, "max_windows": max_windows,
+                 "calibration": calibration if spec is not None else None}
 
         def compute(spec=spec):
-            qmodel, report = (model, None) if spec is None else quantize_model(model, spec)
+            nonlocal calib
+            if spec is None:
+                qmodel, report = model, None
+            else:
+                if calibration is not None and calib is None:
+                    calib = calibration_batch(tokenizer, **calibration)
+                t0 = time.perf_counter()
+                qmodel, report = quantize_model(model, spec, calibration=calib, progress=progress)
+                quant_time = time.perf_counter() - t0
             ppl = perplexity(qmodel, tokenizer, text, seqlen, batch_size, max_windows, progress)
-            err = float("nan") if report is None else float(report.rel_weight_error.mean())
-            return {"perplexity": ppl, "rel_weight_error": err,
-                    "quantized_modules": 0 if report is None else len(report)}
+            if report is None:
+                return {"perplexity": ppl, "rel_weight_error": float("nan"), "rel_output_error": float("nan"),
+                        "quantized_modules": 0, "quantize_time_s": 0.0}
+            out_err = report["rel_output_error"].mean() if "rel_output_error" in report else float("nan")
+            return {"perplexity": ppl, "rel_weight_error": float(report.rel_weight_error.mean()),
+                    "rel_output_error": float(out_err), "quantized_modules": len(report),
+                    "quantize_time_s": quant_time}
 
         result = cached(parts, compute)
         bits = getattr(spec, "bits", None)  # None for the unquantized model and mixed specs
