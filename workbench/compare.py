@@ -41,7 +41,8 @@ by an inverse scale, add the zero before or after rounding, shift in weight unit
 weight whose w/scale + zero lies within an ulp of k + 1/2 may round the other way, and the two
 Ŵ then differ by exactly one step; every other weight agrees to a few ulps. `agreement`
 measures both. The workbench's default fp16 scales are *not* a tie-level difference: rounding
-the scale by up to 2^-11 moves ~0.1-1% of the codes, so the matching configs use fp32 scales.
+the scale (relative error up to 2^-11) moves every grid point a little and flips the codes of
+weights near a half-way point, so the matching configs use fp32 scales.
 
 What the existing QuantConfig cannot express (the matches above need none of it):
   * HQQ's default compute_dtype=float16: codes are chosen with the fp32 scale/zero, which are
@@ -120,37 +121,34 @@ def matching_config(library: str, bits: int, group_size: int) -> QuantConfig:
 def _library_linear(linear: nn.Linear, library: str, bits: int, group_size: int) -> nn.Module:
     """The library's own quantized replacement for one nn.Linear, built by its plain RTN.
 
-    Raises ValueError where the library refuses the group size (see the module docstring);
+    A library's refusal (its AssertionError or ValueError, e.g. a group size that does not
+    divide the row) is raised as a ValueError naming the library and quoting its message.
     HQQ's cross-row groups, which it forms without complaint, are left to the caller to flag.
     """
     _check(library, bits)
-    out_features, in_features = linear.weight.shape
-    if library == "hqq":
-        from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+    try:
+        if library == "hqq":
+            from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-        if group_size % 8:
-            raise ValueError(f"hqq: group_size must be a multiple of 8, got {group_size}")
-        if (out_features * in_features) % group_size:
-            raise ValueError(f"hqq: a {out_features}x{in_features} weight does not split into groups of "
-                             f"{group_size} (its flattened size must be a multiple of the group size)")
-        config = BaseQuantizeConfig(nbits=bits, group_size=group_size, axis=1)
-        config["weight_quant_params"]["optimize"] = False  # plain RTN, no half-quadratic refinement
-        return HQQLinear(linear, config, compute_dtype=linear.weight.dtype, device=str(linear.weight.device))
-    if in_features % group_size:
-        raise ValueError(f"{library}: rows of {in_features} inputs do not divide into groups of {group_size}; "
-                         f"{library} needs in_features % group_size == 0")
-    if library == "quanto":
-        from optimum.quanto import QLinear, qint2, qint4
+            config = BaseQuantizeConfig(nbits=bits, group_size=group_size, axis=1)
+            config["weight_quant_params"]["optimize"] = False  # plain RTN, no half-quadratic refinement
+            return HQQLinear(linear, config, compute_dtype=linear.weight.dtype, device=str(linear.weight.device))
+        if library == "quanto":
+            from optimum.quanto import QLinear, qint2, qint4
 
-        qlinear = QLinear.from_module(linear, weights={2: qint2, 4: qint4}[bits])
-        qlinear.weight_group_size = group_size  # quanto 0.2.7 picks 128/96/64 itself; no public argument
-        qlinear.freeze()
-        return qlinear
-    from torchao.quantization import IntxWeightOnlyConfig, MappingType, PerGroup, quantize_
+            qlinear = QLinear.from_module(linear, weights={2: qint2, 4: qint4}[bits])
+            qlinear.weight_group_size = group_size  # quanto 0.2.7 picks 128/96/64 itself; no public argument
+            with torch.inference_mode():  # else its weight's .t() fails inside workbench.evaluate's inference_mode
+                qlinear.freeze()
+            return qlinear
+        from torchao.quantization import IntxWeightOnlyConfig, MappingType, PerGroup, quantize_
 
-    quantize_(linear, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"), granularity=PerGroup(group_size),
-                                           mapping_type=MappingType.ASYMMETRIC))
-    return linear
+        quantize_(linear, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{bits}"),
+                                               granularity=PerGroup(group_size), mapping_type=MappingType.ASYMMETRIC))
+        return linear
+    except (AssertionError, ValueError) as e:
+        shape = "x".join(map(str, linear.weight.shape))
+        raise ValueError(f"{library} refuses a {shape} weight at group size {group_size}: {e}") from None
 
 
 @torch.no_grad()
@@ -189,7 +187,7 @@ def agreement(weight: torch.Tensor, library_weight: torch.Tensor, config: QuantC
     reference = fake_quantize(weight.float(), config)
     scale, _ = choose_qparams(weight.float(), config)
     cols = weight.shape[1]
-    step = scale.repeat_interleave(cols if config.granularity == "tensor" else config.group_len(cols), dim=1)[:, :cols]
+    step = scale.repeat_interleave(config.group_len(cols), dim=1)[:, :cols]  # group_len: the row, unless grouping
     diff = (library_weight.float() - reference).abs()
     differing = diff > 1e-3 * step
     not_one_step = differing & ((diff / step - 1).abs() > 1e-3)
