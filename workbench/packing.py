@@ -22,21 +22,27 @@ A checkpoint folder holds:
                                         weight's dtype (only with outliers)
                              per BCQ module: M.binary (the q planes ±1 packed at 1 bit each,
                              +1 -> 1) and M.alpha [q, out, n_groups] at scale_dtype
-    model.safetensors        every other tensor of the state dict (embeddings, norms, biases),
-                             unchanged, each stored once (tied weights are recorded as aliases)
+    unquantized.safetensors  every other tensor of the state dict (embeddings, norms, biases),
+                             unchanged, each stored once (tied weights are recorded as aliases);
+                             not named model.safetensors, so that from_pretrained refuses the
+                             folder instead of silently initialising the quantized layers
     workbench_quant.json     format version, per-module format, config, shape, dtypes, aliases
     config.json (+ tokenizer files)   model.config.save_pretrained (tokenizer.save_pretrained)
 
-Any tensor that is not exactly representable at the compact precision (a scale that is not
-an fp16 number, a zero outside [0, 2^bits - 1]) is stored at float32 instead, so loading is
-always exact; `packed_size` then shows the overhead. A model without a Hugging Face `config`
-(a bare nn.Module) is saved without config.json; load it with `load_quantized(folder, model=
-a_fresh_instance)`. The folder is written to a temporary folder beside the target and renamed
-into place, so an interrupted save leaves either the old checkpoint or the new one.
+Nothing is ever rounded on the way: a scale, alpha or real zero that is not exactly
+representable at scale_dtype is stored at float32, and an integer zero outside [0, 2^bits - 1]
+is stored as a real zero; `packed_size` then shows the overhead. save_quantized also checks
+that the codes, scales and outliers reproduce each weight bit for bit before writing.
+
+A model without a Hugging Face `config` (a bare nn.Module) is saved without config.json; load
+it with `load_quantized(folder, model=a_fresh_instance)`. The folder is written to a temporary
+folder beside the target and renamed into place, so an interrupted save leaves either the old
+checkpoint or the new one, never a mix.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -55,7 +61,8 @@ from torch import nn
 from workbench.quantize import QuantConfig, QuantizedWeight, dequantize, quantize
 
 FORMAT, VERSION = "workbench-packed", 1
-META_FILE, QUANT_FILE, PLAIN_FILE = "workbench_quant.json", "quantized.safetensors", "model.safetensors"
+META_FILE = "workbench_quant.json"
+QUANT_FILE, PLAIN_FILE = "quantized.safetensors", "unquantized.safetensors"
 INDEX_DTYPE = torch.int32                    # outlier indices; counted at 4 bytes in the ideal
 
 
@@ -66,11 +73,20 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be an integer from 1 to 8, got {bits!r}")
 
 
+def _overlaps(bits: int):
+    """(code slot i, byte j, shift) for every code slot of an 8-code block that touches byte j:
+    the code's bits [i*bits, (i+1)*bits) of the block meet byte j's bits [8j, 8j+8)."""
+    for i in range(8):
+        for j in range(i * bits // 8, ((i + 1) * bits - 1) // 8 + 1):
+            yield i, j, i * bits - 8 * j
+
+
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes (any shape, values in [0, 2^bits - 1]) into a dense little-endian
-    bitstream: a uint8 1-D tensor of ceil(numel * bits / 8) bytes. Eight codes make `bits`
-    bytes, so each block of eight is assembled into one 64-bit word and split into bytes
-    (vectorised, no loop over elements). ValueError for codes outside the range."""
+    bitstream: a uint8 1-D tensor of ceil(numel * bits / 8) bytes. Eight codes fill exactly
+    `bits` bytes, so each byte column of the [n/8, bits] result is the OR of the (at most four)
+    shifted code columns that touch it: a fixed number of whole-tensor uint8 operations, no
+    loop over elements. ValueError for codes outside the range."""
     _check_bits(bits)
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor (uint8), got {codes.dtype}")
@@ -81,10 +97,11 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
                          f"got values in [{int(flat.min())}, {int(flat.max())}]")
     if bits == 8:
         return flat.to(torch.uint8).clone()
-    x = F.pad(flat.to(torch.int64), (0, (-n) % 8)).view(-1, 8)                  # [n/8, 8] codes
-    word = (x << (torch.arange(8, device=x.device) * bits)).sum(1)              # [n/8] <= 56 bits each
-    out = (word[:, None] >> (torch.arange(bits, device=x.device) * 8)) & 0xFF   # [n/8, bits] bytes
-    return out.to(torch.uint8).view(-1)[: (n * bits + 7) // 8].clone()
+    x = F.pad(flat.to(torch.uint8), (0, (-n) % 8)).view(-1, 8).T.contiguous()   # [8, n/8] code slots
+    out = torch.zeros(bits, x.shape[1], dtype=torch.uint8, device=x.device)      # [bits, n/8] bytes
+    for i, j, shift in _overlaps(bits):
+        out[j] |= x[i] << shift if shift >= 0 else x[i] >> -shift                 # uint8: high bits drop off
+    return out.T.reshape(-1)[: (n * bits + 7) // 8].clone()
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
@@ -95,13 +112,15 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     if packed.dtype != torch.uint8 or packed.numel() != need:
         raise ValueError(f"{numel} codes at {bits} bits need a uint8 stream of {need} bytes, got "
                          f"{packed.numel()} bytes of {packed.dtype}")
-    flat = packed.reshape(-1)
+    flat = packed.detach().reshape(-1)
     if bits == 8:
         return flat.clone()
-    b = F.pad(flat.to(torch.int64), (0, (-need) % bits)).view(-1, bits)         # [n/8, bits] bytes
-    word = (b << (torch.arange(bits, device=b.device) * 8)).sum(1)              # [n/8]
-    out = (word[:, None] >> (torch.arange(8, device=b.device) * bits)) & (2 ** bits - 1)
-    return out.to(torch.uint8).view(-1)[:numel].clone()
+    b = F.pad(flat, (0, (-need) % bits)).view(-1, bits).T.contiguous()          # [bits, n/8] bytes
+    out = torch.zeros(8, b.shape[1], dtype=torch.uint8, device=b.device)         # [8, n/8] code slots
+    for i, j, shift in _overlaps(bits):
+        out[i] |= b[j] >> shift if shift >= 0 else b[j] << -shift
+    out &= 2 ** bits - 1
+    return out.T.reshape(-1)[:numel].clone()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -112,8 +131,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _compact(t: torch.Tensor, dtype_name: str) -> torch.Tensor:
     """`t` cast to `dtype_name` when that is exact, else kept at float32 (never lossy)."""
-    low = t.to(getattr(torch, dtype_name))
-    return low if torch.equal(low.float(), t.float()) else t.float()
+    low = t.to(getattr(torch, dtype_name)).contiguous()
+    return low if torch.equal(low.float(), t.float()) else t.float().contiguous()
 
 
 def _nbytes(dtype_name: str) -> int:
@@ -201,6 +220,7 @@ def _dedupe(state: dict[str, torch.Tensor], prefer: set[str]) -> tuple[list[str]
     groups: dict[tuple, list[str]] = {}
     for k, v in state.items():
         key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
+        key = key if v.numel() else k                          # empty tensors share no data, whatever their pointer
         groups.setdefault(key, []).append(k)
     keep, aliases = [], {}
     for names in groups.values():
@@ -217,7 +237,7 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
     """Write `model` (from `quantize_model`) as a bit-packed checkpoint folder and return its path.
 
     Each module of `model.quant_state` is stored packed (see the module docstring), every other
-    state-dict tensor once in model.safetensors, plus workbench_quant.json, the model's
+    state-dict tensor once in unquantized.safetensors, plus workbench_quant.json, the model's
     config.json when it has a Hugging Face config, and the tokenizer if given. Written to a
     temporary folder beside `folder` and renamed into place; an existing workbench checkpoint at
     `folder` is replaced, any other existing non-empty folder is refused (FileExistsError).
@@ -270,6 +290,8 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
         save_file(qtensors, tmp / QUANT_FILE, metadata={"format": FORMAT})
         save_file(plain, tmp / PLAIN_FILE, metadata={"format": "pt"})
         if meta["hf_config"]:
+            hf_config = copy.deepcopy(hf_config)
+            hf_config.architectures = [type(model).__name__]      # as save_pretrained records it
             hf_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -317,20 +339,24 @@ def _build_model(folder: Path, meta: dict) -> nn.Module:
     if not meta.get("hf_config"):
         raise ValueError(f"{folder} was saved from a model without a Hugging Face config, so its architecture "
                          "cannot be rebuilt: pass a freshly built instance, load_quantized(folder, model=...)")
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    import transformers
 
-    config = AutoConfig.from_pretrained(folder)
-    causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    return (AutoModelForCausalLM if causal else AutoModel).from_config(config, dtype=torch.float32)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    arch = (config.architectures or [""])[0]
+    if arch.endswith("ForCausalLM"):
+        return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if arch and isinstance(getattr(transformers, arch, None), type):          # e.g. BertForMaskedLM
+        return getattr(transformers, arch)._from_config(config, dtype=torch.float32)
+    return transformers.AutoModel.from_config(config, dtype=torch.float32)
 
 
 @torch.no_grad()
 def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Load a checkpoint written by `save_quantized`: the model in eval mode with `quant_state` set.
 
-    The architecture is rebuilt from config.json (AutoModelForCausalLM for *ForCausalLM, else
-    AutoModel, in float32), or `model` (a fresh instance of the saved architecture) is filled.
-    Quantized weights are unpacked and dequantized (outliers put back), BCQ modules rebuilt as
+    The architecture is rebuilt from config.json (AutoModelForCausalLM for *ForCausalLM, else the
+    named transformers class, else AutoModel; in float32), or `model`, a fresh instance of the
+    saved architecture, is filled (needed for models saved without a config). Quantized weights are unpacked and dequantized (outliers put back), BCQ modules rebuilt as
     BCQLinear, tied weights re-tied: the state dict is bit-identical to the saved model's.
     """
     folder = Path(folder).expanduser()
