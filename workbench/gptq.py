@@ -7,13 +7,13 @@
     calib = calibration_batch(tokenizer, "lee", n_samples=32, seqlen=512, seed=0)   # [32, 512]
     plan = resolve_spec(model, QuantConfig(bits=4, group_size=128, method="gptq"))  # all but lm_head
     qparams, report = gptq_quantize_model(model, plan, calib)   # weights written in place
-    pd.DataFrame(report)[["module", "rel_output_error", "rtn_rel_output_error"]]
+    pandas.DataFrame(report)[["module", "rel_output_error", "rtn_rel_output_error"]]
 
 Pieces, usable on their own:
     collect_hessians(model, names, calib)   -> {name: H [in, in]}, H = 2/N sum_tokens x x^T
     gptq_quantize_weight(W, H, config)      -> W_hat, scale, zero, info   (one layer)
     gptq_quantize_model(model, plan, calib) -> {name: (scale, zero)}, report (block by block)
-    relative_output_error(W, W_hat, H)      -> sqrt(tr(dW H dW^T) / tr(W H W^T))
+    relative_output_error(W, W_hat, H)      -> sqrt(tr(dW H dW^T) / tr(W H W^T))  (from workbench.quantize)
 
 The algorithm is the reference `fasterquant`: dead inputs zeroed, H damped by damp * mean(diag H),
 the upper Cholesky factor of H^-1, columns quantized one at a time with the error fed back into
@@ -54,13 +54,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.modules import module_info
-from workbench.quantize import QuantConfig, choose_qparams, dequantize, fake_quantize
+from workbench.quantize import QuantConfig, choose_qparams, dequantize, fake_quantize, relative_output_error
 
 MAX_DAMP_RETRIES = 4  # damp x10 per retry: 0.01 -> 100 at most
 
 
 # -----------------------------------------------------------------------------
 # one layer
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Run torch on one intra-op thread for the duration (a process-wide setting, restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor, float, int]:
@@ -85,6 +96,7 @@ def _inverse_hessian_factor(H: torch.Tensor, damp: float) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
+@_single_thread()  # small ops: more threads only add OpenMP synchronisation (10-40x slower on a busy CPU)
 def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor,
                          config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """GPTQ-quantize one weight matrix W [out, in] given the Hessian H [in, in] of its inputs.
@@ -119,7 +131,8 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor,
     H[dead, dead] = 1
     W[:, dead] = 0
     if dead.any():
-        notes.append(f"{int(dead.sum())} inputs were never active on the calibration data; their weights were set to 0.")
+        notes.append(f"{int(dead.sum())} inputs were never active on the calibration data; "
+                     "their weights were set to 0.")
 
     g = config.group_len(n_in)                                       # columns per group (whole row unless grouping)
     grouped = config.granularity == "group"
@@ -133,9 +146,9 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor,
         S = scale.repeat_interleave(g, dim=1)[:, :n_in]              # [out, in] per-column scale
         Z = zero.repeat_interleave(g, dim=1)[:, :n_in]               # [out, in] per-column zero
     else:
-        scale = torch.zeros(n_out, n_groups)                         # filled as the loop reaches each group
-        zero = torch.zeros(n_out, n_groups)
-        S, Z = torch.zeros(n_out, n_in), torch.zeros(n_out, n_in)
+        scale = W.new_zeros(n_out, n_groups)                         # filled as the loop reaches each group
+        zero = W.new_zeros(n_out, n_groups)
+        S, Z = W.new_zeros(n_out, n_in), W.new_zeros(n_out, n_in)
 
     perm = None
     if config.act_order:                                             # most active inputs first
@@ -147,31 +160,32 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor,
                      f"{retries}x to damp={damp:g} (calibrating on more tokens usually avoids this).")
 
     # The loop works on transposed copies ([in, out]) so that a column is a contiguous row.
-    Wt, St, Zt = W.T.contiguous(), S.T.contiguous(), Z.T.contiguous()    # [in, out] each
-    codes = torch.zeros(n_in, n_out)                                  # [in, out] integer codes, loop order
-    loss = torch.zeros(n_out)                                         # [out]
+    Wt, St, Zt = W.T.contiguous(), S.T.contiguous(), Z.T.contiguous()  # [in, out] each
+    codes = W.new_zeros(n_in, n_out)                                  # [in, out] integer codes, loop order
+    loss = W.new_zeros(n_out)                                         # [out]
     for i1 in range(0, n_in, config.block_size):
         i2 = min(i1 + config.block_size, n_in)
         W1 = Wt[i1:i2].clone()                                        # [b, out] updated column by column
         Err1 = torch.zeros_like(W1)                                   # [b, out] scaled errors for the lazy update
         Hinv1 = Hinv[i1:i2, i1:i2]                                    # [b, b]
+        inv_d = (1 / torch.diag(Hinv1)).tolist()                      # [b] floats
         for i in range(i2 - i1):
             j = i1 + i
-            if grouped and not static and j % g == 0:                # a group starts: params from its current values
+            if grouped and not static and j % g == 0:                 # a group starts: params from its current values
                 end = min(j + g, n_in)
                 cols = W1[i:end - i1]                                 # [<=g, out]
-                if end > i2:                                          # the group runs past the block: apply pending updates
+                if end > i2:                                          # it runs past the block: apply pending updates
                     cols = torch.cat([cols, Wt[i2:end] - Hinv[i1:i2, i2:end].T @ Err1])
                 s, z = choose_qparams(cols.T, config)                 # [out, 1] each
                 scale[:, j // g], zero[:, j // g] = s[:, 0], z[:, 0]
                 St[j:end], Zt[j:end] = s[:, 0], z[:, 0]
-            w, s, z, d = W1[i], St[j], Zt[j], Hinv1[i, i]             # [out] x3, scalar
-            q = torch.clamp(torch.round(w / s + z), 0, config.maxq)   # as quantize()
-            codes[j] = q
-            err = (w - (q - z) * s) / d                               # as dequantize()
-            loss += err ** 2 / 2
+            w, s, z = W1[i], St[j], Zt[j]                             # [out] each
+            q = codes[j]
+            torch.round(w / s + z, out=q).clamp_(0, config.maxq)      # as quantize()
+            err = Err1[i]
+            torch.sub(w, (q - z).mul_(s), out=err).mul_(inv_d[i])     # (w - dequantized) / Hinv[j, j]
             W1[i:].addr_(Hinv1[i, i:], err, alpha=-1)                 # feed the error to the block's later columns
-            Err1[i] = err
+        loss += Err1.pow(2).sum(0) / 2
         Wt[i2:] -= Hinv[i1:i2, i2:].T @ Err1                          # lazy update of the remaining columns
 
     codes = codes.T                                                   # [out, in]
@@ -184,16 +198,6 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor,
     info = dict(damp=damp, damp_retries=retries, static_groups=static, dead_inputs=int(dead.sum()),
                 loss=loss.sum().item(), note=" ".join(notes))
     return W_hat.to(W0.dtype), scale, zero, info
-
-
-@torch.no_grad()
-def relative_output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
-    """sqrt(tr(dW H dW^T) / tr(W H W^T)) with dW = W - W_hat: the relative error of the layer's
-    output ||X dW^T|| / ||X W^T|| on the inputs X whose Hessian is H = 2/N X^T X [in, in]."""
-    W, dW, H = W.float(), (W.float() - W_hat.float()), H.float()
-    num = ((dW @ H) * dW).sum().clamp(min=0)
-    den = ((W @ H) * W).sum()
-    return math.sqrt(num.item() / den.item()) if den > 0 else float("nan")
 
 
 # -----------------------------------------------------------------------------
@@ -418,7 +422,8 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
             for i in tqdm(range(last + 1), desc="GPTQ", unit="block", disable=not progress):
                 block, names = blocks[i], in_block.get(i, [])
                 if names and not extras[i]:
-                    raise ValueError(f"block {list_name}.{i} holds planned modules but the model's forward never calls it")
+                    raise ValueError(f"block {list_name}.{i} holds planned modules but the model's forward "
+                                     "never calls it")
                 if names:
                     with _accumulating_hessians({n: modules[n] for n in names}) as (H, n), torch.inference_mode():
                         for x, (args, kwargs) in zip(hidden, extras[i]):
@@ -428,7 +433,8 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
                         report.append(row)
                 if i < last:                                 # the next block's inputs, from this quantized block
                     with torch.inference_mode():
-                        hidden = [_block_output(block(x, *args, **kwargs)) for x, (args, kwargs) in zip(hidden, extras[i])]
+                        hidden = [_block_output(block(x, *args, **kwargs))
+                                  for x, (args, kwargs) in zip(hidden, extras[i])]
             del hidden, extras
         if outside:
             H, n = collect_hessians(model, outside, calibration, batch_size, return_counts=True)
