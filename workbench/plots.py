@@ -16,15 +16,14 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from workbench.cache import atomic_path
+from workbench.report import write_png
 
 sns.set_theme(style="whitegrid", palette="colorblind", font_scale=0.9)
 
 
 def _save(fig, path) -> None:
     if path is not None:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+        write_png(fig, path)
 
 
 def perplexity_vs_bits(df: pd.DataFrame, hue: str = "method", baseline: float | None = None,

@@ -38,9 +38,13 @@ def save_table(df: pd.DataFrame, name: str, float_format: str = "%.6g") -> Path:
     return path
 
 
-def save_figure(fig, name: str, dpi: int = 120) -> Path:
-    """Write a matplotlib figure to figures/<name>.png and return the path."""
-    path = project_dir() / "figures" / f"{name}.png"
+def write_png(fig, path, dpi: int = 120) -> Path:
+    """Write a matplotlib figure as PNG to `path`, atomically, and return the path."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    return path
+    return Path(path)
+
+
+def save_figure(fig, name: str, dpi: int = 120) -> Path:
+    """Write a matplotlib figure to figures/<name>.png and return the path."""
+    return write_png(fig, project_dir() / "figures" / f"{name}.png", dpi)
