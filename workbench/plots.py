@@ -76,3 +76,81 @@ def group_size_curve(df: pd.DataFrame, x: str = "group_size", y: str = "perplexi
         ax.legend(fontsize=8)
     _save(fig, path)
     return fig
+
+
+COMPONENT_ORDER = ["embed", "q", "k", "v", "o", "gate", "up", "down", "head", "other"]
+
+
+def layer_component_heatmap(df: pd.DataFrame, value: str, title: str = "", log: bool = False,
+                            fmt: str | None = None, cmap: str = "viridis", path=None):
+    """Heatmap of `value` with transformer layers as rows and components (q k v o gate up down) as
+    columns; modules outside the blocks (embeddings, head) are left out. Mean if a cell has several rows."""
+    part = df.dropna(subset=["layer"])
+    table = part.pivot_table(index="layer", columns="component", values=value, aggfunc="mean")
+    table = table[[c for c in COMPONENT_ORDER if c in table.columns]]
+    table.index = table.index.astype(int)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * table.shape[1], 1.2 + 0.16 * table.shape[0]))
+    norm = matplotlib.colors.LogNorm() if log else None
+    sns.heatmap(table, ax=ax, cmap=cmap, norm=norm, annot=fmt is not None, fmt=fmt or "",
+                annot_kws=dict(fontsize=6), cbar_kws=dict(label=value.replace("_", " ")))
+    ax.set(title=title or value.replace("_", " "), xlabel="component", ylabel="layer")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def tail_histogram(values, k: float = 6.0, title: str = "", bins: int = 200, xlabel: str = "value", path=None):
+    """Histogram of values (log counts) with the tail beyond k standard deviations shaded and counted."""
+    v = values.detach().float().flatten().numpy() if isinstance(values, torch.Tensor) else np.asarray(values).ravel()
+    mu, sd = float(v.mean()), float(v.std())
+    lo, hi = mu - k * sd, mu + k * sd
+    tail = (v < lo) | (v > hi)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(v, bins=bins, log=True, color="C0")
+    ax.axvspan(v.min(), lo, color="C3", alpha=0.15)
+    ax.axvspan(hi, v.max(), color="C3", alpha=0.15, label=f"beyond {k:g}σ: {tail.sum()} ({tail.mean():.3%})")
+    ax.set(xlabel=xlabel, ylabel="count (log)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def spectrum_plot(spectra: dict, title: str = "", normalize: bool = True, path=None):
+    """Singular values on log axes, one line per entry of `spectra` (label -> array, descending);
+    with `normalize`, divided by the largest so that shapes compare."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, s in spectra.items():
+        s = np.asarray(s, dtype=float)
+        ax.plot(np.arange(1, len(s) + 1), s / s[0] if normalize else s, label=str(label), lw=1.2)
+    ax.set(xscale="log", yscale="log", xlabel="index i", ylabel="σ_i / σ_1" if normalize else "σ_i", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def scatter_trend(df: pd.DataFrame, x: str, y: str, hue: str | None = "component", logx: bool = False,
+                  logy: bool = False, title: str = "", path=None):
+    """Scatter of y against x with a least-squares trend line (fitted in the plotted, possibly log,
+    coordinates) and Spearman's rank correlation in the title."""
+    part = df[[x, y] + ([hue] if hue else [])].replace([np.inf, -np.inf], np.nan).dropna()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    sns.scatterplot(data=part, x=x, y=y, hue=hue, ax=ax, s=18, hue_order=[c for c in COMPONENT_ORDER
+                                                                         if hue == "component" and c in set(part[hue])]
+                    or None)
+    fx = np.log10(part[x]) if logx else part[x]
+    fy = np.log10(part[y]) if logy else part[y]
+    if len(part) > 2:
+        slope, icpt = np.polyfit(fx, fy, 1)
+        grid = np.linspace(fx.min(), fx.max(), 50)
+        line = slope * grid + icpt
+        ax.plot(10 ** grid if logx else grid, 10 ** line if logy else line, "k--", lw=1, label="trend")
+    rho = part[x].corr(part[y], method="spearman")
+    ax.set(xscale="log" if logx else "linear", yscale="log" if logy else "linear",
+           xlabel=x.replace("_", " "), ylabel=y.replace("_", " "),
+           title=(title + "\n" if title else "") + f"Spearman ρ = {rho:.2f} (n = {len(part)})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig

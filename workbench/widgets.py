@@ -1,7 +1,9 @@
 """Interactive explorers for JupyterLab, built on ipywidgets.
 
-    from workbench.widgets import quantizer_explorer
+    from workbench.widgets import quantizer_explorer, outlier_explorer, stable_rank_explorer
     quantizer_explorer(model, hessians=None)   # pick layer, component, bits, method
+    outlier_explorer(model, act_channels)      # ... and see the outlier channels and their error share
+    stable_rank_explorer(model, spectra_df)    # click a layer x component cell to see its spectrum
 
 Each explorer recomputes only the one matrix it shows, so it reacts in well under a second for
 RTN and in a second or two for GPTQ or BCQ on the default model.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from workbench.modules import linear_modules, module_info
@@ -76,3 +79,127 @@ def quantizer_explorer(model, hessians: dict[str, torch.Tensor] | None = None, g
         control.observe(redraw, names="value")
     redraw()
     return W.VBox([W.HBox([layer, component]), W.HBox([bits, method]), out])
+
+
+def _block_modules(model) -> tuple[dict, list, list]:
+    """(layer, component) -> module name for the linear layers inside transformer blocks."""
+    by_key = {(module_info(n).layer, module_info(n).component): n for n in linear_modules(model)
+              if module_info(n).layer is not None}
+    layers = sorted({k[0] for k in by_key})
+    components = [c for c in ("q", "k", "v", "o", "gate", "up", "down") if any(k[1] == c for k in by_key)]
+    return by_key, layers, components
+
+
+def outlier_panel(w: torch.Tensor, w_hat: torch.Tensor, act_max=None, top: int = 8, title: str = ""):
+    """Figure for one matrix: histogram before/after (log counts), per-input-channel maxima of
+    |W| (and of the layer's input activations, when given) with the top channels marked, and the
+    share of the squared error that falls in those top channels."""
+    w, w_hat = w.detach().float(), w_hat.detach().float()
+    err = (w_hat - w) ** 2
+    cmax = w.abs().amax(0)                                                  # [in]
+    top_idx = cmax.topk(min(top, cmax.numel())).indices
+    share = float(err[:, top_idx].sum() / err.sum()) if err.sum() > 0 else 0.0
+    rows = 3 if act_max is not None else 2
+    fig, axes = plt.subplots(1, rows, figsize=(4.2 * rows, 3.2))
+    edges = torch.linspace(float(min(w.min(), w_hat.min())), float(max(w.max(), w_hat.max())), 151).numpy()
+    axes[0].hist(w.flatten().numpy(), bins=edges, log=True, alpha=0.6, label="original")
+    axes[0].hist(w_hat.flatten().numpy(), bins=edges, log=True, histtype="step", label="quantized")
+    rel = float((w_hat - w).norm() / w.norm())
+    axes[0].set(title=f"{title}\n‖Ŵ−W‖/‖W‖ = {rel:.4f}", xlabel="weight", ylabel="count (log)")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(cmax.numpy(), lw=0.6)
+    axes[1].plot(top_idx.numpy(), cmax[top_idx].numpy(), "rv", ms=4)
+    axes[1].set(title=f"top {len(top_idx)} weight channels carry {share:.1%} of the error",
+                xlabel="input channel", ylabel="max |W[:, c]|")
+    if act_max is not None:
+        axes[2].plot(np.asarray(act_max, dtype=float), lw=0.6, color="C2")
+        axes[2].set(yscale="log", title="input activation max |x_c|", xlabel="input channel")
+    fig.tight_layout()
+    return fig
+
+
+def outlier_explorer(model, act_channels=None, group_size: int = 128):
+    """Pick a layer, a component, a bit width and a method: the histogram before and after, the
+    outlier input channels of the weight (and of the activations, from `act_channels` =
+    `probes.activation_stats(...)[1]`, if given) and the share of the error they carry update live."""
+    by_key, layers, components = _block_modules(model)
+    linears = linear_modules(model)
+    methods = [m for m in EXPLORER_METHODS if m != "GPTQ"]
+    layer = W.IntSlider(value=layers[-1], min=layers[0], max=layers[-1], description="layer")
+    component = W.Dropdown(options=components, value=components[-1], description="component")
+    bits = W.IntSlider(value=3, min=2, max=8, description="bits")
+    method = W.Dropdown(options=methods, value="RTN", description="method")
+    out = W.Output()
+
+    def redraw(*_):
+        name = by_key.get((layer.value, component.value))
+        with out:
+            out.clear_output(wait=True)
+            if name is None:
+                print(f"no {component.value} module in layer {layer.value}")
+                return
+            w = linears[name].weight.detach()
+            w_hat = quantize_one(w, method.value, bits.value, group_size)
+            act = None
+            if act_channels is not None:
+                part = act_channels[act_channels.module == name].sort_values("channel")
+                act = part.abs_max.to_numpy() if len(part) else None
+            outlier_panel(w, w_hat, act, title=f"{name} — {method.value} W{bits.value}")
+            plt.show()
+
+    for control in (layer, component, bits, method):
+        control.observe(redraw, names="value")
+    redraw()
+    return W.VBox([W.HBox([layer, component]), W.HBox([bits, method]), out])
+
+
+def _colour(value: float, lo: float, hi: float) -> str:
+    import matplotlib
+
+    t = 0.0 if hi <= lo else (value - lo) / (hi - lo)
+    r, g, b, _ = matplotlib.colormaps["viridis"](t)
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+
+
+def stable_rank_explorer(model, spectra_df, value: str = "stable_rank"):
+    """A layer x component grid of buttons coloured by `value` (from `probes.spectra(model)`);
+    clicking a cell shows that matrix's singular values on log axes next to the layer's others."""
+    from workbench.plots import spectrum_plot
+    from workbench.probes import singular_values
+
+    by_key, layers, components = _block_modules(model)
+    linears = linear_modules(model)
+    values = spectra_df.set_index("module")[value]
+    known = [values[n] for n in by_key.values() if n in values.index]
+    lo, hi = min(known), max(known)
+    out = W.Output()
+    label = W.HTML()
+
+    def show(name):
+        with out:
+            out.clear_output(wait=True)
+            info = module_info(name)
+            same_layer = {c: singular_values(linears[by_key[(info.layer, c)]].weight).numpy()
+                          for c in components if (info.layer, c) in by_key}
+            spectrum_plot(same_layer, title=f"layer {info.layer}: {name} ({value} {values.get(name, float('nan')):.1f})")
+            plt.show()
+
+    cells = [W.HTML("")] + [W.HTML(f"<b>{c}</b>") for c in components]
+    for layer in layers:
+        cells.append(W.HTML(f"<b>{layer}</b>"))
+        for c in components:
+            name = by_key.get((layer, c))
+            if name is None or name not in values.index:
+                cells.append(W.HTML(""))
+                continue
+            button = W.Button(description=f"{values[name]:.0f}", tooltip=name,
+                              layout=W.Layout(width="52px", height="22px", padding="0"))
+            button.style.button_color = _colour(values[name], lo, hi)
+            button.style.text_color = "white"
+            button.on_click(lambda _, name=name: show(name))
+            cells.append(button)
+    grid = W.GridBox(cells, layout=W.Layout(grid_template_columns=f"40px repeat({len(components)}, 56px)",
+                                              grid_gap="1px"))
+    label.value = f"{value.replace('_', ' ')} per matrix ({lo:.1f} .. {hi:.1f}); click a cell"
+    show(by_key[(layers[0], components[0])])
+    return W.HBox([W.VBox([label, grid]), out])

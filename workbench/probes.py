@@ -1,0 +1,341 @@
+"""Probes that explain where quantization hurts: weight and activation outliers, and spectra.
+
+    from workbench.probes import weight_stats, activation_stats, outlier_features, spectra
+    ws = weight_stats(model)                             # one row per weight matrix
+    ch = weight_channel_max(model)                       # one row per (matrix, input channel)
+    acts, act_ch = activation_stats(model, calibration)  # per module, and per (module, channel)
+    feats = outlier_features(model, calibration)         # LLM.int8 outlier dimensions, one row per dim
+    sp = spectra(model)                                  # stable rank, effective rank, sigma_max
+    sq = spectra_under_quantization(model, {"W4": QuantConfig(bits=4)})
+    rel = relate(ws, report)                             # join with a quantize_model report
+    correlations(rel, ["kurtosis", "stable_rank"], "rel_weight_error")
+
+Every function returns a tidy pandas DataFrame with `module`, `layer` and `component` columns
+(q k v o gate up down embed head), so results group and pivot naturally. Weight matrices are the
+model's nn.Linear layers and its token embedding; an LM head tied to the embedding is the same
+matrix and is reported once (as the embedding).
+
+Definitions (W is [out, in], w its entries, sigma their standard deviation):
+- kurtosis: Pearson's, E[(w - mean)^4] / sigma^4 (a Gaussian has 3; heavy tails push it up).
+- max_over_std: max |w - mean| / sigma. beyond_3sigma, beyond_6sigma: share of entries past k sigma.
+- outlier_error_share: the share of the squared RTN error ||W - Q(W)||^2 that goes away when the
+  top `outlier_fraction` of weights by magnitude are kept in full precision (and the remaining
+  groups' scales are re-chosen without them): how much of the error the outliers *cause*.
+- levels_per_block: median number of distinct values in a block of 32 consecutive weights of a
+  row. A real fp32 matrix has ~32; a matrix dequantized from a 4-bit checkpoint has <= 16.
+- stable rank: ||W||_F^2 / ||W||_2^2 = sum s_i^2 / s_1^2 (1 for rank one, n for an orthogonal n x n).
+- effective rank (Roy & Vetterli 2007): exp(entropy of p_i = s_i / sum s_j).
+- LLM.int8 outlier features (Dettmers et al. 2022): a hidden dimension whose magnitude reaches
+  `threshold` (6.0) in at least `token_share` (6%) of the tokens, in the inputs of at least
+  `layer_share` (25%) of the layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.modules import linear_modules, module_info, select_modules
+from workbench.quantize import QuantConfig, Spec, fake_quantize, quantize_model
+
+LEVEL_BLOCK = 32          # block length for levels_per_block (the GGUF block size)
+INT8_THRESHOLD = 6.0      # LLM.int8 defaults
+INT8_LAYER_SHARE = 0.25
+INT8_TOKEN_SHARE = 0.06
+
+
+# ----------------------------------------------------------------------------- weight matrices
+
+def weight_matrices(model: nn.Module, pattern: str | None = None) -> dict[str, torch.Tensor]:
+    """The model's weight matrices by module name, in model order: every nn.Linear and nn.Embedding
+    (a matrix shared by several modules, like a tied LM head, appears once under its first name).
+    `pattern` keeps only names that `re.search` it; a pattern that matches nothing is an error."""
+    mats, seen = {}, set()
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)) and m.weight.dim() == 2:
+            if m.weight.data_ptr() in seen:
+                continue
+            seen.add(m.weight.data_ptr())
+            mats[name] = m.weight.detach()
+    if pattern is not None:
+        mats = {n: mats[n] for n in select_modules(model, pattern, mats)}
+    for name, w in mats.items():
+        if not torch.isfinite(w).all():
+            raise ValueError(f"{name}: the weight holds NaN or inf values; check the checkpoint "
+                             "or the step that produced it")
+    return mats
+
+
+def _ids(name: str) -> dict:
+    info = module_info(name)
+    return dict(module=name, layer=info.layer, component=info.component)
+
+
+def levels_per_block(w: torch.Tensor, block: int = LEVEL_BLOCK) -> float:
+    """Median number of distinct values in each run of `block` consecutive weights of a row
+    (rows cut to a multiple of `block`); <= 2^b for a matrix dequantized from a b-bit grid."""
+    cols = w.shape[1] // block * block
+    if cols == 0:
+        return float("nan")
+    blocks = w[:, :cols].reshape(-1, block).float()
+    s = blocks.sort(dim=1).values
+    distinct = 1 + (s[:, 1:] != s[:, :-1]).sum(1)
+    return float(distinct.median())
+
+
+def outlier_error_share(w: torch.Tensor, config: QuantConfig, outlier_fraction: float = 0.01) -> float:
+    """Share of the squared RTN error of `w` under `config` removed by keeping the top
+    `outlier_fraction` of weights (by magnitude) in full precision: 1 - err_kept / err_all."""
+    base = ((fake_quantize(w, config) - w) ** 2).sum()
+    kept_cfg = dataclasses.replace(config, outlier_fraction=outlier_fraction, outlier_mode="weight")
+    kept = ((fake_quantize(w, kept_cfg) - w) ** 2).sum()
+    return float(1 - kept / base) if base > 0 else 0.0
+
+
+def weight_stats(model: nn.Module, pattern: str | None = None,
+                 config: QuantConfig = QuantConfig(bits=4, group_size=128),
+                 outlier_fraction: float = 0.01, progress: bool = True) -> pd.DataFrame:
+    """One row per weight matrix: shape, std, kurtosis, max_abs, max_over_std, beyond_3sigma,
+    beyond_6sigma, levels_per_block, rel_rtn_error (||W - Q(W)||/||W|| under `config`) and
+    outlier_error_share (share of that error caused by the top `outlier_fraction` weights).
+    Embeddings are included; error columns are computed for them too (at `config`)."""
+    rows = []
+    for name, w in tqdm(weight_matrices(model, pattern).items(), desc="weight stats", disable=not progress):
+        w = w.float()
+        x = w - w.mean()
+        std = x.pow(2).mean().sqrt()
+        z = x.abs() / std
+        q = fake_quantize(w, config)
+        rows.append(dict(**_ids(name), shape=tuple(w.shape), numel=w.numel(), std=float(std),
+                         kurtosis=float((z ** 4).mean()), max_abs=float(w.abs().max()),
+                         max_over_std=float(z.max()), beyond_3sigma=float((z > 3).float().mean()),
+                         beyond_6sigma=float((z > 6).float().mean()), levels_per_block=levels_per_block(w),
+                         rel_rtn_error=float((q - w).norm() / w.norm()),
+                         outlier_error_share=outlier_error_share(w, config, outlier_fraction)))
+    return pd.DataFrame(rows)
+
+
+def weight_channel_max(model: nn.Module, pattern: str | None = r"^(?!.*lm_head)") -> pd.DataFrame:
+    """One row per (linear module, input channel): abs_max = max_j |W[j, channel]| and
+    ratio = abs_max / median over the module's channels (an outlier input channel stands out)."""
+    frames = []
+    linears = {n: m.weight for n, m in linear_modules(model).items()}
+    names = select_modules(model, pattern, linears) if pattern else list(linears)
+    for name in names:
+        cmax = linears[name].detach().float().abs().amax(0)                            # [in]
+        ids = _ids(name)
+        frames.append(pd.DataFrame(dict(module=name, layer=ids["layer"], component=ids["component"],
+                                        channel=np.arange(cmax.numel()), abs_max=cmax.numpy(),
+                                        ratio=(cmax / cmax.median()).numpy())))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- activations
+
+def _check_calibration(calibration: torch.Tensor) -> None:
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
+        raise ValueError("calibration must be token ids as a LongTensor [n_samples, seqlen]: use "
+                         "workbench.data.calibration_batch(tokenizer, n_samples=8, seqlen=512)")
+
+
+@contextlib.contextmanager
+def _input_hooks(modules: dict[str, nn.Module], observe):
+    """Call observe(name, x) on the input of each module during forward passes; the hooks are
+    removed when the block exits, also when a forward pass raised."""
+    handles = []
+    try:
+        for name, m in modules.items():
+            handles.append(m.register_forward_pre_hook(lambda mod, args, name=name: observe(name, args[0])))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.inference_mode()
+def _run(model: nn.Module, calibration: torch.Tensor, batch_size: int, progress: bool, desc: str) -> None:
+    device = next(model.parameters()).device
+    for i in tqdm(range(0, len(calibration), batch_size), desc=desc, disable=not progress):
+        model(input_ids=calibration[i:i + batch_size].to(device))
+
+
+def activation_stats(model: nn.Module, calibration: torch.Tensor, pattern: str | None = r"^(?!.*lm_head)",
+                     threshold: float = INT8_THRESHOLD, batch_size: int = 4,
+                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Statistics of each linear layer's input over the calibration tokens, gathered by forward
+    hooks (streaming: no activation is kept). Returns (per_module, per_channel):
+    per_module has one row per module with tokens, abs_max, channel_max_ratio (largest channel
+    maximum / median channel maximum) and outlier_channels (channels reaching `threshold` on
+    any token); per_channel has one row per (module, input channel) with abs_max, rms and
+    share_over (share of tokens where |x| >= threshold)."""
+    _check_calibration(calibration)
+    linears = linear_modules(model)
+    names = select_modules(model, pattern, linears) if pattern else list(linears)
+    acc = {}
+
+    def observe(name, x):
+        x = x.detach().float().reshape(-1, x.shape[-1])                               # [tokens, in]
+        a = x.abs()
+        s = acc.setdefault(name, dict(n=0, max=torch.zeros(x.shape[-1]), sq=torch.zeros(x.shape[-1]),
+                                      over=torch.zeros(x.shape[-1])))
+        s["n"] += x.shape[0]
+        s["max"] = torch.maximum(s["max"], a.amax(0).cpu())
+        s["sq"] += (x ** 2).sum(0).cpu()
+        s["over"] += (a >= threshold).sum(0).cpu().float()
+
+    with _input_hooks({n: linears[n] for n in names}, observe):
+        _run(model, calibration, batch_size, progress, "activation stats")
+    modules, channels = [], []
+    for name in names:
+        s = acc[name]
+        ids = _ids(name)
+        modules.append(dict(**ids, tokens=s["n"], abs_max=float(s["max"].max()),
+                            channel_max_ratio=float(s["max"].max() / s["max"].median().clamp(min=1e-12)),
+                            outlier_channels=int((s["max"] >= threshold).sum())))
+        channels.append(pd.DataFrame(dict(module=name, layer=ids["layer"], component=ids["component"],
+                                          channel=np.arange(len(s["max"])), abs_max=s["max"].numpy(),
+                                          rms=(s["sq"] / s["n"]).sqrt().numpy(),
+                                          share_over=(s["over"] / s["n"]).numpy())))
+    return pd.DataFrame(modules), pd.concat(channels, ignore_index=True)
+
+
+def outlier_features(channel_stats: pd.DataFrame, hidden_size: int, threshold: float = INT8_THRESHOLD,
+                     layer_share: float = INT8_LAYER_SHARE, token_share: float = INT8_TOKEN_SHARE) -> pd.DataFrame:
+    """LLM.int8 outlier feature dimensions from `activation_stats(...)[1]` (computed with the same
+    `threshold`). Only inputs of width `hidden_size` (the residual stream fed to attention and
+    FFN projections) count. A dimension is outlying in a layer when, in any of that layer's
+    modules, at least `token_share` of the tokens reach `threshold`; it is an outlier feature
+    when that holds in at least `layer_share` of the layers. One row per hidden dimension that
+    is outlying in at least one layer: dim, layers (how many), layer_share, max_token_share,
+    abs_max, is_outlier_feature; sorted by layers, then abs_max."""
+    if not 0 < layer_share <= 1 or not 0 < token_share <= 1:
+        raise ValueError(f"layer_share and token_share are fractions in (0, 1], got {layer_share}, {token_share}")
+    df = channel_stats[(channel_stats.layer.notna())]
+    widths = df.groupby("module").channel.max() + 1
+    df = df[df.module.isin(widths[widths == hidden_size].index)]
+    if df.empty:
+        raise ValueError(f"no module in channel_stats has inputs of width hidden_size={hidden_size}; "
+                         "pass model.config.hidden_size")
+    n_layers = df.layer.nunique()
+    per_layer = df.groupby(["channel", "layer"]).agg(share=("share_over", "max"), abs_max=("abs_max", "max"))
+    hit = per_layer[per_layer.share >= token_share].reset_index()
+    out = hit.groupby("channel").agg(layers=("layer", "nunique"), max_token_share=("share", "max"),
+                                     abs_max=("abs_max", "max")).reset_index().rename(columns={"channel": "dim"})
+    out["layer_share"] = out.layers / n_layers
+    out["is_outlier_feature"] = out.layer_share >= layer_share
+    out = out[["dim", "layers", "layer_share", "max_token_share", "abs_max", "is_outlier_feature"]]
+    return out.sort_values(["layers", "abs_max"], ascending=False).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- spectra
+
+def singular_values(w: torch.Tensor) -> torch.Tensor:
+    """Singular values of a matrix, descending (float64 for accuracy; [min(out, in)])."""
+    return torch.linalg.svdvals(w.detach().double())
+
+
+def stable_rank(w_or_s: torch.Tensor, is_spectrum: bool = False) -> float:
+    """||W||_F^2 / ||W||_2^2 = sum s_i^2 / s_1^2 (0 for a zero matrix); pass singular values with is_spectrum."""
+    s = w_or_s if is_spectrum else singular_values(w_or_s)
+    return float((s ** 2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
+
+
+def effective_rank(w_or_s: torch.Tensor, is_spectrum: bool = False) -> float:
+    """exp(-sum p_i log p_i) with p_i = s_i / sum s_j (Roy & Vetterli 2007); 0 for a zero matrix."""
+    s = w_or_s if is_spectrum else singular_values(w_or_s)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def spectra(model: nn.Module, pattern: str | None = None, keep_singular_values: bool = False,
+            progress: bool = True) -> pd.DataFrame:
+    """One row per weight matrix: shape, sigma_max, frobenius, stable_rank, effective_rank,
+    stable_rank_ratio (stable rank / min(out, in)), and with keep_singular_values the full
+    spectrum in a `singular_values` column (a numpy array)."""
+    rows = []
+    for name, w in tqdm(weight_matrices(model, pattern).items(), desc="spectra", disable=not progress):
+        s = singular_values(w)
+        row = dict(**_ids(name), shape=tuple(w.shape), sigma_max=float(s[0]), frobenius=float(s.norm()),
+                   stable_rank=stable_rank(s, True), effective_rank=effective_rank(s, True),
+                   stable_rank_ratio=stable_rank(s, True) / min(w.shape))
+        if keep_singular_values:
+            row["singular_values"] = s.float().numpy()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def spectra_under_quantization(model: nn.Module, specs: dict[str, Spec], calibration: torch.Tensor | None = None,
+                               pattern: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Stable and effective rank of every quantized matrix before and after each spec of `specs`
+    (label -> spec for `quantize_model`). Long format, one row per (module, label): stable_rank,
+    stable_rank_q, stable_rank_change (relative), effective_rank, effective_rank_q,
+    sigma_max_change (relative) and the module's rel_weight_error from the quantizer report."""
+    base = spectra(model, pattern, progress=False).set_index("module")
+    frames = []
+    for label, spec in specs.items():
+        qmodel, report = quantize_model(model, spec, calibration, progress=progress)
+        names = [n for n in report.module if n in base.index]
+        mats = {n: qmodel.get_submodule(n).weight.detach() for n in names}
+        rows = []
+        for name, w in tqdm(mats.items(), desc=f"spectra {label}", disable=not progress):
+            s = singular_values(w)
+            b = base.loc[name]
+            sr = stable_rank(s, True)
+            rows.append(dict(**_ids(name), label=label, stable_rank=b.stable_rank, stable_rank_q=sr,
+                             stable_rank_change=sr / b.stable_rank - 1, effective_rank=b.effective_rank,
+                             effective_rank_q=effective_rank(s, True),
+                             sigma_max_change=float(s[0]) / b.sigma_max - 1))
+        frame = pd.DataFrame(rows).merge(report[["module", "bits", "rel_weight_error"]], on="module")
+        frames.append(frame)
+        del qmodel
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- relations
+
+def relate(stats: pd.DataFrame, report: pd.DataFrame, columns=("rel_weight_error", "rel_output_error")) -> pd.DataFrame:
+    """Join per-module statistics (weight_stats, spectra, activation_stats) with the per-module
+    error columns of a `quantize_model` report (inner join on module; the report's error columns
+    are renamed with a `q_` prefix where the statistics already have a column of that name)."""
+    keep = ["module"] + [c for c in columns if c in report.columns and report[c].notna().any()]
+    if len(keep) == 1:
+        raise ValueError(f"the report has none of the error columns {list(columns)}; pass a quantize_model report")
+    rep = report[keep].rename(columns={c: f"q_{c}" for c in keep[1:] if c in stats.columns})
+    out = stats.merge(rep, on="module", how="inner")
+    if out.empty:
+        raise ValueError("no module is in both the statistics and the report; were they computed on the same model?")
+    return out
+
+
+def correlations(df: pd.DataFrame, xs, y: str) -> pd.DataFrame:
+    """Spearman (rank) and Pearson correlation of each column in `xs` with `y`, one row per x,
+    with the number of modules n. Rank correlation is the one to read: the statistics are heavy-tailed."""
+    rows = []
+    for x in xs:
+        part = df[[x, y]].replace([np.inf, -np.inf], np.nan).dropna()
+        rows.append(dict(x=x, y=y, n=len(part), spearman=part[x].corr(part[y], method="spearman"),
+                         pearson=part[x].corr(part[y])))
+    return pd.DataFrame(rows)
+
+
+def probe_time(model: nn.Module, calibration: torch.Tensor) -> pd.DataFrame:
+    """Wall time of each whole-model probe (weight_stats, spectra, activation_stats): the benchmark's core."""
+    rows = []
+    for label, fn in [("weight_stats", lambda: weight_stats(model, progress=False)),
+                      ("weight_channel_max", lambda: weight_channel_max(model)),
+                      ("spectra", lambda: spectra(model, progress=False)),
+                      ("activation_stats", lambda: activation_stats(model, calibration, progress=False))]:
+        t = time.perf_counter()
+        fn()
+        rows.append(dict(probe=label, seconds=time.perf_counter() - t))
+    return pd.DataFrame(rows)
