@@ -45,7 +45,7 @@ def test_more_planes_less_error():
 
 def test_als_improves_on_greedy_and_never_hurts():
     w = _weight()
-    errs = [_rel_error(w, QuantConfig(method="bcq", bits=3, group_size=64, bcq_iters=n))
+    errs = [_rel_error(w, QuantConfig(method="bcq", bits=3, group_size=64, bcq_iters=n, bcq_init="greedy"))
             for n in (0, 1, 2, 5, 10, 20)]
     assert all(a >= b for a, b in zip(errs, errs[1:])), errs
     assert errs[-1] < 0.95 * errs[0], errs
@@ -86,7 +86,7 @@ def test_exact_bcq_matrix_is_recovered(q, codes):
         binary = planes.view(out, n_groups, q, group).permute(2, 0, 1, 3).reshape(q, out, -1)
     binary = binary.to(torch.int8)
     w = bcq_dequantize(alpha, binary, group)
-    cfg = QuantConfig(method="bcq", bits=q, group_size=group, scale_dtype="float32")
+    cfg = QuantConfig(method="bcq", bits=q, group_size=group, scale_dtype="float32", bcq_init="greedy")
     fit_alpha, fit_binary = bcq_fit(w, cfg)
     assert torch.allclose(bcq_dequantize(fit_alpha, fit_binary, group), w, atol=1e-5)
     assert torch.allclose(fit_alpha, alpha, rtol=1e-5)
@@ -158,3 +158,29 @@ def test_bad_input():
         bcq_fit(w, QuantConfig(method="bcq", bits=2))
     with pytest.raises(ValueError, match="method='bcq'"):
         bcq_fit(_weight(), QuantConfig(bits=2))
+
+
+def test_uniform_init_keeps_the_extremes_and_als_only_lowers_error():
+    torch.manual_seed(0)
+    w = torch.randn(64, 200)
+    w[3, 7] = 12.0                                                                   # an outlier
+    cfg0 = QuantConfig(method="bcq", bits=3, group_size=64, bcq_init="uniform", bcq_iters=0, scale_dtype="float32")
+    alpha, binary = bcq_fit(w, cfg0)
+    w_hat = bcq_dequantize(alpha, binary, 64)
+    assert alpha[:, 3, 0].sum() == pytest.approx(12.0, rel=1e-6)                     # top level = max |w|
+    assert w_hat[3, 7] == pytest.approx(12.0, rel=1e-6)
+    ratios = alpha[1:] / alpha[:-1]
+    assert torch.allclose(ratios, torch.full_like(ratios, 2.0))                       # s, 2s, 4s
+    # the symmetric uniform grid: levels s * {±1, ±3, ±5, ±7}
+    s = alpha[0, 0, 0]
+    levels = torch.unique(w_hat[0, :64] / s).round()
+    assert set(levels.tolist()) <= {-7.0, -5.0, -3.0, -1.0, 1.0, 3.0, 5.0, 7.0}
+    e0 = (w_hat - w).norm()
+    e3 = (bcq_dequantize(*bcq_fit(w, QuantConfig(method="bcq", bits=3, group_size=64, bcq_init="uniform",
+                                                bcq_iters=3)), 64) - w).norm()
+    assert e3 <= e0 * 1.001
+
+
+def test_bcq_init_must_be_known():
+    with pytest.raises(ValueError, match="bcq_init"):
+        QuantConfig(method="bcq", bcq_init="random")

@@ -14,7 +14,9 @@ Groups run along the input dimension; a row whose length is not a multiple of th
 ends in one shorter group (576 at group 128 is 4 x 128 + 64), whose scales see only its real
 columns. `bits` in the QuantConfig is the number of planes q (1..8).
 
-Fitting: greedy init (b_i = sign(r), α_i = mean |r| over the group, r -= α_i b_i), then
+Fitting: greedy init (b_i = sign(r), α_i = mean |r| over the group, r -= α_i b_i), or
+`bcq_init="uniform"` (α_i = s·2^(i-1) with s = max|w| / (2^q - 1): the symmetric uniform grid,
+whose extreme level keeps the group's largest weight), then
 `bcq_iters` rounds of alternating least squares: (a) α exactly by least squares given the
 codes (a q x q normal-equations system per group), (b) each weight's codes re-picked as the
 nearest of the 2^q values Σ ±α_i of its group (sorted values + binary search). Scales are
@@ -84,16 +86,22 @@ def bcq_fit(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.T
     count = mask.sum(-1)                                                                 # [G] real columns
     q = config.bits
 
-    # Greedy init: peel off one plane at a time from the residual.
-    r = wp.clone()
-    alpha, b = [], []
-    for _ in range(q):
-        bi = torch.where(r >= 0, 1.0, -1.0)                                              # sign(0) = +1
-        ai = _round_scales((r.abs() * mask).sum(-1) / count, config)                     # [out, G]
-        r = r - ai.unsqueeze(-1) * bi
-        alpha.append(ai)
-        b.append(bi)
-    alpha, b = torch.stack(alpha), torch.stack(b)                                        # [q, out, G], [q, out, G, g]
+    if config.bcq_init == "uniform":
+        # Symmetric uniform grid: levels s * {±1, ±3, ..., ±(2^q - 1)}, the extreme one at max |w|.
+        s = (wp.abs() * mask).amax(-1) / (2 ** q - 1)                                    # [out, G]
+        alpha = _round_scales(s * 2.0 ** torch.arange(q, device=w.device).view(q, 1, 1), config)
+        b = _nearest_codes(wp, alpha).float()
+    else:
+        # Greedy init: peel off one plane at a time from the residual.
+        r = wp.clone()
+        alpha, b = [], []
+        for _ in range(q):
+            bi = torch.where(r >= 0, 1.0, -1.0)                                          # sign(0) = +1
+            ai = _round_scales((r.abs() * mask).sum(-1) / count, config)                 # [out, G]
+            r = r - ai.unsqueeze(-1) * bi
+            alpha.append(ai)
+            b.append(bi)
+        alpha, b = torch.stack(alpha), torch.stack(b)                                    # [q, out, G], [q, out, G, g]
     err = _group_error(wp, mask, alpha, b)                                               # [out, G]
 
     eye = torch.eye(q, dtype=torch.float64, device=w.device)

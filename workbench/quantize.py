@@ -41,6 +41,7 @@ GRANULARITIES = ("tensor", "channel", "group")
 
 METHODS = ("rtn", "gptq", "bcq")
 OUTLIER_MODES = ("weight", "channel")
+BCQ_INITS = ("greedy", "uniform")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ class QuantConfig:
     or "bcq" (binary-coding, AlphaTuning's format). damp, act_order, static_groups, block_size:
     GPTQ's settings. outlier_fraction: share of weights kept in full precision, chosen by
     magnitude (outlier_mode="weight") or as whole input channels by calibration activation
-    norm ("channel"). bcq_iters: alternating least-squares rounds of BCQ.
+    norm ("channel"). bcq_iters: alternating least-squares rounds of BCQ. bcq_init: "uniform"
+    (default: the symmetric uniform grid alpha_i = s 2^(i-1) whose extreme level is the group's
+    max |w|, so outliers are not clipped) or "greedy" (Xu et al. 2018: peel sign planes off the
+    residual; its levels stop short of the largest weights, which on SmolLM2 at 4 planes and 3
+    ALS rounds gives perplexity 1.4e4 against 64 for "uniform").
     """
 
     bits: int = 4
@@ -77,6 +82,7 @@ class QuantConfig:
     outlier_fraction: float = 0.0
     outlier_mode: str = "weight"
     bcq_iters: int = 20
+    bcq_init: str = "uniform"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -104,6 +110,8 @@ class QuantConfig:
             raise ValueError(f"outlier_mode must be one of {OUTLIER_MODES}, got {self.outlier_mode!r}")
         if not isinstance(self.bcq_iters, int) or self.bcq_iters < 0:
             raise ValueError(f"bcq_iters must be a non-negative integer, got {self.bcq_iters!r}")
+        if self.bcq_init not in BCQ_INITS:
+            raise ValueError(f"bcq_init must be one of {BCQ_INITS}, got {self.bcq_init!r}")
 
     @property
     def needs_calibration(self) -> bool:
