@@ -24,8 +24,10 @@ METHODS = {
     "rtn": {},
     "rtn-mse": dict(mse_clip=True),
     "rtn-outliers-1%": dict(outlier_fraction=0.01),
-    "bcq": dict(method="bcq"),
+    "bcq": dict(method="bcq", bcq_iters=3),
+    "bcq-greedy": dict(method="bcq", bcq_iters=3, bcq_init="greedy"),
     "gptq": dict(method="gptq"),
+    "gptq-act-order": dict(method="gptq", act_order=True),
 }
 
 
