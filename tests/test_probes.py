@@ -143,6 +143,17 @@ def test_activation_stats_rejects_bad_calibration():
         probes.activation_stats(_Embed(), torch.randn(2, 10), pattern=None, progress=False)
 
 
+def test_fast_singular_values_match_the_svd():
+    torch.manual_seed(0)
+    for shape in [(300, 200), (64, 500)]:
+        w = torch.randn(*shape) * torch.logspace(0, -2, shape[1])                     # decaying column scales
+        exact, fast = probes.singular_values(w, exact=True), probes.singular_values(w)
+        assert fast.shape == exact.shape == (min(shape),)
+        assert (fast - exact).abs().max() < 1e-3 * exact[0]
+        assert probes.stable_rank(fast, True) == pytest.approx(probes.stable_rank(exact, True), rel=1e-5)
+        assert probes.effective_rank(fast, True) == pytest.approx(probes.effective_rank(exact, True), rel=1e-3)
+
+
 def test_spectra_and_quantization_on_tiny_lm(tiny_lm):
     sp = probes.spectra(tiny_lm.model, keep_singular_values=True, progress=False)
     row = sp.iloc[0]
