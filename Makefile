@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets reproduce test unit notebooks-test benchmark lock clean-results
+.PHONY: all setup assets reproduce test unit notebooks-test benchmark benchmark-quantizers lock clean-results
 
 all: test
 
@@ -45,8 +45,13 @@ test: assets
 	  $(PY) -m pytest --nbval notebooks -p no:cacheprovider \
 	    --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 1800 -q
 
+# Timings (not tests). The quantizer benchmark is long (every method at 8/4/3/2 bits): make benchmark-quantizers.
 benchmark: assets
 	$(PY) benchmarks/bench_foundation.py
+	$(PY) benchmarks/bench_probes.py
+
+benchmark-quantizers: assets
+	$(PY) benchmarks/bench_quantizers.py
 
 lock: setup
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | \

@@ -64,7 +64,7 @@ summary"""),
 md("""Medians per component. Two things to read:
 
 * **The grid.** SmolLM2's linear layers have a median of 13 distinct values per block of 32 (at most 16: a 4-bit checkpoint), its 8-bit embedding 29; every MiniLM matrix has 32 — every weight distinct. Any statistic of SmolLM2 describes the GGUF checkpoint as much as the model.
-* **Tails.** A Gaussian has kurtosis 3 and 0.27% of its mass beyond 3σ. SmolLM2's matrices sit moderately above that (median kurtosis 3.5–4.8 per component, a few matrices above 10); MiniLM's attention matrices are close to Gaussian, while its FFN output projections (`down`) and embeddings are extremely heavy-tailed (median kurtosis above 100). `outlier_error_share` says what the tails cost: the share of the 3-bit squared error that goes away when the top 1% of weights are kept aside."""),
+* **Tails.** A Gaussian has kurtosis 3 and 0.27% of its mass beyond 3σ. SmolLM2's matrices sit moderately above that (median kurtosis 3.5–4.8 per linear component, 8.3 for the embedding, a few matrices above 10); MiniLM's attention matrices are not far from Gaussian (3.3–4.4), while its FFN output projections (`down`) and embeddings are extremely heavy-tailed (median kurtosis above 100). `outlier_error_share` says what the tails cost: the share of the 3-bit squared error that goes away when the top 1% of weights are kept aside."""),
 code("""ws = weights["causal"]
 layer_component_heatmap(ws, "kurtosis", log=True, title=f"{models['causal'].record.name}: weight kurtosis",
                         path=FIG / "outliers_kurtosis_heatmap.png")
