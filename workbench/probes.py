@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.gptq import _check_calibration
 from workbench.modules import linear_modules, module_info, select_modules
 from workbench.quantize import QuantConfig, Spec, fake_quantize, quantize_model
 
@@ -138,12 +139,6 @@ def weight_channel_max(model: nn.Module, pattern: str | None = r"^(?!.*lm_head)"
 
 
 # ----------------------------------------------------------------------------- activations
-
-def _check_calibration(calibration: torch.Tensor) -> None:
-    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.dtype != torch.long:
-        raise ValueError("calibration must be token ids as a LongTensor [n_samples, seqlen]: use "
-                         "workbench.data.calibration_batch(tokenizer, n_samples=8, seqlen=512)")
-
 
 @contextlib.contextmanager
 def _input_hooks(modules: dict[str, nn.Module], observe):

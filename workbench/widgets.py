@@ -52,10 +52,7 @@ def quantizer_explorer(model, hessians: dict[str, torch.Tensor] | None = None, g
     """Pick a layer, a component, a bit width and a method; see the weight histogram before and
     after quantization and the error. GPTQ is offered when `hessians` (module -> H) is given."""
     linears = linear_modules(model)
-    by_key = {(module_info(n).layer, module_info(n).component): n for n in linears
-              if module_info(n).layer is not None}
-    layers = sorted({k[0] for k in by_key})
-    components = [c for c in ("q", "k", "v", "o", "gate", "up", "down") if any(k[1] == c for k in by_key)]
+    by_key, layers, components = _block_modules(model)
     methods = [m for m in EXPLORER_METHODS if m != "GPTQ" or hessians]
     layer = W.IntSlider(value=layers[len(layers) // 2], min=layers[0], max=layers[-1], description="layer")
     component = W.Dropdown(options=components, value=components[0], description="component")
