@@ -427,3 +427,42 @@ def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | Non
         first = ["module", "layer", "component", "method", "bits", "groups", "rel_weight_error"]
         report = report[first + [c for c in report.columns if c not in first]]
     return qmodel, report
+
+
+@torch.no_grad()
+def quantize_embeddings(model: nn.Module, config: QuantConfig, inplace: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+    """Round-to-nearest quantize the token embedding (and an untied output head); return model, report.
+
+    The embedding matrix [vocab, hidden] is quantized like a linear weight, one row per token
+    with groups along the hidden dimension. Only RTN applies (an embedding lookup has no input
+    activations for GPTQ to use), so a GPTQ or BCQ `config` is quantized with RTN at the same
+    bits and groups, and the report's note says so. When the output head is tied to the
+    embedding (SmolLM2, Gemma) quantizing one quantizes both; an untied head is quantized too.
+    """
+    if config.method != "rtn":
+        note = f"RTN (embeddings have no activations for {config.method})"
+        config = QuantConfig(bits=config.bits, group_size=config.group_size, granularity=config.granularity,
+                             symmetric=config.symmetric)
+    else:
+        note = ""
+    qmodel = model if inplace else copy.deepcopy(model)
+    mats = {}
+    emb = qmodel.get_input_embeddings()
+    mats[next(n for n, m in qmodel.named_modules() if m is emb)] = emb
+    head = qmodel.get_output_embeddings() if hasattr(qmodel, "get_output_embeddings") else None
+    if head is not None and head.weight is not emb.weight:
+        mats[next(n for n, m in qmodel.named_modules() if m is head)] = head
+    rows = []
+    for name, module in mats.items():
+        w = module.weight
+        t0 = time.perf_counter()
+        try:
+            w_hat, _ = rtn_quantize_weight(w.data, config)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        err = (torch.linalg.norm(w.data.float() - w_hat.float()) / torch.linalg.norm(w.data.float())).item()
+        w.data.copy_(w_hat)
+        tied = " (tied to the output head)" if head is not None and head.weight is emb.weight else ""
+        rows.append(_row(name, config, w.shape, rel_weight_error=err, time_s=time.perf_counter() - t0,
+                         note=(note + tied).strip()))
+    return qmodel, pd.DataFrame(rows)

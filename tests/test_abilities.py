@@ -1,0 +1,290 @@
+"""Ability tasks and scoring: the local lm-eval tasks, a gold-answer model, IFEval's checkers, batching."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from workbench import abilities, data
+from workbench.instruction_prompts import INSTRUCTION_TYPES, instruction_prompts
+
+ALL_GOLD_TASKS = ["wb_icl_arith_1d_add", "wb_icl_arith_2d_sub", "wb_icl_sports", "wb_icl_mmlu",
+                  "wb_cot_gsm8k", "wb_direct_gsm8k"] + [
+    f"wb_{kind}_bbh_{t}" for t in data.BBH_TASKS for kind in ("cot", "direct")]
+
+
+@pytest.fixture(scope="module")
+def tasks_dir():
+    return data.ability_tasks_dir()
+
+
+def test_task_files_are_valid_for_lm_eval(tasks_dir):
+    """Every local task has its JSONL and YAML, and lm-eval's TaskManager indexes and builds them."""
+    from lm_eval.tasks import get_task_dict
+
+    names = sorted(p.stem for p in tasks_dir.glob("*.yaml"))
+    assert len(names) == 22 and all(n.startswith("wb_") for n in names)
+    for n in names:
+        rows = [json.loads(line) for line in (tasks_dir / f"{n}.jsonl").read_text().splitlines()]
+        assert len(rows) >= 100, n
+    known = set(abilities.task_manager().all_tasks)
+    assert set(names) <= known
+    built = get_task_dict(["wb_icl_mmlu", "wb_cot_gsm8k", "wb_ifeval"], abilities.task_manager())
+    assert {t.config.task for t in built.values()} == {"wb_icl_mmlu", "wb_cot_gsm8k", "wb_ifeval"}
+    assert len(built["wb_icl_mmlu"].eval_docs) == len(data.mmlu_rows()) >= 250
+
+
+def test_bbh_rows_follow_the_bbh_format():
+    rows = {t: data.bbh_rows(t) for t in data.BBH_TASKS}
+    assert {r["target"] for r in rows["sports_understanding"]} == {"yes", "no"}
+    assert {r["target"] for r in rows["navigate"]} == {"Yes", "No"}
+    assert all(re.fullmatch(r"\([A-F]\)", r["target"]) for r in rows["date_understanding"])
+    assert all(r["target"].isdigit() for r in rows["object_counting"])
+    r = rows["date_understanding"][0]
+    letter = r["target"][1]
+    assert f"\n({letter}) " in r["input"] and "Options:\n(A) " in r["input"]
+    # exemplars that lm-eval puts in the prompt never appear as test items
+    shots = data._lm_eval_yaml("bbh/cot_fewshot/sports_understanding.yaml")["fewshot_config"]["samples"]
+    assert not {s["input"] for s in shots} & {r["input"] for r in rows["sports_understanding"]}
+
+
+def test_direct_exemplars_keep_only_the_answer():
+    rows = data._answer_only([{"question": "q", "target": "3 + 2 = 5. The answer is 5."},
+                              {"input": "i", "target": "Reasoning. So the answer is (B)."}], "target")
+    assert [r["target"] for r in rows] == ["The answer is 5.", "The answer is (B)."]
+    with pytest.raises(ValueError, match="without a final answer"):
+        data._answer_only([{"target": "no answer here"}], "target")
+
+
+def test_mmlu_rows_parse():
+    rows = data.mmlu_rows()
+    assert len({r["subject"] for r in rows}) >= 50
+    assert all(len(r["choices"]) == 4 and r["answer"] in range(4) for r in rows)
+
+
+def test_unknown_task_is_a_clear_error(tiny_lm):
+    with pytest.raises(ValueError, match="unknown lm-eval task.*wb_icl_arith_1d_add"):
+        abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["no_such_task"], cache=False)
+    with pytest.raises(ValueError, match="limit"):
+        abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["wb_icl_sports"], limit=0, cache=False)
+
+
+# -----------------------------------------------------------------------------
+# an lm-eval LM that knows every gold answer (or always answers wrong)
+
+
+def _gold(task: str, doc: dict) -> str:
+    if task.startswith("wb_icl_arith"):
+        return doc["target"]
+    if task.endswith("gsm8k"):
+        return doc["answer"].split("####")[-1].strip()
+    if task == "wb_icl_sports":
+        return ["plausible", "implausible"][doc["label"]]
+    if task == "wb_icl_mmlu":
+        return "ABCD"[doc["answer"]]
+    return doc["target"]
+
+
+class OracleLM:
+    """Answers like a well-behaved model: the gold answer, in the shape each prompt asks for."""
+
+    def __new__(cls, wrong: bool = False):
+        from lm_eval.api.model import LM
+
+        class _Oracle(LM):
+            def loglikelihood(self, requests):
+                out = []
+                for r in requests:
+                    right = r.args[1].strip() == _gold(r.task_name, r.doc)
+                    out.append((0.0 if right != wrong else -10.0, True))
+                return out
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+            def generate_until(self, requests):
+                out = []
+                for r in requests:
+                    ans = _gold(r.task_name, r.doc)
+                    if wrong:
+                        ans = "1" + ans if ans.lstrip("-").isdigit() or ans.isdigit() else "(Z) nothing"
+                    if r.task_name.startswith("wb_cot_gsm8k"):
+                        out.append(f" First I add the numbers. The answer is {ans}.")
+                    elif r.task_name.startswith("wb_cot_bbh"):
+                        out.append(f" Let me think it through. So the answer is {ans}.")
+                    elif r.task_name == "wb_direct_gsm8k":
+                        out.append(f" The answer is {ans}.")
+                    else:
+                        out.append(f" {ans}")
+                return out
+
+        return _Oracle()
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_gold_answers_score_one_and_wrong_answers_zero(wrong):
+    res = abilities.evaluate_tasks(OracleLM(wrong), None, ALL_GOLD_TASKS, limit=6, model_key="oracle",
+                                   num_fewshot=None, cache=False)
+    primary = res.scores[res.scores["primary"]].set_index("task")["score"]
+    assert set(primary.index) == set(ALL_GOLD_TASKS)
+    assert (primary == (0.0 if wrong else 1.0)).all(), primary.to_dict()
+    assert (res.scores[res.scores["primary"]]["n"] == 6).all()
+    assert len(res.samples) >= 6 * len(ALL_GOLD_TASKS)
+
+
+def test_shot_count_reaches_the_prompt():
+    for k in (0, 3):
+        res = abilities.evaluate_tasks(OracleLM(), None, ["wb_icl_arith_1d_add"], num_fewshot=k, limit=2,
+                                       model_key="oracle", cache=False)
+        prompt = res.samples.prompt.iloc[0]
+        assert prompt.count("Q: ") == k + 1
+        assert (res.scores.shots == k).all()
+
+
+# -----------------------------------------------------------------------------
+# instruction following: the prompts and lm-eval's checkers
+
+
+def test_instruction_prompts_cover_enough_types():
+    rows = instruction_prompts()
+    assert len(rows) >= 100 and len({r["key"] for r in rows}) == len(rows)
+    used = {i for r in rows for i in r["instruction_id_list"]}
+    assert len(used) >= 15 and used == set(INSTRUCTION_TYPES)
+    from lm_eval.tasks.ifeval import instructions_registry  # noqa: F401  (checked after ensure_punkt)
+
+
+# (instruction id, kwargs, a response that follows it, one that breaks it)
+CASES = [
+    ("punctuation:no_comma", {}, "A plain answer without that mark.", "A plain answer, with a comma."),
+    ("change_case:english_lowercase", {}, "this is all in lower case english text.",
+     "This Is Not all in lower case english text."),
+    ("change_case:english_capital", {}, "THIS IS AN ANSWER WRITTEN IN CAPITAL LETTERS.",
+     "This answer is written in normal letters."),
+    ("detectable_format:title", {}, "<<A Title>>\nThe body.", "No title here.\nThe body."),
+    ("detectable_format:json_format", {}, '{"answer": "yes"}', "answer: yes"),
+    ("startend:quotation", {}, '"All of it is quoted."', "Nothing is quoted."),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Here it is. Any other questions?",
+     "Any other questions? Here it is."),
+    ("keywords:existence", {"keywords": ["garden", "morning"]}, "The garden in the morning.", "The garden."),
+    ("keywords:forbidden_words", {"forbidden_words": ["very"]}, "It is quite good.", "It is very good."),
+    ("keywords:frequency", {"keyword": "water", "frequency": 3, "relation": "at least"},
+     "water, water and more water", "water once"),
+    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 3, "let_relation": "at least"},
+     "zebra zoo zone", "a zebra"),
+    ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "Four words right here.",
+     "These are definitely more than five words in total."),
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"},
+     "Only one sentence here.", "Mr. Smith went to Washington. He arrived at 5 p.m. on Friday. Then he left."),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "First part.\n***\nSecond part.",
+     "Only one part."),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Body.\nP.S. See you soon.", "Body only."),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [name], at [address].",
+     "Dear friend."),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n* two", "* one\n* two\n* three"),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "*one* and *two*", "*one* only"),
+    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
+     "Section 1\nfirst\nSection 2\nsecond", "just one block"),
+    ("detectable_format:constrained_response", {}, "My answer is yes.", "Perhaps."),
+    ("combination:two_responses", {}, "First answer.\n******\nSecond answer.", "Only one answer."),
+    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
+     "VERY GOOD work", "Very good work"),
+    ("language:response_language", {"language": "fr"},
+     "Le chat est sur la table et il dort tranquillement.", "The cat is on the table and sleeps quietly."),
+]
+
+
+@pytest.mark.parametrize("instruction,kwargs,good,bad", CASES, ids=[c[0] for c in CASES])
+def test_ifeval_checkers_accept_and_reject(instruction, kwargs, good, bad):
+    abilities.ensure_punkt()
+    from lm_eval.tasks.ifeval.utils import process_results
+
+    doc = {"key": 1, "prompt": "Write something.", "instruction_id_list": [instruction], "kwargs": [kwargs]}
+    assert process_results(doc, [good])["prompt_level_strict_acc"] is True
+    assert process_results(doc, [bad])["prompt_level_strict_acc"] is False
+
+
+def test_punkt_model_splits_sentences_offline():
+    abilities.ensure_punkt()
+    import nltk
+
+    text = "Mr. Smith went to Washington. He arrived at 5 p.m. on Friday."
+    assert nltk.sent_tokenize(text) == ["Mr. Smith went to Washington.", "He arrived at 5 p.m. on Friday."]
+
+
+# -----------------------------------------------------------------------------
+# a real model through HFLM: batched generation with the KV cache, and the quantization specs
+
+
+def test_generation_is_batched_and_uses_the_kv_cache(tiny_lm, monkeypatch):
+    calls = []
+    original = tiny_lm.model.generate
+
+    def spy(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        calls.append((ids.shape[0], kwargs.get("use_cache")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_lm.model, "generate", spy)
+    res = abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["wb_icl_arith_1d_add"], limit=6,
+                                   batch_size=4, max_gen_toks=3, cache=False)
+    assert calls and max(b for b, _ in calls) == 4 and all(c is True for _, c in calls)
+    assert res.scores.loc[res.scores.primary, "n"].item() == 6
+
+
+def test_results_are_cached_and_keyed_by_the_model(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    kw = dict(limit=2, batch_size=2, max_gen_toks=2)
+    a = abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["wb_icl_sports"], **kw)
+    n_files = len(list(tmp_path.rglob("*.pkl")))
+    b = abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["wb_icl_sports"], **kw)
+    assert n_files == 1 and len(list(tmp_path.rglob("*.pkl"))) == 1
+    assert a.samples.equals(b.samples)
+    import copy
+
+    other = copy.deepcopy(tiny_lm.model)
+    with torch.no_grad():
+        other.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    assert abilities.model_fingerprint(other) != abilities.model_fingerprint(tiny_lm.model)
+
+
+def test_component_specs_quantize_only_their_group(tiny_lm):
+    specs = abilities.component_specs(bits=2, group_size=16)
+    assert set(specs) == {"all"} | {f"{w} {g}" for g in abilities.COMPONENT_GROUPS for w in ("only", "all but")}
+    base = dict(tiny_lm.model.named_parameters())
+    for label, want in [("only attention", "self_attn"), ("only ffn", "mlp"), ("only embeddings", "embed")]:
+        q, report = abilities.quantize_for_spec(tiny_lm.model, specs[label])
+        changed = {n for n, p in q.named_parameters() if not torch.equal(p, base[n])}
+        assert changed and all(want in n for n in changed), (label, changed)
+    q, _ = abilities.quantize_for_spec(tiny_lm.model, specs["all but embeddings"])
+    emb = q.get_input_embeddings().weight
+    assert torch.equal(emb, tiny_lm.model.get_input_embeddings().weight)
+    assert not torch.equal(q.model.layers[0].mlp.up_proj.weight, tiny_lm.model.model.layers[0].mlp.up_proj.weight)
+
+
+def test_quantize_embeddings_uses_rtn_and_says_so(tiny_lm):
+    from workbench.quantize import QuantConfig, quantize_embeddings
+
+    q, report = quantize_embeddings(tiny_lm.model, QuantConfig(bits=3, group_size=16, method="gptq"))
+    assert len(report) == 1 and "RTN" in report.note[0] and "tied" in report.note[0]
+    w = q.get_input_embeddings().weight
+    assert w is q.get_output_embeddings().weight  # still tied
+    assert max(g.unique().numel() for g in w.detach().reshape(-1, 16)) <= 8  # 3 bits: at most 8 levels
+    assert not torch.equal(w, tiny_lm.model.get_input_embeddings().weight)
+
+
+def test_ability_table_and_recovery():
+    import pandas as pd
+
+    rows = []
+    for label, s in [("base", 0.6), ("RTN W2", 0.1), ("RTN W2 + LoRA", 0.35)]:
+        rows += [{"label": label, "bits": 16, "method": "x", "task": "t", "ability": "icl", "shots": 0,
+                  "metric": "acc", "score": s, "primary": True},
+                 {"label": label, "bits": 16, "method": "x", "task": "perplexity", "ability": "lm",
+                  "shots": None, "metric": "perplexity", "score": {"base": 10, "RTN W2": 1000,
+                                                                   "RTN W2 + LoRA": 100}[label], "primary": True}]
+    table = abilities.ability_table(pd.DataFrame(rows))
+    assert list(table["icl k=0"]) == [0.6, 0.1, 0.35]
+    rec = abilities.recovery(table, "base", "RTN W2", "RTN W2 + LoRA")
+    assert rec["icl k=0"] == pytest.approx(0.5)
+    assert rec["perplexity"] == pytest.approx(0.5)

