@@ -399,66 +399,74 @@ def _spec_method(spec) -> str:
 
 def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict | None = None,
                   shots=SHOTS, limit: int | None = None, calibration: dict | None = None,
-                  batch_size: int = 16, max_gen_toks: int | None = None, perplexity_windows: int | None = 2,
-                  progress: bool = True) -> AbilityResult:
+                  lora: dict | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
+                  perplexity_windows: int | None = 2, progress: bool = True) -> AbilityResult:
     """Ability scores of `model` quantized by each spec (see `ability_scores`), cached per spec.
 
     `specs` maps a label to None (unquantized), a `quantize_model` spec or a component spec
     (`component_specs`). `calibration` settings (e.g. {"corpus": "lee", "n_samples": 8,
     "seqlen": 256, "seed": 0}) are drawn with `calibration_batch` when a spec needs them (GPTQ).
-    With `perplexity_windows`, each model's perplexity on that many 512-token windows of the lee
-    evaluation split is added as a task "perplexity" (a continuous measure that still moves
-    when every ability score is at zero). A cache hit skips quantization entirely. Scores and
-    samples carry `label`, `bits` (16 for the unquantized model) and `method` columns.
+    With `lora` (keyword arguments of `workbench.finetune.lora_finetune`, e.g. {"steps": 40}),
+    each quantized model is fine-tuned with LoRA before it is scored; labels get " + LoRA" and
+    the scores a `trainable_params` column. With `perplexity_windows`, each model's perplexity
+    on that many 512-token windows of the lee evaluation split is added as a task "perplexity"
+    (a continuous measure that still moves when every ability score is at zero). A cache hit
+    skips quantization and training entirely. Scores and samples carry `label`, `bits` (16 for
+    the unquantized model) and `method` columns.
     """
     from tqdm.auto import tqdm
 
     from workbench.cache import cached
     from workbench.data import calibration_batch, evaluation_text
     from workbench.evaluate import perplexity
+    from workbench.finetune import lora_finetune
 
     calib = None
     all_scores, all_samples = [], []
     for label, spec in tqdm(specs.items(), desc="ability sweep", disable=not progress):
         needs = spec is not None and any(c.needs_calibration for c in _configs(spec))
-        key = {"model": record.key, "spec": spec, "calibration": calibration if needs else None}
-
-        def quantized(spec=spec, needs=needs):
-            nonlocal calib
-            if needs and calibration is None:
-                raise ValueError(f"spec {label!r} uses GPTQ, which needs calibration: pass "
-                                 "calibration={'corpus': 'lee', 'n_samples': 8, 'seqlen': 256, 'seed': 0}")
-            if needs and calib is None:
-                calib = calibration_batch(tokenizer, **calibration)
-            t0 = time.perf_counter()
-            qmodel, _ = quantize_for_spec(model, spec, calib if needs else None)
-            return qmodel, time.perf_counter() - t0
-
+        if needs and calibration is None:
+            raise ValueError(f"spec {label!r} uses GPTQ, which needs calibration: pass "
+                             "calibration={'corpus': 'lee', 'n_samples': 8, 'seqlen': 256, 'seed': 0}")
+        key = {"model": record.key, "spec": spec, "calibration": calibration if needs else None,
+               "lora": lora}
         state = {}
 
-        def qmodel():
+        def build(spec=spec, needs=needs):
+            nonlocal calib
             if "model" not in state:
-                state["model"], state["time"] = quantized()
+                if needs and calib is None:
+                    calib = calibration_batch(tokenizer, **calibration)
+                qmodel, _ = quantize_for_spec(model, spec, calib if needs else None)
+                if lora is not None:
+                    qmodel, state["lora"] = lora_finetune(qmodel, tokenizer, progress=False, **lora)
+                state["model"] = qmodel
             return state["model"]
 
+        lora_record = cached({"what": "lora", **key}, lambda: (build(), state["lora"])[1]) if lora else None
         model_key = hashlib.sha256(repr(sorted(key.items(), key=str)).encode()).hexdigest()
-        res = ability_scores(_Deferred(qmodel), tokenizer, suites=suites, shots=shots, limit=limit,
+        res = ability_scores(_Deferred(build), tokenizer, suites=suites, shots=shots, limit=limit,
                              batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=model_key)
         scores, samples = res.scores.copy(), res.samples.copy()
         if perplexity_windows:
-            ppl = cached({"what": "perplexity", "model": record.key, "spec": spec, "corpus": "lee",
-                          "split": "evaluation", "seqlen": 512, "max_windows": perplexity_windows,
-                          "calibration": key["calibration"]},
-                         lambda: perplexity(qmodel(), tokenizer, evaluation_text("lee"), 512,
-                                            max_windows=perplexity_windows, progress=False))
+            parts = {"what": "perplexity", "model": record.key, "spec": spec, "corpus": "lee",
+                     "split": "evaluation", "seqlen": 512, "max_windows": perplexity_windows,
+                     "calibration": key["calibration"]}
+            if lora is not None:
+                parts["lora"] = lora
+            ppl = cached(parts, lambda: perplexity(build(), tokenizer, evaluation_text("lee"), 512,
+                                                   max_windows=perplexity_windows, progress=False))
             scores = pd.concat([scores, pd.DataFrame([{
                 "task": "perplexity", "ability": "lm", "shots": None, "metric": "perplexity",
                 "filter": "none", "score": ppl, "stderr": float("nan"), "n": perplexity_windows,
                 "primary": True}])], ignore_index=True)
+        name = f"{label} + LoRA" if lora is not None else label
         for df in (scores, samples):
-            df.insert(0, "label", label)
+            df.insert(0, "label", name)
             df.insert(1, "bits", _spec_bits(spec))
             df.insert(2, "method", _spec_method(spec))
+        if lora_record is not None:
+            scores["trainable_params"] = lora_record["trainable_params"]
         all_scores.append(scores)
         all_samples.append(samples)
     return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
@@ -504,6 +512,8 @@ def ability_table(scores: pd.DataFrame) -> pd.DataFrame:
     for label, g in scores.groupby("label", sort=False):
         row = {"label": label, "bits": g["bits"].iloc[0] if "bits" in g else None,
                "method": g["method"].iloc[0] if "method" in g else None}
+        if "trainable_params" in g and g["trainable_params"].notna().any():
+            row["trainable_params"] = int(g["trainable_params"].dropna().iloc[0])
         p = g[g["primary"]]
         for k, gk in p[p.ability == "icl"].groupby("shots"):
             row[f"icl k={int(k)}"] = gk.score.mean()
