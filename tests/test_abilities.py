@@ -288,3 +288,6 @@ def test_ability_table_and_recovery():
     rec = abilities.recovery(table, "base", "RTN W2", "RTN W2 + LoRA")
     assert rec["icl k=0"] == pytest.approx(0.5)
     assert rec["perplexity"] == pytest.approx(0.5)
+    # nothing lost, nothing to win back
+    assert rec.isna().sum() == 0
+    assert abilities.recovery(table, "RTN W2", "base", "RTN W2 + LoRA").isna().all()

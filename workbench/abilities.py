@@ -31,8 +31,11 @@ the same functions for users who can reach a dataset hub; see HUB_SUITES.
 from __future__ import annotations
 
 import ast
+import contextlib
+import copy
 import functools
 import hashlib
+import io
 import logging
 import os
 import time
@@ -122,6 +125,24 @@ def task_manager():
     return TaskManager(include_path=str(ability_tasks_dir()), verbosity="ERROR")
 
 
+@functools.lru_cache(maxsize=64)
+def _local_task(name: str):
+    """A built lm-eval Task for a local task (its dataset loaded once per process)."""
+    from lm_eval.tasks import get_task_dict
+
+    return get_task_dict([name], task_manager())[name]
+
+
+def _task_arg(name: str):
+    """What simple_evaluate gets for a task: a fresh copy of the built local Task, or the name as it is.
+
+    Building a task (reading its JSONL into a dataset, parsing its YAML) costs seconds; a sweep
+    evaluates the same tasks on many models, so local tasks are built once and copied per run
+    (simple_evaluate changes a task's shots and generation settings in place).
+    """
+    return copy.deepcopy(_local_task(name)) if name.startswith("wb_") else name
+
+
 def _check_tasks(tasks: list[str]) -> None:
     known = set(task_manager().all_tasks)
     unknown = [t for t in tasks if t not in known]
@@ -140,6 +161,25 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def task_table() -> pd.DataFrame:
+    """The local `wb_*` tasks: ability, items, output type, default shots, metric and data source."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    from workbench.data import ability_tasks_dir
+
+    rows = []
+    folder = ability_tasks_dir()
+    for path in sorted(folder.glob("wb_*.yaml")):
+        cfg = load_yaml(path, resolve_func=False)   # includes merged
+        n = sum(1 for _ in open(folder / f"{cfg['task']}.jsonl"))
+        metrics = [m["metric"] for m in cfg.get("metric_list", [])]
+        rows.append({"task": cfg["task"], "ability": ability_of(cfg["task"]), "items": n,
+                     "output": cfg.get("output_type"), "shots": cfg.get("num_fewshot") or 0,
+                     "metric": metrics[0] if metrics else "(process_results)",
+                     "source": cfg["metadata"]["source"]})
+    return pd.DataFrame(rows)
 
 
 # -----------------------------------------------------------------------------
@@ -220,7 +260,7 @@ def _tidy(out: dict, shots: int | None) -> AbilityResult:
 def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ...], num_fewshot: int | None = None,
                    limit: int | None = None, batch_size: int = 16, apply_chat_template: bool = False,
                    max_gen_toks: int | None = None, model_key: str | None = None, seed: int = 0,
-                   cache: bool = True) -> AbilityResult:
+                   cache: bool = True, progress: bool = True) -> AbilityResult:
     """Score `model` on lm-eval `tasks` through `lm_eval.simple_evaluate`; cached on disk.
 
     The model object itself is handed to lm-eval (`HFLM(pretrained=model, tokenizer=...)`); an
@@ -229,7 +269,8 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
     exemplars for GSM8K); `limit` takes the first n items of each task (the local tasks are
     shuffled once, so this is a fixed random sample); `max_gen_toks` caps generation length
     (the local tasks default to 256); `apply_chat_template` wraps prompts in the tokenizer's
-    chat template. The cache key is `model_key` (e.g. record.key plus the quantization spec) or,
+    chat template; `progress=False` silences lm-eval's progress bars. The cache key is
+    `model_key` (e.g. record.key plus the quantization spec) or,
     when it is None, a fingerprint of the weights, plus every argument above and the lm-eval
     and task-file versions. Returns `AbilityResult(scores, samples)`: one row per task and
     metric (score, stderr over items, n, and `primary` marking the headline metric), and one row
@@ -258,20 +299,25 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
              "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION}
 
     def compute():
+        import datasets
         from lm_eval.models.huggingface import HFLM
 
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
+        datasets.disable_progress_bars()
         if isinstance(model, LM):
             lm = model
         else:
             lm = HFLM(pretrained=model._get() if isinstance(model, _Deferred) else model,
                       tokenizer=tokenizer, batch_size=batch_size)
-        out = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=task_manager(),
-            apply_chat_template=apply_chat_template, fewshot_as_multiturn=False,
-            gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, log_samples=True,
-            bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-            fewshot_random_seed=seed, verbosity="ERROR")
+        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+        with quiet:
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[_task_arg(t) for t in tasks], num_fewshot=num_fewshot, limit=limit,
+                task_manager=task_manager(),
+                apply_chat_template=apply_chat_template, fewshot_as_multiturn=False,
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, log_samples=True,
+                bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed, verbosity="ERROR")
         return _tidy(out, num_fewshot)
 
     if not cache:
@@ -281,7 +327,8 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
 
 def ability_scores(model: nn.Module, tokenizer, suites: dict | None = None, shots=SHOTS,
                    limit: int | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
-                   chat_for_instructions: bool = True, model_key: str | None = None) -> AbilityResult:
+                   chat_for_instructions: bool = True, model_key: str | None = None,
+                   progress: bool = True) -> AbilityResult:
     """All three abilities of `model`: ICL tasks at each k in `shots`, CoT tasks, instruction following.
 
     `suites` maps ability -> task names (default SUITES; a missing ability is skipped).
@@ -294,7 +341,7 @@ def ability_scores(model: nn.Module, tokenizer, suites: dict | None = None, shot
     if bad:
         raise ValueError(f"unknown abilities {sorted(bad)}; choose from {ABILITIES}")
     key = model_key or model_fingerprint(model)
-    common = dict(limit=limit, batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=key)
+    common = dict(limit=limit, batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=key, progress=progress)
     parts = []
     if suites.get("icl"):
         for k in shots:
@@ -446,7 +493,8 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
         lora_record = cached({"what": "lora", **key}, lambda: (build(), state["lora"])[1]) if lora else None
         model_key = hashlib.sha256(repr(sorted(key.items(), key=str)).encode()).hexdigest()
         res = ability_scores(_Deferred(build), tokenizer, suites=suites, shots=shots, limit=limit,
-                             batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=model_key)
+                             batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=model_key,
+                             progress=progress)
         scores, samples = res.scores.copy(), res.samples.copy()
         if perplexity_windows:
             parts = {"what": "perplexity", "model": record.key, "spec": spec, "corpus": "lee",
@@ -535,8 +583,9 @@ def ability_table(scores: pd.DataFrame) -> pd.DataFrame:
 def recovery(table: pd.DataFrame, base: str, before: str, after: str) -> pd.Series:
     """Share of the quantization loss won back per column: (after - before) / (base - before).
 
-    1 means fully recovered, 0 nothing, negative worse; NaN where quantization lost nothing.
-    For perplexity (lower is better) the same formula holds on its logarithm.
+    1 means fully recovered, 0 nothing, negative worse; NaN where quantization lost nothing
+    (`before` scored at least as well as `base`), since there is nothing to win back. For
+    perplexity (lower is better) the same formula holds on its logarithm.
     """
     import numpy as np
 
@@ -546,6 +595,6 @@ def recovery(table: pd.DataFrame, base: str, before: str, after: str) -> pd.Seri
     for c in cols:
         b, q, a = (float(t.loc[x, c]) for x in (base, before, after))
         if c == "perplexity":
-            b, q, a = np.log(b), np.log(q), np.log(a)
-        out[c] = (a - q) / (b - q) if abs(b - q) > 1e-12 else float("nan")
+            b, q, a = -np.log(b), -np.log(q), -np.log(a)     # higher is better, like the scores
+        out[c] = (a - q) / (b - q) + 0.0 if b - q > 1e-12 else float("nan")
     return pd.Series(out, name=f"{after} vs {before}")

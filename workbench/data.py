@@ -396,7 +396,7 @@ def load_polarity():
 # -----------------------------------------------------------------------------
 # ability tasks for lm-eval: local JSONL data plus task YAMLs, built offline from the assets
 
-ABILITY_TASKS_VERSION = 2   # bump when the rows or the YAMLs below change
+ABILITY_TASKS_VERSION = 3   # bump when the rows or the YAMLs below change
 BIGBENCH_DIR = "bigbench-1.0.0/bigbench/benchmark_tasks"
 ARITHMETIC = {"1d_add": "1_digit_addition", "1d_sub": "1_digit_subtraction",
               "1d_mul": "1_digit_multiplication", "2d_add": "2_digit_addition",
@@ -579,10 +579,12 @@ def _task_specs(folder: Path) -> dict[str, tuple[list[dict], dict]]:
     gen = {"do_sample": False, "max_gen_toks": 256}
     cot = _lm_eval_yaml("gsm8k/gsm8k-cot.yaml")
     base = {"include": str(tasks_dir / "gsm8k/gsm8k-cot.yaml"), "tag": ["workbench_cot"],
-            "generation_kwargs": {**cot["generation_kwargs"], **gen}}
+            "generation_kwargs": {**cot["generation_kwargs"], **gen},
+            "metadata": {**cot["metadata"], "source": "GSM8K test set; lm-eval gsm8k-cot exemplars"}}
     specs["wb_cot_gsm8k"] = (_shuffled(gsm8k_rows()), {"task": "wb_cot_gsm8k", **data("wb_cot_gsm8k"), **base})
     specs["wb_direct_gsm8k"] = (_shuffled(gsm8k_rows()), {
         "task": "wb_direct_gsm8k", **data("wb_direct_gsm8k"), **base,
+        "metadata": {**cot["metadata"], "source": "GSM8K test set; lm-eval gsm8k-cot exemplars, answer only"},
         "fewshot_config": {**cot["fewshot_config"],
                            "samples": _answer_only(cot["fewshot_config"]["samples"], "target")}})
     for t in BBH_TASKS:
@@ -591,12 +593,14 @@ def _task_specs(folder: Path) -> dict[str, tuple[list[dict], dict]]:
         specs[f"wb_cot_bbh_{t}"] = (rows, {
             "include": str(tasks_dir / f"bbh/cot_fewshot/{t}.yaml"), "task": f"wb_cot_bbh_{t}",
             "tag": ["workbench_cot"], **data(f"wb_cot_bbh_{t}"),
-            "generation_kwargs": {**c["generation_kwargs"], **gen}})
+            "generation_kwargs": {**c["generation_kwargs"], **gen},
+            "metadata": {**c["metadata"], "source": f"BIG-bench {t} as BBH; lm-eval bbh/cot_fewshot exemplars"}})
         d = _lm_eval_yaml(f"bbh/fewshot/{t}.yaml")
         specs[f"wb_direct_bbh_{t}"] = (rows, {
             "include": str(tasks_dir / f"bbh/fewshot/{t}.yaml"), "task": f"wb_direct_bbh_{t}",
             "tag": ["workbench_cot"], **data(f"wb_direct_bbh_{t}"),
             "generation_kwargs": {**d["generation_kwargs"], **gen},
+            "metadata": {**d["metadata"], "source": f"BIG-bench {t} as BBH; lm-eval bbh/fewshot exemplars"},
             # BBH's answer-only config compares the raw generation; drop its leading space
             "filter_list": [{"name": "strip", "filter": [{"function": "remove_whitespace"},
                                                          {"function": "take_first"}]}]})
@@ -607,7 +611,8 @@ def _task_specs(folder: Path) -> dict[str, tuple[list[dict], dict]]:
     i = _lm_eval_yaml("ifeval/ifeval.yaml")
     specs["wb_ifeval"] = (instruction_prompts(), {
         "include": str(tasks_dir / "ifeval/ifeval.yaml"), "task": "wb_ifeval", "tag": ["workbench_if"],
-        **data("wb_ifeval"), "generation_kwargs": {**i["generation_kwargs"], **gen}})
+        **data("wb_ifeval"), "generation_kwargs": {**i["generation_kwargs"], **gen},
+        "metadata": {**i["metadata"], "source": "workbench.instruction_prompts; lm-eval IFEval checkers"}})
     return specs
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -48,25 +49,27 @@ def lora_finetune(model: nn.Module, tokenizer, corpus: str = "lee", r: int = 8, 
             setattr(base, attr, None)
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=target_modules, bias="none")
-    try:
-        peft_model = get_peft_model(base, config)
-    except ValueError as e:
-        raise ValueError(f"LoRA target pattern {target_modules!r} does not fit this model: {e}") from None
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in peft_model.parameters())
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    peft_model.train()
-    losses = []
-    t0 = time.perf_counter()
-    for step in tqdm(range(steps), desc="LoRA", disable=not progress, leave=False):
-        batch = data[step * batch_size:(step + 1) * batch_size]            # [B, seqlen]
-        loss = peft_model(input_ids=batch, labels=batch).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"LoRA loss became {loss.item()} at step {step}; lower lr (now {lr})")
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    with warnings.catch_warnings():   # transformers' deprecation notices from inside peft
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            peft_model = get_peft_model(base, config)
+        except ValueError as e:
+            raise ValueError(f"LoRA target pattern {target_modules!r} does not fit this model: {e}") from None
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in peft_model.parameters())
+        opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        peft_model.train()
+        losses = []
+        t0 = time.perf_counter()
+        for step in tqdm(range(steps), desc="LoRA", disable=not progress, leave=False):
+            batch = data[step * batch_size:(step + 1) * batch_size]            # [B, seqlen]
+            loss = peft_model(input_ids=batch, labels=batch).loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"LoRA loss became {loss.item()} at step {step}; lower lr (now {lr})")
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
     peft_model.eval()
     record = {"r": r, "alpha": alpha, "steps": steps, "lr": lr, "seqlen": seqlen, "batch_size": batch_size,
               "corpus": corpus, "trainable_params": trainable, "total_params": total,

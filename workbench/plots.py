@@ -154,3 +154,52 @@ def scatter_trend(df: pd.DataFrame, x: str, y: str, hue: str | None = "component
     fig.tight_layout()
     _save(fig, path)
     return fig
+
+
+def abilities_vs_bits(table: pd.DataFrame, columns: list[str], methods: list[str] | None = None,
+                      title: str = "", path=None):
+    """The paper's figure: score against bits, one line per ability column, one panel per method.
+
+    `table` is `abilities.ability_table` output (one row per label, with bits and method); the
+    unquantized row (bits 16) starts every method's line.
+    """
+    methods = methods or [m for m in table.method.unique() if m not in ("none", "mixed")]
+    base = table[table.bits == 16]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        part = pd.concat([base, table[table.method == method]]).sort_values("bits")
+        for col in columns:
+            ax.plot(part.bits, part[col], "o-", label=col)
+        ax.set(xlabel="bits per weight", title=f"{method.upper()}", xscale="log")
+        ax.set_xticks(sorted(part.bits.unique()))
+        ax.set_xticklabels([str(int(b)) for b in sorted(part.bits.unique())])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+    axes[0][0].set_ylabel("score")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def component_bars(table: pd.DataFrame, columns: list[str], base_label: str = "base", log: tuple = ("perplexity",),
+                   title: str = "", path=None):
+    """One panel per score column: a bar per label (e.g. "only attention", "all but ffn"), in table order,
+    and the `base_label` row as a dashed line. Columns named in `log` get a log axis."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 0.32 * len(table) + 1.6), squeeze=False)
+    part = table[table.label != base_label]
+    for ax, col in zip(axes[0], columns):
+        ax.barh(part.label, part[col], color=sns.color_palette()[0])
+        if (table.label == base_label).any():
+            ax.axvline(float(table.loc[table.label == base_label, col].iloc[0]), color="gray", ls="--", lw=1,
+                       label="unquantized")
+            ax.legend(fontsize=8)
+        ax.set(xlabel=col, xscale="log" if col in log else "linear")
+        ax.invert_yaxis()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig

@@ -200,3 +200,57 @@ def stable_rank_explorer(model, spectra_df, value: str = "stable_rank"):
     label.value = f"{value.replace('_', ' ')} per matrix ({lo:.1f} .. {hi:.1f}); click a cell"
     show(by_key[(layers[0], components[0])])
     return W.HBox([W.VBox([label, grid]), out])
+
+
+def generations_explorer(samples, base_label: str = "base", n_examples: int = 4):
+    """Pick ability, task, method and bits; see example generations side by side with the base model.
+
+    `samples` is the `samples` DataFrame of `abilities.ability_sweep` (columns label, bits,
+    method, ability, task, shots, doc_id, prompt, target, response, score). For each of the
+    first `n_examples` items it shows the end of the prompt, the gold answer, and what the base
+    and the chosen quantized model answered, each marked right or wrong.
+    """
+    import html
+
+    from workbench.abilities import ability_of
+
+    samples = samples.copy()
+    samples["ability"] = samples.task.map(ability_of)
+    quantized = samples[samples.label != base_label]
+    ability = W.Dropdown(options=sorted(samples.ability.unique()), description="ability")
+    task = W.Dropdown(description="task")
+    method = W.Dropdown(options=sorted(quantized.method.unique()), description="method")
+    bits = W.Dropdown(description="bits")
+    out = W.HTML()
+
+    def options(*_):
+        task.options = sorted(samples[samples.ability == ability.value].task.unique())
+        bits.options = sorted(quantized[quantized.method == method.value].bits.dropna().unique(), reverse=True)
+
+    def cell(text, limit=400):
+        text = str(text)
+        text = text if len(text) <= limit else "…" + text[-limit:]
+        return f"<pre style='white-space:pre-wrap;margin:0;font-size:11px'>{html.escape(text)}</pre>"
+
+    def show(*_):
+        if task.value is None or bits.value is None:
+            return
+        pick = lambda df: df[(df.task == task.value)].drop_duplicates(["doc_id", "shots"], keep="last")
+        base = pick(samples[samples.label == base_label])
+        quant = pick(quantized[(quantized.method == method.value) & (quantized.bits == bits.value)])
+        both = base.merge(quant, on=["doc_id", "shots"], suffixes=("_base", "_quant")).head(n_examples)
+        mark = lambda s: "✓" if s == 1 else "✗"
+        rows = "".join(
+            f"<tr><td>{cell(r.prompt_base)}</td><td>{cell(r.target_base, 120)}</td>"
+            f"<td>{mark(r.score_base)} {cell(r.response_base)}</td><td>{mark(r.score_quant)} {cell(r.response_quant)}</td></tr>"
+            for r in both.itertuples())
+        out.value = (f"<table><tr><th>prompt (end)</th><th>gold</th><th>{html.escape(base_label)}</th>"
+                     f"<th>{html.escape(method.value)} W{bits.value}</th></tr>{rows}</table>")
+
+    for w in (ability, method):
+        w.observe(options, "value")
+    for w in (ability, task, method, bits):
+        w.observe(show, "value")
+    options()
+    show()
+    return W.VBox([W.HBox([ability, task]), W.HBox([method, bits]), out])
