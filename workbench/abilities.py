@@ -251,9 +251,12 @@ def _tidy(out: dict, shots: int | None) -> AbilityResult:
                             and primary in s else float("nan")})
     scores = pd.DataFrame(rows)
     if len(scores):
-        scores["primary"] = scores.apply(lambda r: r.metric == next(
-            m for m in PRIMARY_METRICS + (r.metric,) if ((scores.task == r.task) & (scores.metric == m)).any()),
-            axis=1)
+        # one headline row per task: the first of PRIMARY_METRICS it reports, under its first filter
+        # (GSM8K's "strict-match" rather than "flexible-extract")
+        scores["primary"] = False
+        for task, rows_of_task in scores.groupby("task", sort=False):
+            metric = next((m for m in PRIMARY_METRICS if (rows_of_task.metric == m).any()), rows_of_task.metric.iloc[0])
+            scores.loc[rows_of_task.index[rows_of_task.metric == metric][0], "primary"] = True
     return AbilityResult(scores, pd.DataFrame(samples))
 
 
@@ -421,26 +424,26 @@ def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None =
     return quantize_model(model, spec, calibration=calibration, progress=progress)
 
 
+def _configs(spec) -> list:
+    if isinstance(spec, dict) and "linears" in spec:
+        return [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
+    if isinstance(spec, dict):
+        return [c for c in spec.values() if c is not None]
+    return [spec]
+
+
 def _spec_bits(spec) -> int | None:
+    """16 for the unquantized model, the bit width when every quantized part shares one, else None."""
     if spec is None:
         return 16
-    if isinstance(spec, dict) and "linears" in spec:
-        cfgs = [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
-    elif isinstance(spec, dict):
-        cfgs = [c for c in spec.values() if c is not None]
-    else:
-        cfgs = [spec]
-    bits = {c.bits for c in cfgs}
+    bits = {c.bits for c in _configs(spec)}
     return bits.pop() if len(bits) == 1 else None
 
 
 def _spec_method(spec) -> str:
     if spec is None:
         return "none"
-    cfgs = ([c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
-            if isinstance(spec, dict) and "linears" in spec else
-            [c for c in spec.values() if c is not None] if isinstance(spec, dict) else [spec])
-    methods = {c.method for c in cfgs}
+    methods = {c.method for c in _configs(spec)}
     return methods.pop() if len(methods) == 1 else "mixed"
 
 
@@ -518,14 +521,6 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
         all_scores.append(scores)
         all_samples.append(samples)
     return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
-
-
-def _configs(spec) -> list:
-    if isinstance(spec, dict) and "linears" in spec:
-        return [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
-    if isinstance(spec, dict):
-        return [c for c in spec.values() if c is not None]
-    return [spec]
 
 
 class _Deferred:

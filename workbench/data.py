@@ -618,11 +618,15 @@ def _task_specs(folder: Path) -> dict[str, tuple[list[dict], dict]]:
 
 def ability_tasks_dir() -> Path:
     """The folder of the local lm-eval tasks (JSONL + YAML), built on first use (see build_ability_tasks)."""
+    import hashlib
+
     import lm_eval
 
     from workbench.cache import workbench_home
 
-    folder = workbench_home() / "tasks" / f"v{ABILITY_TASKS_VERSION}-lm_eval-{lm_eval.__version__}"
+    # the YAMLs include lm-eval's own task files by absolute path: one folder per lm-eval install
+    install = hashlib.sha256(str(Path(lm_eval.__file__).resolve().parent).encode()).hexdigest()[:10]
+    folder = workbench_home() / "tasks" / f"v{ABILITY_TASKS_VERSION}-lm_eval-{lm_eval.__version__}-{install}"
     if not (folder / ".complete").exists():
         build_ability_tasks(folder)
     return folder
