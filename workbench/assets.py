@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.cache import atomic_path, workbench_home
+from workbench.cache import atomic_dir, atomic_path, workbench_home
 
 COMPLETE = ".complete"  # written last into an extracted asset folder; holds the artifact sha256
 
@@ -258,9 +258,7 @@ def extract(name: str, archive: Path) -> Path:
     """Extract the asset's members from a verified `archive` into its folder, atomically."""
     asset = get_asset(name)
     final = asset_dir(name)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}."))
-    try:
+    with atomic_dir(final) as tmp:
         found = set()
         for member, opener in _open_members(archive):
             if not _wanted(member, asset):
@@ -276,12 +274,6 @@ def extract(name: str, archive: Path) -> Path:
         if missing:
             raise AssetError(f"{archive.name} lacks members {sorted(missing)} of asset {name!r}")
         (tmp / COMPLETE).write_text(asset.sha256)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return final
 
 

@@ -645,26 +645,16 @@ def build_ability_tasks(folder: str | Path) -> Path:
     place, so a half-built folder is never used. Returns the folder.
     """
     import json
-    import os
-    import shutil
-    import tempfile
-
     import yaml
 
+    from workbench.cache import atomic_dir
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_dir(folder) as tmp:
         for name, (rows, config) in _task_specs(folder).items():
             with open(tmp / f"{name}.jsonl", "w") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         (tmp / ".complete").write_text(str(ABILITY_TASKS_VERSION))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder

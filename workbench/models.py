@@ -17,9 +17,6 @@ therefore a dequantized 4-bit grid: `record.caveat` says so, and every analysis 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +25,7 @@ import torch
 from torch import nn
 
 from workbench import assets
-from workbench.cache import workbench_home
+from workbench.cache import atomic_dir, workbench_home
 
 DEQUANTIZED_CAVEAT = (
     "This checkpoint ships only as a {fmt} GGUF file; it was dequantized to {dtype}. Its weights "
@@ -123,17 +120,9 @@ def _converted_folder(name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 
