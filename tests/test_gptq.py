@@ -162,6 +162,34 @@ def test_gptq_quantize_model_on_tiny_lm(tiny_lm):
     _assert_no_hooks(model)
 
 
+@pytest.mark.parametrize("cfg", [QuantConfig(bits=3, group_size=16, method="gptq", act_order=True),
+                                 QuantConfig(bits=3, group_size=16, method="gptq", mse_clip=True),
+                                 QuantConfig(bits=3, granularity="tensor", method="gptq")],
+                         ids=["act_order", "mse_clip", "tensor"])
+def test_modules_reading_one_input_are_quantized_together_as_if_alone(tiny_lm, cfg):
+    """q/k/v (and gate/up) are stacked into one GPTQ call; each must get what it gets alone."""
+    model = copy.deepcopy(tiny_lm.model)
+    names = [f"model.layers.0.self_attn.{p}_proj" for p in "qkvo"] + ["model.layers.0.mlp.gate_proj",
+                                                                     "model.layers.0.mlp.up_proj"]
+    H = collect_hessians(model, names, _calibration())           # block 0 sees the model's own inputs
+    qparams, report = gptq_quantize_model(model, dict.fromkeys(names, cfg), _calibration(), progress=False)
+    partners = {r["module"]: r["quantized_with"] for r in report}
+    if cfg.granularity == "tensor":                               # one scale per matrix: never stacked
+        assert set(partners.values()) == {""}
+    else:
+        assert partners["model.layers.0.self_attn.q_proj"] == ("model.layers.0.self_attn.k_proj, "
+                                                               "model.layers.0.self_attn.v_proj")
+        assert partners["model.layers.0.mlp.up_proj"] == "model.layers.0.mlp.gate_proj"
+        assert partners["model.layers.0.self_attn.o_proj"] == ""
+    for name in names:
+        alone, scale, zero, _ = gptq_quantize_weight(tiny_lm.model.get_submodule(name).weight.data, H[name], cfg)
+        together = model.get_submodule(name).weight.data
+        codes_alone = quantize(alone, scale, zero, cfg)
+        codes_together = quantize(together, *qparams[name], cfg)
+        assert (codes_alone != codes_together).float().mean() < 0.01, name   # float summation order only
+        assert torch.allclose(qparams[name][0], scale) and torch.allclose(qparams[name][1], zero)
+
+
 def test_gptq_quantize_model_leaves_unplanned_modules_alone(tiny_lm):
     original = tiny_lm.model
     model = copy.deepcopy(original)

@@ -41,6 +41,10 @@ columns. Conventions and the few places where this file departs from the referen
   block's Hessians come from the outputs of the already-quantized blocks before it. Every block
   gets the extra arguments (attention mask, position embeddings) that the model itself passes
   it, since Gemma-3 alternates sliding-window and global layers with different ones.
+- Modules of a block that read the same input with the same config (q/k/v, gate/up) are
+  quantized in one call on their stacked rows: GPTQ treats rows independently, so each gets the
+  result it would get alone (up to float summation order), for one Cholesky and one column loop.
+  The report's `quantized_with` names the partners; `time_s` is the joint time shared by rows.
 """
 
 from __future__ import annotations
@@ -358,27 +362,59 @@ def _block_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _quantize_module(name: str, module: nn.Linear, config: QuantConfig, H: torch.Tensor, n_tokens: int) -> tuple:
-    """GPTQ one module in place; return (scale, zero) and its report row."""
+def _energy(d: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """tr(d H d^T) for d [out, in], H [in, in]: the squared output norm ||X d^T||_F^2 up to H's scale."""
+    return ((d @ H) * d).sum()
+
+
+def _fusable(names: list[str], plan: dict, H: dict) -> list[list[str]]:
+    """Split `names` into runs quantized in one GPTQ call: modules with the same config and the same
+    Hessian (q/k/v read one input, as do gate/up). GPTQ treats the rows of W independently, so
+    stacking the rows gives each module the result it would get alone, for one Cholesky and one
+    column loop instead of several. Tensor granularity shares one scale over the whole matrix, so
+    it is never stacked."""
+    runs: list[list[str]] = []
+    for name in names:
+        cfg, h = plan[name], H[name]
+        run = next((r for r in runs if plan[r[0]] == cfg and cfg.granularity != "tensor"
+                    and (H[r[0]] is h or torch.equal(H[r[0]], h))), None)
+        if run is None:
+            runs.append([name])
+        else:
+            run.append(name)
+    return runs
+
+
+def _quantize_modules(names: list[str], modules: dict, config: QuantConfig, H: torch.Tensor,
+                      n_tokens: int) -> list[tuple]:
+    """GPTQ the named modules (same config, same inputs) in one call on their stacked rows, in place;
+    return [(name, (scale, zero), report row)]."""
     t0 = time.perf_counter()
-    W = module.weight.data
+    Ws = [modules[n].weight.data for n in names]
     try:
-        W_hat, scale, zero, info = gptq_quantize_weight(W, H, config)
+        W_hat, scale, zero, info = gptq_quantize_weight(torch.cat(Ws) if len(Ws) > 1 else Ws[0], H, config)
     except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+        raise ValueError(f"{', '.join(names)}: {e}") from None
     elapsed = time.perf_counter() - t0
-    rtn = fake_quantize(W, config)
-    meta = module_info(name)
-    row = dict(module=name, layer=meta.layer, component=meta.component, method="gptq", bits=config.bits,
-               granularity=config.granularity, groups=config.describe_groups(W.shape[1]),
-               symmetric=config.symmetric, act_order=config.act_order, shape=tuple(W.shape), n_tokens=n_tokens,
-               damp=info["damp"], damp_retries=info["damp_retries"], note=info["note"],
-               rel_output_error=relative_output_error(W, W_hat, H),
-               rtn_rel_output_error=relative_output_error(W, rtn, H),
-               rel_weight_error=(torch.linalg.norm(W.float() - W_hat.float()) / torch.linalg.norm(W.float())).item(),
-               time_s=elapsed)
-    module.weight.data.copy_(W_hat)
-    return (scale, zero), row
+    rows = [W.shape[0] for W in Ws]
+    out = []
+    for name, W, W_hat_m, s, z in zip(names, Ws, W_hat.split(rows), scale.split(rows), zero.split(rows)):
+        rtn = fake_quantize(W, config)
+        Wf = W.float()
+        energy = _energy(Wf, H)
+        meta = module_info(name)
+        row = dict(module=name, layer=meta.layer, component=meta.component, method="gptq", bits=config.bits,
+                   granularity=config.granularity, groups=config.describe_groups(W.shape[1]),
+                   symmetric=config.symmetric, act_order=config.act_order, shape=tuple(W.shape),
+                   n_tokens=n_tokens, damp=info["damp"], damp_retries=info["damp_retries"], note=info["note"],
+                   rel_output_error=(_energy(Wf - W_hat_m.float(), H).clamp(min=0) / energy).sqrt().item(),
+                   rtn_rel_output_error=(_energy(Wf - rtn.float(), H).clamp(min=0) / energy).sqrt().item(),
+                   rel_weight_error=(torch.linalg.norm(Wf - W_hat_m.float()) / torch.linalg.norm(Wf)).item(),
+                   time_s=elapsed * W.shape[0] / sum(rows),             # the joint call's time, shared by rows
+                   quantized_with=", ".join(n for n in names if n != name))
+        out.append((name, (s.contiguous(), z.contiguous()), row))
+        W.copy_(W_hat_m)
+    return out
 
 
 @torch.no_grad()
@@ -428,9 +464,10 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
                     with _accumulating_hessians({n: modules[n] for n in names}) as (H, n), torch.inference_mode():
                         for x, (args, kwargs) in zip(hidden, extras[i]):
                             block(x, *args, **kwargs)
-                    for name in names:
-                        qparams[name], row = _quantize_module(name, modules[name], plan[name], H[name], n[name])
-                        report.append(row)
+                    for run in _fusable(names, plan, H):
+                        for name, qp, row in _quantize_modules(run, modules, plan[run[0]], H[run[0]], n[run[0]]):
+                            qparams[name] = qp
+                            report.append(row)
                 if i < last:                                 # the next block's inputs, from this quantized block
                     with torch.inference_mode():
                         hidden = [_block_output(block(x, *args, **kwargs))
@@ -438,9 +475,10 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
             del hidden, extras
         if outside:
             H, n = collect_hessians(model, outside, calibration, batch_size, return_counts=True)
-            for name in outside:
-                qparams[name], row = _quantize_module(name, modules[name], plan[name], H[name], n[name])
-                report.append(row)
+            for run in _fusable(outside, plan, H):
+                for name, qp, row in _quantize_modules(run, modules, plan[run[0]], H[run[0]], n[run[0]]):
+                    qparams[name] = qp
+                    report.append(row)
     finally:
         model.train(was_training)
     return qparams, report
