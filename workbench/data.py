@@ -393,6 +393,17 @@ def load_polarity():
     return pd.DataFrame(list(_polarity_rows()), columns=["text", "label"])
 
 
+CLASSIFICATION_SETS = {"polarity": "the 200 Pang & Lee movie-review sentences (neg 0 / pos 1)"}
+
+
+def classification_data(name: str = "polarity"):
+    """A labelled sentence set as a DataFrame with columns text (str) and label (int 0..k-1).
+    Names: see CLASSIFICATION_SETS."""
+    if name not in CLASSIFICATION_SETS:
+        raise ValueError(f"unknown classification set {name!r}; known: {', '.join(CLASSIFICATION_SETS)}")
+    return load_polarity()
+
+
 # -----------------------------------------------------------------------------
 # ability tasks for lm-eval: local JSONL data plus task YAMLs, built offline from the assets
 

@@ -1,22 +1,35 @@
-"""Fine-tuning a (quantized) causal LM with LoRA through peft, to win back what quantization lost.
+"""Fine-tuning: the training loop and the tasks it trains on; LoRA compensation of a causal LM.
 
-    from workbench.finetune import lora_finetune
-    tuned, record = lora_finetune(qmodel, tokenizer, steps=40)   # qmodel from quantize_model
-    record["trainable_params"], record["losses"]
+    from workbench.finetune import classification_task, load_classifier, train, lora_finetune
+    model, tokenizer, record = load_classifier("minilm-l6", num_labels=2, seed=0)   # fresh head
+    task = classification_task(tokenizer, "polarity", seed=0)     # fixed train/dev split, tokenized
+    losses = train(model, task, steps=100, lr=5e-5)                # whatever requires grad trains
+    task.accuracy(model)                                           # held-out accuracy
 
-The quantized weights stay frozen and untouched (the QLoRA recipe: LoRA adapters on a quantized
-base); only the adapters train. The data are random windows of a corpus's calibration split
-(`workbench.data.calibration_batch`), next-token loss, AdamW, a fixed seed: the same call gives
-the same adapters on CPU.
+    tuned, record = lora_finetune(qmodel, tokenizer, steps=40)    # causal LM, qmodel from quantize_model
+
+`train` is deliberately small: AdamW without weight decay (so a parameter whose gradient is
+masked to zero never moves, bit for bit), a seeded shuffle per epoch, an optional penalty added
+to the loss and an optional hook after each step (the proximal step of an L1 penalty). The
+methods that decide *what* trains (PreQuant, AlphaTuning, LoRA, ...) live in workbench.adapt.
+
+`lora_finetune` keeps the quantized weights frozen and untouched (the QLoRA recipe: LoRA
+adapters on a quantized base); only the adapters train. The data are random windows of a
+corpus's calibration split (`workbench.data.calibration_batch`), next-token loss, AdamW, a fixed
+seed: the same call gives the same adapters on CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -75,3 +88,129 @@ def lora_finetune(model: nn.Module, tokenizer, corpus: str = "lee", r: int = 8, 
               "corpus": corpus, "trainable_params": trainable, "total_params": total,
               "trainable_share": trainable / total, "losses": losses, "time_s": time.perf_counter() - t0}
     return peft_model.get_base_model(), record
+
+
+# -----------------------------------------------------------------------------
+# encoder classification: a model with a fresh head, a tokenized split, the loop
+
+
+def load_classifier(name: str = "minilm-l6", num_labels: int = 2, seed: int = 0):
+    """An encoder (registry name, local folder or hub id) with a freshly initialized, seeded
+    classification head: `AutoModelForSequenceClassification`. Returns (model, tokenizer,
+    record) like `models.load_model`, the model in eval mode; record describes the encoder."""
+    from transformers import AutoModelForSequenceClassification
+
+    from workbench.models import _quiet_loading, load_model
+
+    if num_labels < 2:
+        raise ValueError(f"a classifier needs num_labels >= 2, got {num_labels}")
+    encoder, tokenizer, record = load_model(name, task="encoder")
+    if record.task != "encoder":
+        raise ValueError(f"{name!r} is a {record.task} model; load_classifier needs an encoder (e.g. 'minilm-l6')")
+    del encoder
+    torch.manual_seed(seed)
+    with _quiet_loading():
+        model = AutoModelForSequenceClassification.from_pretrained(record.path, num_labels=num_labels)
+    return model.eval(), tokenizer, record
+
+
+@dataclass
+class ClassificationTask:
+    """A fixed train/dev split, tokenized once: ids and attention masks [n, length], labels [n]."""
+    name: str
+    train_ids: torch.Tensor
+    train_mask: torch.Tensor
+    train_labels: torch.Tensor
+    dev_ids: torch.Tensor
+    dev_mask: torch.Tensor
+    dev_labels: torch.Tensor
+    num_labels: int
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_labels)
+
+    def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the model's logits on the training rows `idx`."""
+        logits = model(input_ids=self.train_ids[idx], attention_mask=self.train_mask[idx]).logits
+        return F.cross_entropy(logits, self.train_labels[idx])
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module, batch_size: int = 64) -> float:
+        """Share of dev items whose argmax logit is the label (eval mode, restored afterwards)."""
+        was_training = model.training
+        model.eval()
+        try:
+            preds = torch.cat([model(input_ids=self.dev_ids[i:i + batch_size],
+                                     attention_mask=self.dev_mask[i:i + batch_size]).logits.argmax(-1)
+                               for i in range(0, len(self.dev_labels), batch_size)])
+        finally:
+            model.train(was_training)
+        return (preds == self.dev_labels).float().mean().item()
+
+
+def classification_task(tokenizer, name: str = "polarity", dev_fraction: float = 0.3, seed: int = 0,
+                        max_length: int = 64) -> ClassificationTask:
+    """Tokenize a labelled set from `workbench.data.classification_data` into a fixed split: the
+    rows are shuffled with `seed` and the last `dev_fraction` of them held out (stratified by
+    label, so both halves keep the label balance). Texts are cut to `max_length` tokens."""
+    from workbench.data import classification_data
+
+    if not 0 < dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
+    df = classification_data(name)
+    g = torch.Generator().manual_seed(seed)
+    train_rows, dev_rows = [], []
+    for label in sorted(df.label.unique()):
+        rows = df.index[df.label == label].to_numpy()
+        rows = rows[torch.randperm(len(rows), generator=g).numpy()]
+        n_dev = max(1, round(dev_fraction * len(rows)))
+        train_rows += rows[n_dev:].tolist()
+        dev_rows += rows[:n_dev].tolist()
+
+    def encode(rows):
+        enc = tokenizer(df.text[rows].tolist(), padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"], torch.tensor(df.label[rows].to_numpy())
+
+    return ClassificationTask(name, *encode(train_rows), *encode(dev_rows), num_labels=int(df.label.nunique()))
+
+
+def train(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0,
+          penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
+          progress: bool = False) -> list[float]:
+    """Train, in place, every parameter of `model` that requires grad on `task` (anything with
+    `n_train` and `loss(model, idx)`); return the loss per step. AdamW with no weight decay, so
+    a masked (zero) gradient leaves its parameter bit-identical; batches are `batch_size` rows
+    of a seeded permutation per epoch; dropout draws from the same seed. `penalty()` is added to
+    each step's loss; `after_step()` runs after each optimizer step (e.g. a proximal step).
+    Leaves the model in eval mode. Raises on a non-finite loss with the fix (a lower lr)."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter of the model requires grad")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    order, losses = torch.empty(0, dtype=torch.long), []
+    model.train()
+    try:
+        for step in tqdm(range(steps), desc="train", disable=not progress, leave=False):
+            if len(order) < batch_size:
+                order = torch.cat([order, torch.randperm(task.n_train, generator=g)])
+            idx, order = order[:batch_size], order[batch_size:]
+            loss = task.loss(model, idx)
+            total = loss + penalty() if penalty is not None else loss
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"the loss became {total.item()} at step {step}; lower lr (now {lr})")
+            total.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step()
+            losses.append(loss.item())
+    finally:
+        model.eval()
+    return losses

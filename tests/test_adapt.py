@@ -1,0 +1,200 @@
+"""Quantize-then-adapt methods on a tiny BERT classifier with a learnable synthetic task."""
+import pytest
+import torch
+
+from workbench import adapt
+from workbench.bcq import BCQLinear, bcq_fit
+from workbench.finetune import ClassificationTask, classification_task, train
+from workbench.modules import linear_modules
+from workbench.quantize import QuantConfig, fake_quantize
+
+STEPS = 12
+
+
+def _tiny_classifier(seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=32, num_labels=2)
+    return BertForSequenceClassification(config).eval()
+
+
+def _tiny_task(n=96, length=12, seed=0):
+    """Label 1 iff token 7 occurs in the sentence: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(8, 64, (n, length), generator=g)
+    labels = torch.arange(n) % 2
+    pos = torch.randint(1, length, (n,), generator=g)
+    ids[labels == 1, pos[labels == 1]] = 7
+    ids[:, 0] = 2                                                     # [CLS]
+    mask = torch.ones_like(ids)
+    return ClassificationTask("tiny", ids[:64], mask[:64], labels[:64], ids[64:], mask[64:], labels[64:], 2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny_classifier()
+
+
+@pytest.fixture(scope="module")
+def task():
+    return _tiny_task()
+
+
+def _targets(m):
+    return {n: l for n, l in linear_modules(m).items() if n in adapt._targets(m, adapt.TARGETS)}
+
+
+def test_targets_are_the_encoder_projections_not_pooler_or_head(model):
+    names = list(adapt._targets(model, adapt.TARGETS))
+    assert len(names) == 2 * 6 and not any("pooler" in n or "classifier" in n for n in names)
+
+
+def test_full_finetune_learns_and_leaves_the_input_model_alone(model, task):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned, rec = adapt.full_finetune(model, task, steps=40, lr=1e-3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert rec["trainable_params"] == rec["total_params"] == sum(p.numel() for p in model.parameters())
+    assert rec["head_params"] == 32 * 2 + 2
+    assert rec["losses"][-1] < rec["losses"][0] and rec["accuracy"] > 0.5
+
+
+def test_prequant_gradient_masks_freeze_everything_but_the_outliers(model, task):
+    cfg = QuantConfig(bits=3, group_size=16)
+    tuned, rec = adapt.prequant(model, task, bits=3, group_size=16, budget=0.02, steps=STEPS, lr=1e-2)
+    targets = _targets(model)
+    masks = adapt.outlier_masks({n: m.weight for n, m in targets.items()}, 0.02)
+    assert rec["budget_weights"] == sum(int(m.sum()) for m in masks.values()) == round(0.02 * sum(
+        m.weight.numel() for m in targets.values()))
+    assert rec["trainable_params"] == rec["budget_weights"] + rec["head_params"]
+    moved = 0
+    for name, mask in masks.items():
+        w0 = targets[name].weight.detach()
+        w = tuned.get_submodule(name).weight.detach()
+        assert torch.equal(w[~mask], fake_quantize(w0, cfg)[~mask]), name   # frozen and quantized, bit for bit
+        moved += int((w[mask] != w0[mask]).sum())                            # outliers started at fp and trained
+    assert moved > 0.5 * rec["budget_weights"]
+    for name, p in tuned.named_parameters():                                # nothing else moved
+        if not any(name.startswith(t) for t in targets) and "classifier" not in name:
+            assert torch.equal(p, model.get_parameter(name)), name
+
+
+@pytest.mark.parametrize("unit", ["row", "column"])
+def test_outlier_masks_take_whole_rows_or_columns_within_the_budget(model, unit):
+    weights = {n: m.weight for n, m in _targets(model).items()}
+    masks = adapt.outlier_masks(weights, 0.05, unit)
+    total = sum(w.numel() for w in weights.values())
+    assert 0 < sum(int(m.sum()) for m in masks.values()) <= round(0.05 * total)
+    for m in masks.values():
+        lines = m.all(dim=1) if unit == "row" else m.all(dim=0)
+        assert torch.equal(m.any(dim=1) if unit == "row" else m.any(dim=0), lines)
+
+
+def test_alphatuning_changes_only_the_scales(model, task):
+    tuned, rec = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2)
+    layers = {n: m for n, m in tuned.named_modules() if isinstance(m, BCQLinear)}
+    assert set(layers) == set(_targets(model))
+    cfg = QuantConfig(bits=2, group_size=16, method="bcq", bcq_iters=3, bcq_init="uniform")
+    changed = 0
+    for name, layer in layers.items():
+        alpha0, binary0 = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
+        assert torch.equal(layer.binary, binary0), name                     # binary planes identical
+        changed += int((layer.alpha.detach() != alpha0).sum())
+    assert changed > 0
+    assert rec["trainable_params"] == rec["head_params"] + sum(l.alpha.numel() for l in layers.values())
+    first, _ = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2, first_scale_only=True)
+    for name, layer in ((n, m) for n, m in first.named_modules() if isinstance(m, BCQLinear)):
+        alpha0, _ = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
+        assert torch.equal(layer.alpha.detach()[1:], alpha0[1:])           # only alpha_1 trained
+
+
+def test_qlora_leaves_the_quantized_base_untouched(model, task):
+    cfg = QuantConfig(bits=4, group_size=16)
+    tuned, rec = adapt.qlora(model, task, bits=4, group_size=16, r=2, steps=STEPS, lr=1e-2)
+    for name, lin in _targets(model).items():
+        base = tuned.get_submodule(name).base_layer.weight
+        assert torch.equal(base, fake_quantize(lin.weight.detach(), cfg)), name
+    lora_params = sum(2 * (l.in_features + l.out_features) for l in _targets(model).values())
+    assert rec["trainable_params"] == lora_params + rec["head_params"] and rec["bits"] == 4
+
+
+def test_stable_rank_ranks_match_the_uniform_budget_and_follow_stable_rank(model):
+    from workbench.probes import stable_rank
+
+    ranks = adapt.stable_rank_ranks(model, r=4)
+    mods = _targets(model)
+    uniform = sum(4 * sum(m.weight.shape) for m in mods.values())
+    spent = sum(k * sum(mods[n].weight.shape) for n, k in ranks.items())
+    assert abs(spent - uniform) <= 0.5 * sum(sum(m.weight.shape) for m in mods.values())  # rounding only
+    sr = {n: stable_rank(m.weight.detach()) for n, m in mods.items()}
+    order = sorted(ranks, key=sr.get)
+    assert ranks[order[0]] <= ranks[order[-1]]
+    inverse = adapt.stable_rank_ranks(model, r=4, inverse=True)
+    assert inverse[order[0]] >= inverse[order[-1]]
+
+
+def test_l1_ticket_is_sparser_than_plain_finetuning(model, task):
+    _, plain = adapt.l1_ticket(model, task, l1=0.0, steps=STEPS, lr=1e-3)
+    tuned, sparse = adapt.l1_ticket(model, task, l1=0.5, steps=STEPS, lr=1e-3)
+    assert plain["changed_share"] > 0.9
+    assert sparse["changed_share"] < 0.5 * plain["changed_share"]
+    assert sparse["ticket_change_share"] > plain["ticket_change_share"]
+    # only the ticket is kept: at most its size (ties aside) of target weights differ from W0
+    differ = sum(int((tuned.get_submodule(n).weight != m.weight).sum()) for n, m in _targets(model).items())
+    assert 0 < differ <= sparse["ticket_weights"]
+
+
+def test_dsee_trains_low_rank_plus_a_sparse_support(model, task):
+    tuned, rec = adapt.dsee(model, task, r=2, budget=0.01, steps=STEPS, lr=1e-2)
+    mods = _targets(model)
+    moved = sum(int((tuned.get_submodule(n).base_layer.weight != m.weight).sum()) for n, m in mods.items())
+    assert 0 < moved <= rec["budget_weights"]
+    lora_params = sum(2 * (m.in_features + m.out_features) for m in mods.values())
+    assert rec["trainable_params"] == lora_params + rec["budget_weights"] + rec["head_params"]
+    pruned, rec = adapt.dsee(model, task, r=2, budget=0.01, final_sparsity=0.5, steps=STEPS, lr=1e-2)
+    for n in mods:
+        w = pruned.get_submodule(n).base_layer.weight
+        assert (w == 0).float().mean() >= 0.5
+    assert "accuracy_dense" in rec
+
+
+@pytest.mark.parametrize("budget, match", [(-0.1, "positive"), (0, "positive"), (10 ** 9, "larger than"),
+                                           (2.5, "whole"), (float("nan"), "share")])
+def test_bad_budgets_are_clear_errors(model, task, budget, match):
+    with pytest.raises(ValueError, match=match):
+        adapt.prequant(model, task, budget=budget, steps=1)
+    with pytest.raises(ValueError, match=match):
+        adapt.l1_ticket(model, task, ticket=budget, steps=1)
+
+
+def test_a_target_pattern_matching_nothing_is_a_clear_error(model, task):
+    with pytest.raises(ValueError, match="matches no linear module"):
+        adapt.lora(model, task, targets=r"attn\.c_attn", steps=1)
+
+
+def test_train_refuses_a_model_with_nothing_to_train(model, task):
+    frozen = _tiny_classifier()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(frozen, task, steps=1)
+
+
+def test_training_is_deterministic(model, task):
+    _, a = adapt.lora(model, task, r=2, steps=STEPS, lr=1e-2)
+    _, b = adapt.lora(model, task, r=2, steps=STEPS, lr=1e-2)
+    assert a["losses"] == b["losses"] and a["accuracy"] == b["accuracy"]
+
+
+def test_polarity_split_is_fixed_stratified_and_disjoint():
+    from workbench.finetune import load_classifier
+
+    _, tokenizer, _ = load_classifier("minilm-l6")
+    a, b = classification_task(tokenizer, seed=0), classification_task(tokenizer, seed=0)
+    assert torch.equal(a.train_ids, b.train_ids) and torch.equal(a.dev_labels, b.dev_labels)
+    assert len(a.train_labels) == 140 and len(a.dev_labels) == 60 and int(a.dev_labels.sum()) == 30
+    train_rows = {tuple(r.tolist()) for r in a.train_ids}
+    assert not any(tuple(r.tolist()) in train_rows for r in a.dev_ids)
+    with pytest.raises(ValueError, match="unknown classification set"):
+        classification_task(tokenizer, "sst2")

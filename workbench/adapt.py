@@ -1,0 +1,412 @@
+"""Quantize, then adapt: parameter-efficient fine-tuning methods on a (quantized) model.
+
+    from workbench import adapt
+    from workbench.finetune import classification_task, load_classifier
+    model, tokenizer, _ = load_classifier("minilm-l6")
+    task = classification_task(tokenizer, "polarity")
+    tuned, record = adapt.prequant(model, task, bits=4, budget=0.01)   # quantize, tune 1% outliers
+    record["trainable_params"], record["accuracy"]
+
+Every method takes a model (unchanged: it works on a copy) and a task (`n_train`,
+`loss(model, idx)` and `accuracy(model)`, see workbench.finetune), trains with
+`finetune.train`, and returns (adapted model, record). The record always holds method,
+trainable_params (everything that trained, the task head included), head_params (the head's
+share of them: a classifier head is new and must train under every method), total_params,
+accuracy (held-out), losses (per step) and time_s, plus what the method chose.
+
+    full_finetune      every parameter (the reference)
+    lora               LoRA adapters through peft; the base stays frozen
+    qlora              quantize the targets (RTN/GPTQ-free: workbench.quantize), then LoRA
+    prequant           quantize, keep the outlier weights (rows, columns or single weights, by a
+                       budget) in full precision, and train only those through gradient masks
+    alphatuning        binary-coding quantization (workbench.bcq), train only the scales alpha
+    stable_rank_lora   LoRA whose rank per module follows the stable rank of its weight, at the
+                       parameter count of uniform LoRA (modules whose share rounds to 0 rank are
+                       not tuned)
+    l1_ticket          fine-tuning with an L1 penalty on W - W0 (proximal steps, so the change
+                       is exactly sparse); the ticket is the largest changes, kept alone
+    dsee               sparse + low-rank update: LoRA plus a sparse delta on the weights that
+                       the rank-r SVD of W explains worst; optionally prune the final weight
+
+A budget is a share of the target weights (0 < budget < 1) or a count (an int >= 1); anything
+else, or more than the targets hold, is an error that says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from workbench.finetune import train
+from workbench.modules import linear_modules, select_modules
+
+# Every attention and FFN projection of BERT-style encoders and Llama-style decoders; never the
+# pooler, the embeddings or a task head.
+TARGETS = (r"(encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
+           r"intermediate\.dense|output\.dense)|layers\.\d+\.(self_attn|mlp)\.\w+_proj)$")
+HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"   # the task head: always trains, never quantized
+
+
+# -----------------------------------------------------------------------------
+# shared pieces
+
+
+def _targets(model: nn.Module, pattern: str) -> dict[str, nn.Linear]:
+    """The linear modules matching `pattern`, the head excluded; an error if none."""
+    candidates = {n: m for n, m in linear_modules(model).items() if not re.search(HEAD, n)}
+    return {n: candidates[n] for n in select_modules(model, pattern, candidates)}
+
+
+def _freeze_all_but_head(model: nn.Module) -> int:
+    """Freeze every parameter except the task head's; return the head's parameter count."""
+    head = 0
+    for name, p in model.named_parameters():
+        keep = bool(re.search(HEAD, name)) and not name.endswith("lm_head.weight")  # a tied LM head stays frozen
+        p.requires_grad_(keep)
+        head += p.numel() if keep else 0
+    return head
+
+
+def _count(budget: float | int, total: int, what: str) -> int:
+    """A budget (share in (0, 1) or count >= 1) as a count of `total` items; clear errors."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget):
+        raise ValueError(f"budget must be a share in (0, 1) or a whole count, got {budget!r}")
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}: give a share of the {total:,} {what} "
+                         "(e.g. 0.01) or a count")
+    if isinstance(budget, float) and budget < 1:
+        return max(1, round(budget * total))
+    if budget != int(budget):
+        raise ValueError(f"a budget >= 1 counts {what} and must be whole, got {budget}")
+    if budget > total:
+        raise ValueError(f"budget {int(budget):,} is larger than the {total:,} {what} of the target modules; "
+                         "lower it or widen the target pattern")
+    return int(budget)
+
+
+def _mask_gradients(params_masks: list[tuple[nn.Parameter, torch.Tensor]]) -> list:
+    """Make each parameter train only where its mask is True (gradient hooks); return the handles."""
+    handles = []
+    for p, mask in params_masks:
+        p.requires_grad_(True)
+        m = mask.to(p.dtype)
+        handles.append(p.register_hook(lambda g, m=m: g * m))
+    return handles
+
+
+def _record(method: str, model: nn.Module, task, losses: list[float], t0: float, trainable: int,
+            head: int, **extra) -> dict:
+    return dict(method=method, trainable_params=trainable, head_params=head,
+                total_params=sum(p.numel() for p in model.parameters()),
+                accuracy=task.accuracy(model), losses=losses, time_s=time.perf_counter() - t0, **extra)
+
+
+def _trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _quantized(model: nn.Module, targets: str, bits: int, group_size: int, method: str = "rtn", **kw):
+    """A quantized copy of `model`: the target modules only (workbench.quantize), the head never."""
+    from workbench.quantize import QuantConfig, quantize_model
+
+    _targets(model, targets)                                  # a clear error if the pattern matches nothing
+    cfg = QuantConfig(bits=bits, group_size=group_size, method=method, **kw)
+    return quantize_model(model, {targets: cfg}, skip=HEAD, progress=False)
+
+
+# -----------------------------------------------------------------------------
+# the methods
+
+
+def full_finetune(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size: int = 16,
+                  seed: int = 0) -> tuple[nn.Module, dict]:
+    """Fine-tune every parameter of a copy of `model` (the reference)."""
+    t0 = time.perf_counter()
+    tuned = copy.deepcopy(model)
+    head = _freeze_all_but_head(tuned)
+    for p in tuned.parameters():
+        p.requires_grad_(True)
+    trainable = _trainable(tuned)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    return tuned, _record("full", tuned, task, losses, t0, trainable, head)
+
+
+def _peft_lora(model: nn.Module, names: list[str], r: int | dict[str, int], alpha_per_rank: float = 2.0):
+    """peft LoRA on the named modules of `model` (in place), the head trainable; rank r or {name: r}."""
+    from peft import LoraConfig, get_peft_model
+
+    ranks = r if isinstance(r, dict) else dict.fromkeys(names, r)
+    if any(not isinstance(v, int) or v < 1 for v in ranks.values()):
+        raise ValueError(f"LoRA ranks must be positive integers, got {sorted(set(ranks.values()))}")
+    top = max(ranks.values())
+    config = LoraConfig(r=top, lora_alpha=alpha_per_rank * top, lora_dropout=0.0, bias="none",
+                        target_modules="(" + "|".join(re.escape(n) for n in ranks) + ")",   # full-match regex
+                        rank_pattern={re.escape(n): k for n, k in ranks.items() if k != top},
+                        alpha_pattern={re.escape(n): alpha_per_rank * k for n, k in ranks.items() if k != top},
+                        modules_to_save=None)
+    head = _freeze_all_but_head(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, config)
+    for name, p in peft_model.named_parameters():   # peft froze the head too: let it train again
+        if re.search(HEAD, name) and not name.endswith("lm_head.weight"):
+            p.requires_grad_(True)
+    return peft_model.get_base_model(), head
+
+
+def lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
+         batch_size: int = 16, seed: int = 0, _method: str = "lora", _extra: dict | None = None):
+    """LoRA (peft) of rank r on every target module of a copy of `model`; base weights frozen."""
+    t0 = time.perf_counter()
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}")
+    tuned = copy.deepcopy(model)
+    names = list(_targets(tuned, targets))
+    torch.manual_seed(seed)
+    tuned, head = _peft_lora(tuned, names, r)
+    trainable = _trainable(tuned)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    return tuned, _record(_method, tuned, task, losses, t0, trainable, head, r=r, modules=len(names),
+                          **(_extra or {}))
+
+
+def qlora(model: nn.Module, task, bits: int = 4, group_size: int = 128, r: int = 8, targets: str = TARGETS,
+          steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
+    """QLoRA-style: RTN-quantize the target modules (workbench.quantize), then LoRA on top. The
+    quantized weights stay frozen and bit-identical; the record adds bits and the mean
+    relative weight error of the quantization."""
+    qmodel, report = _quantized(model, targets, bits, group_size)
+    return lora(qmodel, task, r=r, targets=targets, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                _method="qlora", _extra=dict(bits=bits, rel_weight_error=report.rel_weight_error.mean()))
+
+
+def outlier_masks(weights: dict[str, torch.Tensor], budget: float | int, unit: str = "weight") -> dict[str, torch.Tensor]:
+    """Which entries of each weight [out, in] are its outliers, for a total budget over all of
+    them: the largest |w| ("weight"), or whole rows or columns with the largest L2 norm ("row",
+    "column"), chosen globally across modules after dividing each module's scores by its own
+    median, so that one wide module does not take the whole budget. Returns {name: bool mask}."""
+    if unit not in ("weight", "row", "column"):
+        raise ValueError(f"unit must be 'weight', 'row' or 'column', got {unit!r}")
+    total = sum(w.numel() for w in weights.values())
+    n = _count(budget, total, "weights")
+    scores, sizes = [], []
+    for w in weights.values():
+        w = w.detach().float().abs()
+        s = w if unit == "weight" else (w.norm(dim=1) if unit == "row" else w.norm(dim=0))
+        scores.append((s / s.median().clamp(min=1e-12)).flatten())
+        sizes.append(1 if unit == "weight" else (w.shape[1] if unit == "row" else w.shape[0]))
+    flat = torch.cat(scores)
+    cost = torch.cat([torch.full((len(s),), c) for s, c in zip(scores, sizes)])
+    order = flat.argsort(descending=True)
+    chosen = torch.zeros_like(flat, dtype=torch.bool)
+    chosen[order[cost[order].cumsum(0) <= n]] = True          # greedy by score, within the budget
+    masks, start = {}, 0
+    for (name, w), s in zip(weights.items(), scores):
+        pick = chosen[start:start + len(s)]
+        start += len(s)
+        if unit == "weight":
+            masks[name] = pick.view(w.shape)
+        elif unit == "row":
+            masks[name] = pick[:, None].expand(w.shape).clone()
+        else:
+            masks[name] = pick[None, :].expand(w.shape).clone()
+    return masks
+
+
+def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budget: float | int = 0.01,
+             unit: str = "weight", targets: str = TARGETS, steps: int = 100, lr: float = 1e-4,
+             batch_size: int = 16, seed: int = 0):
+    """PreQuant: quantize the target modules (RTN), restore their outliers (found in the
+    pre-trained weights by `outlier_masks`, `budget` of them) to full precision, and train only
+    those entries through gradient masks; every other weight stays frozen and quantized. The
+    record adds bits, unit, budget_weights and the chosen weights per module."""
+    t0 = time.perf_counter()
+    weights = {n: m.weight for n, m in _targets(model, targets).items()}
+    masks = outlier_masks(weights, budget, unit)
+    tuned, report = _quantized(model, targets, bits, group_size)
+    head = _freeze_all_but_head(tuned)
+    modules = linear_modules(tuned)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            modules[name].weight[mask] = weights[name].detach()[mask].to(modules[name].weight.dtype)
+    handles = _mask_gradients([(modules[n].weight, m) for n, m in masks.items() if m.any()])
+    trainable = head + sum(int(m.sum()) for m in masks.values())
+    try:
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    finally:
+        for h in handles:
+            h.remove()
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    tuned.__dict__.pop("quant_state", None)                  # the outliers left the grid: not a packed model
+    chosen = {n: int(m.sum()) for n, m in masks.items()}
+    return tuned, _record("prequant", tuned, task, losses, t0, trainable, head, bits=bits, unit=unit,
+                          budget_weights=sum(chosen.values()), chosen=chosen,
+                          rel_weight_error=report.rel_weight_error.mean())
+
+
+def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, first_scale_only: bool = False,
+                bcq_iters: int = 3, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
+                batch_size: int = 16, seed: int = 0):
+    """AlphaTuning: binary-coding quantization of the target modules (workbench.bcq, `bits`
+    planes), then train only the scales alpha (with `first_scale_only`, only alpha_1, as in the
+    paper's cheapest variant); the binary planes never change."""
+    from workbench.bcq import BCQLinear
+
+    t0 = time.perf_counter()
+    tuned, report = _quantized(model, targets, bits, group_size, method="bcq", bcq_iters=bcq_iters,
+                               bcq_init="uniform")
+    head = _freeze_all_but_head(tuned)
+    layers = [m for m in tuned.modules() if isinstance(m, BCQLinear)]
+    handles = []
+    for layer in layers:
+        layer.alpha.requires_grad_(True)
+        if first_scale_only:
+            mask = torch.zeros_like(layer.alpha, dtype=torch.bool)
+            mask[0] = True
+            handles += _mask_gradients([(layer.alpha, mask)])
+    per_layer = [(l.alpha[:1] if first_scale_only else l.alpha).numel() for l in layers]
+    trainable = head + sum(per_layer)
+    try:
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    finally:
+        for h in handles:
+            h.remove()
+    return tuned, _record("alphatuning", tuned, task, losses, t0, trainable, head, bits=bits,
+                          first_scale_only=first_scale_only, rel_weight_error=report.rel_weight_error.mean())
+
+
+def stable_rank_ranks(model: nn.Module, r: int = 8, targets: str = TARGETS, inverse: bool = False) -> dict[str, int]:
+    """LoRA ranks per target module proportional to the stable rank of its weight (or to its
+    inverse), scaled so that the adapters hold as many parameters as uniform rank r: rank_i =
+    round(c * srank_i) with c = sum_j r (in_j + out_j) / sum_j srank_j (in_j + out_j). Modules
+    that round to 0 are left out."""
+    from workbench.probes import stable_rank
+
+    mods = _targets(model, targets)
+    sr = {n: stable_rank(m.weight.detach().float()) for n, m in mods.items()}
+    if inverse:
+        sr = {n: 1 / s for n, s in sr.items()}
+    size = {n: sum(m.weight.shape) for n, m in mods.items()}
+    c = r * sum(size.values()) / sum(sr[n] * size[n] for n in mods)
+    ranks = {n: min(round(c * sr[n]), min(mods[n].weight.shape)) for n in mods}
+    return {n: k for n, k in ranks.items() if k > 0}
+
+
+def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, inverse: bool = False,
+                     steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
+    """LoRA with ranks from `stable_rank_ranks` (the same parameter count as uniform rank r, up to
+    rounding); the record adds the ranks chosen."""
+    t0 = time.perf_counter()
+    tuned = copy.deepcopy(model)
+    ranks = stable_rank_ranks(tuned, r, targets, inverse)
+    torch.manual_seed(seed)
+    tuned, head = _peft_lora(tuned, list(ranks), ranks)
+    trainable = _trainable(tuned)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    return tuned, _record("stable_rank_lora", tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
+                          modules=len(ranks), inverse=inverse)
+
+
+def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.01, targets: str = TARGETS,
+              steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0):
+    """Dominant winning ticket: fine-tune the target weights (and the head) with an L1 penalty
+    l1 * sum |W - W0|, applied as a proximal step after each update (soft-thresholding of
+    W - W0 by lr * l1), so the change is exactly sparse. Adam moves a weight by about lr per step
+    whatever its gradient's scale, so l1 is in units of that step: 0.5 takes back half of a
+    typical step (only weights pushed the same way step after step keep moving), l1 >= 1 freezes
+    nearly everything. Then keep only the `ticket` largest
+    changes (a share or a count of the target weights) and reset the rest to W0. The record
+    adds changed_share (entries that moved at all), ticket_weights, ticket_change_share (the
+    ticket's share of sum |W - W0|), accuracy_full (before the reset) and accuracy (the ticket
+    alone)."""
+    t0 = time.perf_counter()
+    if l1 < 0:
+        raise ValueError(f"l1 must be >= 0, got {l1}")
+    tuned = copy.deepcopy(model)
+    head = _freeze_all_but_head(tuned)
+    mods = _targets(tuned, targets)
+    W0 = {n: m.weight.detach().clone() for n, m in mods.items()}
+    total = sum(w.numel() for w in W0.values())
+    n_ticket = _count(ticket, total, "weights")
+    for m in mods.values():
+        m.weight.requires_grad_(True)
+    trainable = _trainable(tuned)
+
+    def prox():
+        for n, m in mods.items():
+            d = m.weight - W0[n]
+            m.weight.copy_(W0[n] + d.sign() * (d.abs() - lr * l1).clamp(min=0))
+
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                   after_step=prox if l1 > 0 else None)
+    accuracy_full = task.accuracy(tuned)
+    with torch.no_grad():
+        deltas = {n: (m.weight - W0[n]) for n, m in mods.items()}
+        flat = torch.cat([d.abs().flatten() for d in deltas.values()])
+        changed = int((flat > 0).sum())
+        cut = flat.topk(n_ticket).values[-1]
+        kept = 0.0
+        for n, m in mods.items():
+            keep = deltas[n].abs() >= cut if cut > 0 else deltas[n] != 0
+            m.weight.copy_(torch.where(keep, m.weight, W0[n]))
+            kept += deltas[n].abs()[keep].sum().item()
+        share = kept / flat.sum().item() if flat.sum() > 0 else float("nan")
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    return tuned, _record("l1_ticket", tuned, task, losses, t0, trainable, head, l1=l1,
+                          changed_share=changed / total, ticket_weights=n_ticket,
+                          ticket_change_share=share, accuracy_full=accuracy_full)
+
+
+def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_sparsity: float | None = None,
+         targets: str = TARGETS, steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
+    """DSEE: a low-rank (LoRA, rank r, peft) plus sparse update. The sparse support, `budget`
+    weights over all targets, is where the rank-r SVD of each pre-trained W explains it worst
+    (largest |W - U_r S_r V_r^T|, scaled per module as in `outlier_masks`; DSEE itself takes it
+    from an RPCA decomposition); those base weights train through gradient masks. With
+    `final_sparsity` (a share in (0, 1)), the merged weights W + BA + S are then magnitude-pruned
+    per module. The record adds r, budget_weights and, if pruned, accuracy_dense."""
+    t0 = time.perf_counter()
+    if final_sparsity is not None and not 0 < final_sparsity < 1:
+        raise ValueError(f"final_sparsity must be a share in (0, 1), got {final_sparsity}")
+    tuned = copy.deepcopy(model)
+    mods = _targets(tuned, targets)
+    residual = {}
+    for n, m in mods.items():
+        w = m.weight.detach().float()
+        U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+        residual[n] = w - (U[:, :r] * S[:r]) @ Vh[:r]
+    masks = outlier_masks(residual, budget, "weight")
+    torch.manual_seed(seed)
+    tuned, head = _peft_lora(tuned, list(mods), r)
+    handles = _mask_gradients([(mods[n].weight, masks[n]) for n in mods])   # peft kept the same tensors
+    trainable = _trainable(tuned) - sum(m.weight.numel() for m in mods.values()) + sum(int(m.sum()) for m in masks.values())
+    try:
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    finally:
+        for h in handles:
+            h.remove()
+    extra = dict(r=r, budget_weights=sum(int(m.sum()) for m in masks.values()))
+    if final_sparsity is not None:
+        extra["accuracy_dense"] = task.accuracy(tuned)
+        for module in tuned.modules():                    # peft's LoRA layers: fold BA into the base weight
+            if hasattr(module, "merge") and hasattr(module, "base_layer"):
+                module.merge()
+        with torch.no_grad():
+            for m in mods.values():
+                w = m.weight
+                k = int(final_sparsity * w.numel())
+                if k:
+                    cut = w.abs().flatten().kthvalue(k).values
+                    w.masked_fill_(w.abs() <= cut, 0)
+        extra["final_sparsity"] = final_sparsity
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    return tuned, _record("dsee", tuned, task, losses, t0, trainable, head, **extra)
