@@ -30,15 +30,17 @@ assets: setup
 	$(PY) -m workbench.assets fetch
 	$(PY) -c "from workbench.models import load_model; load_model('smollm2-135m')"
 
-# Execute every notebook in place from a cold results cache; figures/ and data/results/ are rewritten.
+# Execute every notebook in place from a cold results cache; figures/, data/results/ and the
+# committed snapshots of the heavy sweeps (data/snapshots/) are rewritten.
 reproduce: assets
 	rm -rf "$${WORKBENCH_RESULTS:-$${WORKBENCH_HOME:-$$HOME/.cache/workbench}/results}"
 	for nb in $(NOTEBOOKS); do \
-	  $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	  WORKBENCH_RECOMPUTE=1 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 	    --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; done
 
-# Unit tests, then nbval: every committed notebook output must equal a fresh execution, computed
-# from an empty results cache (a temporary one) so that no stale number can pass.
+# Unit tests (tests/test_snapshots.py recomputes a sample of every committed snapshot from
+# scratch), then nbval: every committed notebook output must equal a fresh execution from an
+# empty results cache (a temporary one), the snapshots aside, so that no stale number can pass.
 test: assets
 	$(PY) -m pytest tests -q
 	export WORKBENCH_RESULTS=$$(mktemp -d); trap 'rm -rf "$$WORKBENCH_RESULTS"' EXIT; \

@@ -26,7 +26,8 @@ Every score comes from **lm-eval** with the model object handed to it (`HFLM(pre
 **What a 135M model can show.** The abilities the paper studies *emerge* with scale; a 135M model has little of them to lose, and 6 items per task make every score coarse (one item is 0.17). The point here is the machinery and the shape of the curves; perplexity on held-out text is added as a continuous measure that still moves when every ability score sits at zero. Point `MODEL` at a hub model (e.g. `"meta-llama/Llama-2-7b-hf"`) and `SUITES` at lm-eval's own tasks (`abilities.HUB_SUITES`: `mmlu`, `gsm8k_cot`, `bbh_cot_fewshot`, `ifeval`) to run the paper's study; raise `LIMIT` for tighter estimates.
 
 *Caveat:* SmolLM2's "16-bit" baseline here is a dequantized 4-bit GGUF checkpoint (see notebook 00), so 8- and 4-bit re-quantization start from weights already on a 4-bit grid."""),
-md("## Parameters"),
+md("""## Parameters
+The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches; change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell recomputes them through the results cache and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`)."""),
 code("""MODEL = "smollm2-135m"
 BITS = [8, 4, 3, 2]                        # RTN
 GPTQ_BITS = [3]                            # where the methods differ; [8, 4, 3, 2] for the full sweep (~1 min per model)
@@ -62,9 +63,9 @@ tasks[tasks.task.isin(sum(SUITES.values(), []))]"""),
 md("## 1. The bits sweep\nEach model is quantized (group size 128; GPTQ with act-order and 8 × 256 calibration tokens, here at 3 bits only, where the methods differ) and scored on every task; results are cached on disk, keyed by the model, the quantization and every evaluation setting, so a re-run reads them back."),
 code("""specs = {**abilities.bits_sweep_specs(BITS, ["rtn"]), **abilities.bits_sweep_specs(GPTQ_BITS, ["gptq"])}
 t = time.perf_counter()
-sweep = abilities.ability_sweep(model, tokenizer, record, specs, suites=SUITES, shots=SHOTS, limit=LIMIT,
-                                calibration=CALIBRATION, max_gen_toks=MAX_GEN_TOKS, progress=False)
-print(f"{len(specs)} models scored in {time.perf_counter() - t:.0f} s")
+sweep = abilities.snapshot_sweep("abilities_bits_sweep", model, tokenizer, record, specs, suites=SUITES, shots=SHOTS,
+                                 limit=LIMIT, calibration=CALIBRATION, max_gen_toks=MAX_GEN_TOKS)
+print(f"{len(specs)} models, {time.perf_counter() - t:.0f} s")
 table = abilities.ability_table(sweep.scores)
 save_table(table, "abilities_bits_sweep")
 save_table(abilities.headline(sweep.scores), "abilities_bits_sweep_tasks")
@@ -85,10 +86,10 @@ pick.assign(prompt=pick.prompt.str.extract(r"user\\n(.*?)<\\|im_end", expand=Fal
             response=pick.response.str[:160])[["label", "doc_id", "prompt", "response", "score"]]"""),
 md("## 3. Winning it back: LoRA on the quantized model\nLoRA adapters (rank 8 on every attention and FFN projection, through `peft`) are trained on the quantized model for a few steps of next-token loss on the calibration split of the news corpus; the quantized weights stay frozen. Then every ability is scored again."),
 code("""t = time.perf_counter()
-tuned = abilities.ability_sweep(model, tokenizer, record, {k: specs[k] for k in LORA_ON}, suites=SUITES, shots=SHOTS,
-                                limit=LIMIT, calibration=CALIBRATION, lora=LORA, max_gen_toks=MAX_GEN_TOKS,
-                                progress=False)
-print(f"{len(LORA_ON)} models fine-tuned and scored in {time.perf_counter() - t:.0f} s")
+tuned = abilities.snapshot_sweep("abilities_lora", model, tokenizer, record, {k: specs[k] for k in LORA_ON},
+                                 suites=SUITES, shots=SHOTS, limit=LIMIT, calibration=CALIBRATION, lora=LORA,
+                                 max_gen_toks=MAX_GEN_TOKS)
+print(f"{len(LORA_ON)} models fine-tuned and scored, {time.perf_counter() - t:.0f} s")
 both = pd.concat([table, abilities.ability_table(tuned.scores)], ignore_index=True)
 both = both[both.label.isin(["base", *LORA_ON, *[f"{k} + LoRA" for k in LORA_ON]])]
 save_table(both, "abilities_lora")

@@ -23,7 +23,8 @@ Two complementary experiments, each at `BITS` bits with RTN:
 Groups: attention (q, k, v, o projections), FFN (gate, up, down) and embeddings/head (SmolLM2 ties the output head to the token embedding, so they are one matrix; RTN, row by row). Scores come from lm-eval exactly as in notebook 04, with perplexity on held-out text alongside as a finer measure.
 
 *Caveat:* a 135M model has little ICL and no CoT to lose (notebook 04); chain-of-thought tasks are left out here for that reason. The baseline is a dequantized 4-bit GGUF checkpoint."""),
-md("## Parameters"),
+md("""## Parameters
+The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches; change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell recomputes them through the results cache and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`)."""),
 code("""MODEL = "smollm2-135m"
 BITS = 2
 METHOD = "rtn"                 # "gptq" also works (add CALIBRATION as in notebook 04)
@@ -58,9 +59,9 @@ sizes"""),
 md("## 1. Quantize all but one group, and only one group"),
 code("""specs = {"base": None, **abilities.component_specs(bits=BITS, method=METHOD)}
 t = time.perf_counter()
-res = abilities.ability_sweep(model, tokenizer, record, specs, suites=SUITES, shots=SHOTS, limit=LIMIT,
-                              max_gen_toks=MAX_GEN_TOKS, progress=False)
-print(f"{len(specs)} models scored in {time.perf_counter() - t:.0f} s")
+res = abilities.snapshot_sweep(f"component_sensitivity_w{BITS}", model, tokenizer, record, specs, suites=SUITES,
+                               shots=SHOTS, limit=LIMIT, max_gen_toks=MAX_GEN_TOKS)
+print(f"{len(specs)} models, {time.perf_counter() - t:.0f} s")
 table = abilities.ability_table(res.scores).drop(columns=["bits", "method"])
 save_table(table, f"component_sensitivity_w{BITS}")
 table"""),

@@ -523,6 +523,101 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
     return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
 
 
+# -----------------------------------------------------------------------------
+# committed snapshots: heavy sweeps rendered from the repository, a sample re-verified by the tests
+
+SNAPSHOT_DIR = ("data", "snapshots")
+
+
+def _spec_to_json(spec):
+    """A spec (None, QuantConfig or {pattern: QuantConfig or None}) as plain JSON."""
+    import dataclasses
+
+    from workbench.quantize import QuantConfig
+
+    if spec is None:
+        return None
+    if isinstance(spec, QuantConfig):
+        return {"QuantConfig": dataclasses.asdict(spec)}
+    return {"patterns": [[k, _spec_to_json(v)] for k, v in spec.items()]}
+
+
+def _spec_from_json(obj):
+    from workbench.quantize import QuantConfig
+
+    if obj is None:
+        return None
+    if "QuantConfig" in obj:
+        return QuantConfig(**obj["QuantConfig"])
+    return {k: _spec_from_json(v) for k, v in obj["patterns"]}
+
+
+def snapshot_paths(name: str) -> dict:
+    """The files of snapshot `name`: data/snapshots/<name>.json (what it was computed from) and
+    <name>_scores.csv, <name>_samples.csv."""
+    from workbench.report import project_dir
+
+    folder = project_dir().joinpath(*SNAPSHOT_DIR)
+    return {"meta": folder / f"{name}.json", "scores": folder / f"{name}_scores.csv",
+            "samples": folder / f"{name}_samples.csv"}
+
+
+def read_snapshot(name: str) -> tuple[dict, AbilityResult]:
+    """(arguments, AbilityResult) of a committed snapshot; the arguments as `ability_sweep` takes
+    them (model name, specs, suites, shots, ...), for re-running any part of it."""
+    import json
+
+    paths = snapshot_paths(name)
+    if not paths["meta"].exists():
+        raise FileNotFoundError(f"no snapshot {name!r} in {paths['meta'].parent}; run the notebook that "
+                                "makes it with WORKBENCH_RECOMPUTE=1 (or make reproduce)")
+    meta = json.loads(paths["meta"].read_text())
+    args = dict(meta["args"])
+    args["specs"] = {k: _spec_from_json(v) for k, v in args["specs"]}
+    res = AbilityResult(pd.read_csv(paths["scores"], keep_default_na=False, na_values=[""]),
+                        pd.read_csv(paths["samples"], keep_default_na=False, na_values=[""]))
+    return args, res
+
+
+def snapshot_sweep(name: str, model: nn.Module, tokenizer, record, specs: dict, recompute: bool | None = None,
+                   **kwargs) -> AbilityResult:
+    """`ability_sweep(model, tokenizer, record, specs, **kwargs)`, or its committed snapshot.
+
+    A sweep that takes minutes is committed with the repository as data/snapshots/<name>_*.csv
+    plus <name>.json, which records every argument (and the workbench, lm-eval and task-file
+    versions). The snapshot is used only when all of them are exactly those of this call;
+    otherwise, or with `recompute=True` (default: $WORKBENCH_RECOMPUTE == "1"), the sweep runs
+    (through the results cache) and the snapshot is rewritten, files first and the .json last,
+    each atomically. Either way the frames returned are the ones read back from the CSVs, so a
+    notebook shows the same thing both ways. tests/test_snapshots.py recomputes a sample of
+    every committed snapshot from scratch and compares."""
+    import json
+
+    import lm_eval
+
+    from workbench import __version__
+    from workbench.cache import atomic_path, atomic_write_text
+    from workbench.data import ABILITY_TASKS_VERSION
+
+    kwargs.pop("progress", None)
+    args = {"model": record.name, "specs": [[k, _spec_to_json(v)] for k, v in specs.items()], **kwargs}
+    versions = {"workbench": __version__, "lm_eval": lm_eval.__version__, "tasks": ABILITY_TASKS_VERSION,
+                "model_key": json.loads(json.dumps(record.key, default=str))}
+    meta = {"args": args, "versions": versions}
+    blob = json.dumps(meta, sort_keys=True, indent=1, default=str)
+    paths = snapshot_paths(name)
+    if recompute is None:
+        recompute = os.environ.get("WORKBENCH_RECOMPUTE") == "1"
+    fresh = paths["meta"].exists() and paths["meta"].read_text() == blob + "\n"
+    if recompute or not fresh or not (paths["scores"].exists() and paths["samples"].exists()):
+        res = ability_sweep(model, tokenizer, record, specs, progress=False, **kwargs)
+        for part in ("scores", "samples"):
+            with atomic_path(paths[part]) as tmp:
+                getattr(res, part).to_csv(tmp, index=False)
+        atomic_write_text(paths["meta"], blob + "\n")
+    return read_snapshot(name)[1]
+
+
 class _Deferred:
     """Stands in for a model until an attribute is needed (lm-eval touches it only on a cache miss)."""
 

@@ -1,0 +1,107 @@
+"""Committed snapshots (data/snapshots): the heavy sweeps that notebooks 04 and 05 render.
+
+Each snapshot is recomputed in part from an empty results cache, with the arguments it records,
+and must match the committed numbers: one or two models of every sweep, chosen to cover the
+unquantized model, a quantized one, a component spec and LoRA training. A new snapshot without
+an entry in SAMPLES fails `test_every_snapshot_is_verified`.
+"""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench import abilities
+from workbench.report import project_dir
+
+SNAPSHOTS = project_dir() / "data" / "snapshots"
+SAMPLES = {                              # snapshot -> labels recomputed in full
+    "abilities_bits_sweep": ["base", "RTN W3"],
+    "component_sensitivity_w2": ["only attention"],
+    "abilities_lora": [],                # LoRA: training and perplexity of "RTN W3 + LoRA", below
+}
+KEYS = ["label", "task", "shots", "metric", "filter"]
+
+
+def _compare(fresh: pd.DataFrame, committed: pd.DataFrame):
+    fresh, committed = (df.astype({"shots": float}).fillna({"shots": -1}).set_index(KEYS).sort_index()
+                        for df in (fresh, committed))                  # -1: no shots (perplexity), NaN != NaN
+    assert list(fresh.index) == list(committed.index)
+    np.testing.assert_allclose(fresh.score.to_numpy(float), committed.score.to_numpy(float), rtol=1e-9, equal_nan=True)
+
+
+def test_every_snapshot_is_verified():
+    names = sorted(p.stem for p in SNAPSHOTS.glob("*.json"))
+    assert names == sorted(SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from workbench.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.parametrize("name", [n for n, labels in SAMPLES.items() if labels])
+def test_snapshot_recomputes_from_scratch(name, smollm, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))     # an empty results cache
+    args, committed = abilities.read_snapshot(name)
+    model, tokenizer, record = smollm
+    assert args.pop("model") == record.name
+    specs = args.pop("specs")
+    labels = SAMPLES[name]
+    fresh = abilities.ability_sweep(model, tokenizer, record, {k: specs[k] for k in labels}, progress=False, **args)
+    written = tmp_path / "fresh.csv"                            # through CSV, as the snapshot was
+    fresh.scores.to_csv(written, index=False)
+    fresh = pd.read_csv(written, keep_default_na=False, na_values=[""])
+    _compare(fresh, committed.scores[committed.scores.label.isin(labels)])
+
+
+def test_lora_snapshot_retrains_to_the_same_perplexity(smollm, tmp_path, monkeypatch):
+    from workbench.data import evaluation_text
+    from workbench.evaluate import perplexity
+    from workbench.finetune import lora_finetune
+
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    args, committed = abilities.read_snapshot("abilities_lora")
+    model, tokenizer, record = smollm
+    qmodel, _ = abilities.quantize_for_spec(model, args["specs"]["RTN W3"])
+    tuned, rec = lora_finetune(qmodel, tokenizer, progress=False, **args["lora"])
+    ppl = perplexity(tuned, tokenizer, evaluation_text("lee"), 512, max_windows=2, progress=False)
+    row = committed.scores[(committed.scores.label == "RTN W3 + LoRA") & (committed.scores.task == "perplexity")]
+    assert len(row) == 1
+    assert ppl == pytest.approx(row.score.item(), rel=1e-9)
+    assert rec["trainable_params"] == row.trainable_params.item()
+
+
+def test_snapshot_sweep_uses_a_matching_snapshot_and_recomputes_otherwise(tiny_lm, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_OUTPUT", str(tmp_path))
+    monkeypatch.delenv("WORKBENCH_RECOMPUTE", raising=False)
+    calls = []
+
+    def fake_sweep(model, tokenizer, record, specs, progress=True, **kwargs):
+        calls.append(kwargs["limit"])
+        scores = pd.DataFrame([{"label": k, "task": "t", "shots": None, "metric": "m", "filter": "none",
+                                "score": 1 / 3 + kwargs["limit"], "primary": True} for k in specs])
+        samples = pd.DataFrame([{"label": k, "response": "NA", "prompt": "a,\n\"b\""} for k in specs])
+        return abilities.AbilityResult(scores, samples)
+
+    monkeypatch.setattr(abilities, "ability_sweep", fake_sweep)
+    model, tokenizer, record = tiny_lm
+    specs = {"base": None, "W3": abilities.bits_sweep_specs([3], ["rtn"])["RTN W3"]}
+    first = abilities.snapshot_sweep("demo", model, tokenizer, record, specs, limit=2)
+    again = abilities.snapshot_sweep("demo", model, tokenizer, record, specs, limit=2)
+    assert calls == [2]                                          # the second call read the snapshot
+    pd.testing.assert_frame_equal(first.scores, again.scores)
+    assert first.scores.score.iloc[0] == 1 / 3 + 2              # floats survive the CSV exactly
+    assert first.samples.response.iloc[0] == "NA" and first.samples.prompt.iloc[0] == "a,\n\"b\""
+    abilities.snapshot_sweep("demo", model, tokenizer, record, specs, limit=3)
+    assert calls == [2, 3]                                       # another argument: recomputed
+    abilities.snapshot_sweep("demo", model, tokenizer, record, specs, limit=3, recompute=True)
+    assert calls == [2, 3, 3]
+    args, _ = abilities.read_snapshot("demo")
+    assert args["specs"] == specs and args["limit"] == 3 and args["model"] == record.name
+    meta = json.loads((tmp_path / "data" / "snapshots" / "demo.json").read_text())
+    assert meta["versions"]["tasks"] and meta["versions"]["lm_eval"]
+    with pytest.raises(FileNotFoundError, match="WORKBENCH_RECOMPUTE=1"):
+        abilities.read_snapshot("missing")
