@@ -60,6 +60,13 @@ def test_full_finetune_learns_and_leaves_the_input_model_alone(model, task):
     assert rec["losses"][-1] < rec["losses"][0] and rec["accuracy"] > 0.5
 
 
+def test_head_only_trains_the_head_alone(model, task):
+    tuned, rec = adapt.head_only(model, task, steps=STEPS, lr=1e-2)
+    assert rec["trainable_params"] == rec["head_params"] == 32 * 2 + 2
+    for name, p in tuned.named_parameters():
+        assert torch.equal(p, model.get_parameter(name)) != name.startswith("classifier"), name
+
+
 def test_prequant_gradient_masks_freeze_everything_but_the_outliers(model, task):
     cfg = QuantConfig(bits=3, group_size=16)
     tuned, rec = adapt.prequant(model, task, bits=3, group_size=16, budget=0.02, steps=STEPS, lr=1e-2)
@@ -198,3 +205,23 @@ def test_polarity_split_is_fixed_stratified_and_disjoint():
     assert not any(tuple(r.tolist()) in train_rows for r in a.dev_ids)
     with pytest.raises(ValueError, match="unknown classification set"):
         classification_task(tokenizer, "sst2")
+
+
+def test_ability_task_trains_on_other_items_with_loss_on_the_answer_only():
+    import json
+
+    from workbench.data import ability_tasks_dir
+    from workbench.finetune import ability_task
+    from workbench.models import load_model
+
+    _, tokenizer, _ = load_model("smollm2-135m")
+    task = ability_task(tokenizer, "wb_icl_arith_1d_add", limit=10, n_train=20)
+    rows = [json.loads(line) for line in (ability_tasks_dir() / "wb_icl_arith_1d_add.jsonl").read_text().splitlines()]
+    assert task.n_train == 20
+    for i, row in enumerate(rows[10:30]):                       # the 10 scored items are never trained on
+        answer = task.train_ids[i][task.train_labels[i] != -100]
+        assert tokenizer.decode(answer).strip() == row["target"]
+        text = tokenizer.decode(task.train_ids[i][task.train_mask[i] == 1])
+        assert text.startswith(f"Q: {row['input']}")
+    with pytest.raises(ValueError, match="fewer than limit"):
+        ability_task(tokenizer, "wb_icl_arith_1d_add", limit=50, n_train=60)

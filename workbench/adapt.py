@@ -14,6 +14,7 @@ trainable_params (everything that trained, the task head included), head_params 
 share of them: a classifier head is new and must train under every method), total_params,
 accuracy (held-out), losses (per step) and time_s, plus what the method chose.
 
+    head_only          only the task head (a linear probe: the floor)
     full_finetune      every parameter (the reference)
     lora               LoRA adapters through peft; the base stays frozen
     qlora              quantize the targets (RTN/GPTQ-free: workbench.quantize), then LoRA
@@ -122,6 +123,17 @@ def _quantized(model: nn.Module, targets: str, bits: int, group_size: int, metho
 
 # -----------------------------------------------------------------------------
 # the methods
+
+
+def head_only(model: nn.Module, task, steps: int = 100, lr: float = 1e-3, batch_size: int = 16,
+              seed: int = 0) -> tuple[nn.Module, dict]:
+    """Train only the task head of a copy of `model` (a linear probe on the frozen encoder): the
+    floor every method should beat, and the head every other method trains as well."""
+    t0 = time.perf_counter()
+    tuned = copy.deepcopy(model)
+    head = _freeze_all_but_head(tuned)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    return tuned, _record("head_only", tuned, task, losses, t0, head, head)
 
 
 def full_finetune(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size: int = 16,
@@ -410,3 +422,25 @@ def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_
     for p in tuned.parameters():
         p.requires_grad_(False)
     return tuned, _record("dsee", tuned, task, losses, t0, trainable, head, **extra)
+
+
+# -----------------------------------------------------------------------------
+# summary
+
+
+def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
+    """One row per run from {label: record}: label, method, bits (16 when unquantized),
+    trainable_params, head_params, adapted_params (trainable minus head: what the method itself
+    chose), adapted_share (of `n_params`, the unadapted model's parameter count; by default
+    each record's own total, which for a BCQ model no longer counts the binary planes),
+    accuracy, final_loss and time_s."""
+    import pandas as pd
+
+    rows = []
+    for label, rec in records.items():
+        adapted = rec["trainable_params"] - rec["head_params"]
+        rows.append(dict(label=label, method=rec["method"], bits=rec.get("bits", 16),
+                         trainable_params=rec["trainable_params"], head_params=rec["head_params"],
+                         adapted_params=adapted, adapted_share=adapted / (n_params or rec["total_params"]),
+                         accuracy=rec["accuracy"], final_loss=rec["losses"][-1], time_s=rec["time_s"]))
+    return pd.DataFrame(rows)

@@ -131,8 +131,11 @@ class ClassificationTask:
         return len(self.train_labels)
 
     def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the model's logits on the training rows `idx`."""
-        logits = model(input_ids=self.train_ids[idx], attention_mask=self.train_mask[idx]).logits
+        """Cross-entropy of the model's logits on the training rows `idx` (right padding cut to
+        the batch's longest row: the same logits, less compute)."""
+        mask = self.train_mask[idx]
+        n = int(mask.sum(1).max())
+        logits = model(input_ids=self.train_ids[idx][:, :n], attention_mask=mask[:, :n]).logits
         return F.cross_entropy(logits, self.train_labels[idx])
 
     @torch.no_grad()
@@ -141,24 +144,36 @@ class ClassificationTask:
         was_training = model.training
         model.eval()
         try:
-            preds = torch.cat([model(input_ids=self.dev_ids[i:i + batch_size],
-                                     attention_mask=self.dev_mask[i:i + batch_size]).logits.argmax(-1)
-                               for i in range(0, len(self.dev_labels), batch_size)])
+            preds = []
+            for i in range(0, len(self.dev_labels), batch_size):
+                mask = self.dev_mask[i:i + batch_size]
+                n = int(mask.sum(1).max())
+                preds.append(model(input_ids=self.dev_ids[i:i + batch_size, :n], attention_mask=mask[:, :n]).logits.argmax(-1))
+            preds = torch.cat(preds)
         finally:
             model.train(was_training)
         return (preds == self.dev_labels).float().mean().item()
 
 
-def classification_task(tokenizer, name: str = "polarity", dev_fraction: float = 0.3, seed: int = 0,
+def classification_task(tokenizer, name="polarity", dev_fraction: float = 0.3, seed: int = 0,
                         max_length: int = 64) -> ClassificationTask:
-    """Tokenize a labelled set from `workbench.data.classification_data` into a fixed split: the
-    rows are shuffled with `seed` and the last `dev_fraction` of them held out (stratified by
-    label, so both halves keep the label balance). Texts are cut to `max_length` tokens."""
+    """Tokenize a labelled set into a fixed split: `name` is a set of
+    `workbench.data.classification_data` or any DataFrame with columns text and label (ints
+    0..k-1; e.g. GLUE SST-2 from `datasets`, for users with a hub). The rows are shuffled with
+    `seed` and `dev_fraction` of each label held out (stratified, so both halves keep the label
+    balance). Texts are cut to `max_length` tokens."""
+    import pandas as pd
+
     from workbench.data import classification_data
 
     if not 0 < dev_fraction < 1:
         raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
-    df = classification_data(name)
+    if isinstance(name, pd.DataFrame):
+        if not {"text", "label"} <= set(name.columns):
+            raise ValueError(f"a DataFrame task needs columns text and label, got {list(name.columns)}")
+        df, name = name.reset_index(drop=True), "custom"
+    else:
+        df = classification_data(name)
     g = torch.Generator().manual_seed(seed)
     train_rows, dev_rows = [], []
     for label in sorted(df.label.unique()):
@@ -214,3 +229,82 @@ def train(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size
     finally:
         model.eval()
     return losses
+
+
+# -----------------------------------------------------------------------------
+# causal LM adaptation on an ability task: trained on its other items, scored by lm-eval
+
+
+@dataclass
+class AbilityTask:
+    """An lm-eval task as a training set: items past the evaluated `limit` become prompt+answer
+    sequences (loss on the answer tokens only); `accuracy` scores the first `limit` items through
+    `workbench.abilities.evaluate_tasks` (lm-eval with the model object), the same evaluator
+    as notebooks 04 and 05, so the items trained on are never the items scored."""
+    name: str
+    tokenizer: object
+    train_ids: torch.Tensor       # [n, length] right-padded
+    train_mask: torch.Tensor      # [n, length]
+    train_labels: torch.Tensor    # [n, length], -100 on the prompt and the padding
+    limit: int
+    num_fewshot: int
+    max_gen_toks: int | None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ids)
+
+    def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=self.train_ids[idx], attention_mask=self.train_mask[idx],
+                     labels=self.train_labels[idx]).loss
+
+    def accuracy(self, model: nn.Module) -> float:
+        from workbench.abilities import evaluate_tasks, headline
+
+        res = evaluate_tasks(model, self.tokenizer, [self.name], num_fewshot=self.num_fewshot, limit=self.limit,
+                             max_gen_toks=self.max_gen_toks, progress=False)
+        return float(headline(res.scores).score.mean())
+
+
+def ability_task(tokenizer, name: str = "wb_icl_arith_2d_add", limit: int = 20, n_train: int = 256,
+                 num_fewshot: int = 0, max_length: int = 64, max_gen_toks: int | None = 8) -> AbilityTask:
+    """Build an AbilityTask from lm-eval task `name` (a local `wb_*` task or any lm-eval task
+    whose documents are available): the first `limit` documents are scored, the next `n_train`
+    are formatted with the task's own doc_to_text, target delimiter and doc_to_target (the
+    chosen option for multiple-choice tasks) and tokenized. Errors name the fix when the task
+    has too few documents."""
+    from workbench.abilities import _task_arg
+
+    if limit < 1 or n_train < 1:
+        raise ValueError(f"limit and n_train must be positive, got limit={limit}, n_train={n_train}")
+    task = _task_arg(name)
+    if isinstance(task, str):
+        from lm_eval.tasks import get_task_dict
+
+        from workbench.abilities import task_manager
+        task = get_task_dict([name], task_manager())[name]
+    docs = list(task.eval_docs)
+    if len(docs) < limit + n_train:
+        raise ValueError(f"{name} has {len(docs)} documents, fewer than limit + n_train = {limit + n_train}; "
+                         "lower n_train or limit")
+    prompts, full = [], []
+    for doc in docs[limit:limit + n_train]:
+        prompt = task.doc_to_text(doc)
+        target = task.doc_to_target(doc)
+        if task.OUTPUT_TYPE == "multiple_choice":
+            target = task.doc_to_choice(doc)[target] if isinstance(target, int) else target
+        prompts.append(prompt)
+        full.append(prompt + task.config.target_delimiter + str(target))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((n_train, max_length), pad, dtype=torch.long)
+    labels = torch.full((n_train, max_length), -100, dtype=torch.long)
+    mask = torch.zeros((n_train, max_length), dtype=torch.long)
+    for i, (p, f) in enumerate(zip(prompts, full)):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        f_ids = tokenizer(f, add_special_tokens=False)["input_ids"][:max_length]
+        ids[i, :len(f_ids)] = torch.tensor(f_ids)
+        mask[i, :len(f_ids)] = 1
+        labels[i, len(p_ids):len(f_ids)] = torch.tensor(f_ids[len(p_ids):], dtype=torch.long)
+    if (labels != -100).sum() == 0:
+        raise ValueError(f"no answer tokens fit in max_length={max_length}; raise it")
+    return AbilityTask(name, tokenizer, ids, mask, labels, limit, num_fewshot, max_gen_toks)

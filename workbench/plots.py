@@ -203,3 +203,29 @@ def component_bars(table: pd.DataFrame, columns: list[str], base_label: str = "b
     fig.tight_layout()
     _save(fig, path)
     return fig
+
+
+def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str = "accuracy",
+                       baseline: float | None = None, title: str = "", path=None):
+    """Held-out accuracy against the parameters each method trained (log x), one marker per
+    method, filled by bits (16 = unquantized); `baseline` (e.g. the head-only accuracy) as a
+    dashed line. `results` is `workbench.adapt.results_table`; runs that trained nothing beyond
+    the head are drawn at x = 1."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    markers = dict(zip(results.method.unique(), "os^vDP*Xph"))
+    bits = sorted(results.bits.unique(), reverse=True)
+    colours = dict(zip(bits, sns.color_palette("viridis", len(bits))))
+    for r in results.itertuples():
+        ax.scatter(max(getattr(r, x), 1), getattr(r, y), marker=markers[r.method], color=colours[r.bits],
+                   s=60, edgecolor="black", lw=0.5)
+        ax.annotate(r.label, (max(getattr(r, x), 1), getattr(r, y)), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    for b in bits:
+        ax.scatter([], [], color=colours[b], label="full precision" if b == 16 else f"W{b}")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", ls="--", lw=1)
+    ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig

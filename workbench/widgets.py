@@ -254,3 +254,44 @@ def generations_explorer(samples, base_label: str = "base", n_examples: int = 4)
     options()
     show()
     return W.VBox([W.HBox([ability, task]), W.HBox([method, bits]), out])
+
+
+def adaptation_explorer(records: dict):
+    """Pick a run (method, bits, budget) of the quantize-then-adapt comparison; see its training
+    curve and what it chose to train.
+
+    `records` maps a run label to the record a `workbench.adapt` method returned (losses,
+    trainable_params, accuracy, and `chosen`, `ranks` or the ticket's numbers where the method
+    picks parameters). The plot shows the loss per step with the run's held-out accuracy; the
+    table lists the modules the method chose with how much of each it trains.
+    """
+    import html
+
+    import pandas as pd
+
+    run = W.Dropdown(options=list(records), description="run")
+    plot, table = W.Output(), W.HTML()
+
+    def show(*_):
+        rec = records[run.value]
+        with plot:
+            plot.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(5.5, 2.6))
+            ax.plot(range(1, len(rec["losses"]) + 1), rec["losses"], lw=1)
+            ax.set(xlabel="step", ylabel="training loss",
+                   title=f"{run.value}: {rec['trainable_params']:,} trainable, accuracy {rec['accuracy']:.2f}")
+            plt.show()
+        chosen = rec.get("chosen") or rec.get("ranks")
+        if chosen:
+            what = "weights trained" if "chosen" in rec else "LoRA rank"
+            df = pd.Series(chosen, name=what).rename_axis("module").reset_index()
+            table.value = df[df[what] > 0].to_html(index=False, max_rows=40)
+        else:
+            keys = [k for k in ("r", "bits", "budget_weights", "changed_share", "ticket_weights",
+                                "ticket_change_share", "accuracy_full", "first_scale_only") if k in rec]
+            table.value = ("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{rec[k]}</td></tr>" for k in keys)
+                           + "</table>") if keys else "<i>every target module, uniformly</i>"
+
+    run.observe(show, "value")
+    show()
+    return W.VBox([run, plot, table])
