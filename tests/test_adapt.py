@@ -225,3 +225,22 @@ def test_ability_task_trains_on_other_items_with_loss_on_the_answer_only():
         assert text.startswith(f"Q: {row['input']}")
     with pytest.raises(ValueError, match="fewer than limit"):
         ability_task(tokenizer, "wb_icl_arith_1d_add", limit=50, n_train=60)
+
+
+def test_run_methods_and_results_table(model, task):
+    runs = {"probe": ("head_only", dict(steps=STEPS, lr=1e-2)), "none": ("unadapted", {}),
+            "W4": ("unadapted", dict(bits=4, group_size=16))}
+    records = adapt.run_methods(model, task, runs)
+    table = adapt.results_table(records, n_params=sum(p.numel() for p in model.parameters()))
+    assert list(table.label) == ["probe", "none", "W4"] and list(table.bits) == [16, 16, 4]
+    assert table.adapted_params.tolist() == [0, 0, 0] and table.final_loss.isna().tolist() == [False, True, True]
+    with pytest.raises(ValueError, match="unknown method 'qalora'"):
+        adapt.run_methods(model, task, {"x": ("qalora", {})})
+
+
+def test_train_gives_the_head_its_own_learning_rate(task):
+    m = _tiny_classifier()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    train(m, task, steps=3, lr=0.0, head_lr=1e-2)
+    for n, p in m.named_parameters():
+        assert torch.equal(p, before[n]) != n.startswith("classifier."), n

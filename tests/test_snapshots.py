@@ -1,4 +1,4 @@
-"""Committed snapshots (data/snapshots): the heavy sweeps that notebooks 04 and 05 render.
+"""Committed snapshots (data/snapshots): the heavy sweeps that notebooks 04, 05 and 06 render.
 
 Each snapshot is recomputed in part from an empty results cache, with the arguments it records,
 and must match the committed numbers: one or two models of every sweep, chosen to cover the
@@ -20,6 +20,10 @@ SAMPLES = {                              # snapshot -> labels recomputed in full
     "component_sensitivity_w2": ["only attention"],
     "abilities_lora": [],                # LoRA: training and perplexity of "RTN W3 + LoRA", below
 }
+RUN_SAMPLES = {                          # workbench.report.snapshot of adapt.run_methods -> runs re-run
+    "adapt_encoder": ["head only", "PreQuant W4"],
+    "adapt_causal": ["RTN W3"],          # quantize + lm-eval; the adapted causal runs take ~3 min each
+}
 KEYS = ["label", "task", "shots", "metric", "filter"]
 
 
@@ -32,7 +36,7 @@ def _compare(fresh: pd.DataFrame, committed: pd.DataFrame):
 
 def test_every_snapshot_is_verified():
     names = sorted(p.stem for p in SNAPSHOTS.glob("*.json"))
-    assert names == sorted(SAMPLES)
+    assert names == sorted([*SAMPLES, *RUN_SAMPLES])
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,52 @@ def test_snapshot_sweep_uses_a_matching_snapshot_and_recomputes_otherwise(tiny_l
     assert meta["versions"]["tasks"] and meta["versions"]["lm_eval"]
     with pytest.raises(FileNotFoundError, match="WORKBENCH_RECOMPUTE=1"):
         abilities.read_snapshot("missing")
+
+
+@pytest.mark.parametrize("name", list(RUN_SAMPLES))
+def test_adaptation_snapshot_reruns_from_scratch(name, tmp_path, monkeypatch):
+    from workbench import adapt
+    from workbench.finetune import ability_task, classification_task, load_classifier
+    from workbench.models import load_model
+    from workbench.report import read_snapshot_json
+
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))     # the causal task's lm-eval scores: no cache
+    snap = read_snapshot_json(name)
+    args = snap["args"]
+    if name == "adapt_encoder":
+        model, tokenizer, _ = load_classifier(args["model"]["name"], seed=args["seed"])
+        task = classification_task(tokenizer, args["dataset"], seed=args["seed"])
+    else:
+        model, tokenizer, _ = load_model(args["model"]["name"])
+        task = ability_task(tokenizer, args["task"], limit=args["limit"], n_train=args["n_train"])
+    for label in RUN_SAMPLES[name]:
+        method, kwargs = args["runs"][label]
+        rec = adapt.METHODS[method](model, task, **kwargs)[1]
+        stored = snap["result"][label]
+        assert rec["trainable_params"] == stored["trainable_params"], label
+        assert rec["losses"] == pytest.approx(stored["losses"], rel=1e-9), label
+        assert rec["accuracy"] == stored["accuracy"], label
+
+
+def test_report_snapshot_reads_back_and_recomputes_when_args_change(tmp_path, monkeypatch):
+    from workbench.report import read_snapshot_json, snapshot
+
+    monkeypatch.setenv("WORKBENCH_OUTPUT", str(tmp_path))
+    monkeypatch.delenv("WORKBENCH_RECOMPUTE", raising=False)
+    calls = []
+
+    def compute(x):
+        calls.append(x)
+        return {"run": {"losses": [1 / 3, float("nan")], "chosen": {"a.b": 2}, "ok": True}}
+
+    first = snapshot("demo", {"x": 1, "runs": {"a": ("lora", {"r": 8})}}, lambda: compute(1))
+    again = snapshot("demo", {"x": 1, "runs": {"a": ("lora", {"r": 8})}}, lambda: compute(1))
+    assert calls == [1] and first["run"]["losses"][0] == 1 / 3 and again["run"]["chosen"] == {"a.b": 2}
+    snapshot("demo", {"x": 2, "runs": {"a": ("lora", {"r": 8})}}, lambda: compute(2))
+    assert calls == [1, 2]
+    snapshot("demo", {"x": 2, "runs": {"a": ("lora", {"r": 8})}}, lambda: compute(2), recompute=True)
+    assert calls == [1, 2, 2]
+    stored = read_snapshot_json("demo")
+    assert stored["args"]["runs"]["a"] == ["lora", {"r": 8}] and stored["versions"]["torch"]
+    with pytest.raises(TypeError, match="JSON-like"):
+        snapshot("demo", {"x": object()}, lambda: compute(3))

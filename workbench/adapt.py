@@ -11,9 +11,11 @@ Every method takes a model (unchanged: it works on a copy) and a task (`n_train`
 `loss(model, idx)` and `accuracy(model)`, see workbench.finetune), trains with
 `finetune.train`, and returns (adapted model, record). The record always holds method,
 trainable_params (everything that trained, the task head included), head_params (the head's
-share of them: a classifier head is new and must train under every method), total_params,
+share of them: a classifier head is new and must train under every method, always at
+`head_lr`, default HEAD_LR, while `lr` is the rate of what the method adapts), total_params,
 accuracy (held-out), losses (per step) and time_s, plus what the method chose.
 
+    unadapted          no training, optionally RTN-quantized first (the reference)
     head_only          only the task head (a linear probe: the floor)
     full_finetune      every parameter (the reference)
     lora               LoRA adapters through peft; the base stays frozen
@@ -44,14 +46,14 @@ import warnings
 import torch
 from torch import nn
 
-from workbench.finetune import train
+from workbench.finetune import HEAD, train
 from workbench.modules import linear_modules, select_modules
 
 # Every attention and FFN projection of BERT-style encoders and Llama-style decoders; never the
 # pooler, the embeddings or a task head.
 TARGETS = (r"(encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
            r"intermediate\.dense|output\.dense)|layers\.\d+\.(self_attn|mlp)\.\w+_proj)$")
-HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"   # the task head: always trains, never quantized
+HEAD_LR = 5e-3   # a fresh task head trains at this rate under every method (its own lr is for what it adapts)
 
 
 # -----------------------------------------------------------------------------
@@ -125,7 +127,18 @@ def _quantized(model: nn.Module, targets: str, bits: int, group_size: int, metho
 # the methods
 
 
-def head_only(model: nn.Module, task, steps: int = 100, lr: float = 1e-3, batch_size: int = 16,
+def unadapted(model: nn.Module, task, bits: int | None = None, group_size: int = 128,
+              targets: str = TARGETS) -> tuple[nn.Module, dict]:
+    """No training: the model as it is, or with its target modules RTN-quantized to `bits`: the
+    reference a method has to improve on (for a causal LM on an ability task; a classifier's
+    fresh head makes this chance level)."""
+    t0 = time.perf_counter()
+    tuned = _quantized(model, targets, bits, group_size)[0] if bits else copy.deepcopy(model)
+    extra = {"bits": bits} if bits else {}
+    return tuned, _record("unadapted", tuned, task, [], t0, 0, 0, **extra)
+
+
+def head_only(model: nn.Module, task, steps: int = 100, lr: float = HEAD_LR, batch_size: int = 16,
               seed: int = 0) -> tuple[nn.Module, dict]:
     """Train only the task head of a copy of `model` (a linear probe on the frozen encoder): the
     floor every method should beat, and the head every other method trains as well."""
@@ -137,7 +150,7 @@ def head_only(model: nn.Module, task, steps: int = 100, lr: float = 1e-3, batch_
 
 
 def full_finetune(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size: int = 16,
-                  seed: int = 0) -> tuple[nn.Module, dict]:
+                  seed: int = 0, head_lr: float = HEAD_LR) -> tuple[nn.Module, dict]:
     """Fine-tune every parameter of a copy of `model` (the reference)."""
     t0 = time.perf_counter()
     tuned = copy.deepcopy(model)
@@ -145,7 +158,7 @@ def full_finetune(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, ba
     for p in tuned.parameters():
         p.requires_grad_(True)
     trainable = _trainable(tuned)
-    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
     return tuned, _record("full", tuned, task, losses, t0, trainable, head)
 
 
@@ -173,7 +186,7 @@ def _peft_lora(model: nn.Module, names: list[str], r: int | dict[str, int], alph
 
 
 def lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
-         batch_size: int = 16, seed: int = 0, _method: str = "lora", _extra: dict | None = None):
+         batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR, _method: str = "lora", _extra: dict | None = None):
     """LoRA (peft) of rank r on every target module of a copy of `model`; base weights frozen."""
     t0 = time.perf_counter()
     if not isinstance(r, int) or r < 1:
@@ -183,18 +196,18 @@ def lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, steps: int 
     torch.manual_seed(seed)
     tuned, head = _peft_lora(tuned, names, r)
     trainable = _trainable(tuned)
-    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
     return tuned, _record(_method, tuned, task, losses, t0, trainable, head, r=r, modules=len(names),
                           **(_extra or {}))
 
 
 def qlora(model: nn.Module, task, bits: int = 4, group_size: int = 128, r: int = 8, targets: str = TARGETS,
-          steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
+          steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """QLoRA-style: RTN-quantize the target modules (workbench.quantize), then LoRA on top. The
     quantized weights stay frozen and bit-identical; the record adds bits and the mean
     relative weight error of the quantization."""
     qmodel, report = _quantized(model, targets, bits, group_size)
-    return lora(qmodel, task, r=r, targets=targets, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+    return lora(qmodel, task, r=r, targets=targets, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr,
                 _method="qlora", _extra=dict(bits=bits, rel_weight_error=report.rel_weight_error.mean()))
 
 
@@ -214,10 +227,13 @@ def outlier_masks(weights: dict[str, torch.Tensor], budget: float | int, unit: s
         scores.append((s / s.median().clamp(min=1e-12)).flatten())
         sizes.append(1 if unit == "weight" else (w.shape[1] if unit == "row" else w.shape[0]))
     flat = torch.cat(scores)
-    cost = torch.cat([torch.full((len(s),), c) for s, c in zip(scores, sizes)])
-    order = flat.argsort(descending=True)
     chosen = torch.zeros_like(flat, dtype=torch.bool)
-    chosen[order[cost[order].cumsum(0) <= n]] = True          # greedy by score, within the budget
+    if unit == "weight":                                      # one weight costs one: the n largest scores
+        chosen[flat.topk(n).indices] = True
+    else:                                                     # greedy by score, within the budget
+        cost = torch.cat([torch.full((len(s),), c) for s, c in zip(scores, sizes)])
+        order = flat.argsort(descending=True)
+        chosen[order[cost[order].cumsum(0) <= n]] = True
     masks, start = {}, 0
     for (name, w), s in zip(weights.items(), scores):
         pick = chosen[start:start + len(s)]
@@ -232,8 +248,8 @@ def outlier_masks(weights: dict[str, torch.Tensor], budget: float | int, unit: s
 
 
 def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budget: float | int = 0.01,
-             unit: str = "weight", targets: str = TARGETS, steps: int = 100, lr: float = 1e-4,
-             batch_size: int = 16, seed: int = 0):
+             unit: str = "weight", targets: str = TARGETS, steps: int = 100, lr: float = 5e-4,
+             batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """PreQuant: quantize the target modules (RTN), restore their outliers (found in the
     pre-trained weights by `outlier_masks`, `budget` of them) to full precision, and train only
     those entries through gradient masks; every other weight stays frozen and quantized. The
@@ -250,7 +266,7 @@ def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budge
     handles = _mask_gradients([(modules[n].weight, m) for n, m in masks.items() if m.any()])
     trainable = head + sum(int(m.sum()) for m in masks.values())
     try:
-        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
     finally:
         for h in handles:
             h.remove()
@@ -265,7 +281,7 @@ def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budge
 
 def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, first_scale_only: bool = False,
                 bcq_iters: int = 3, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
-                batch_size: int = 16, seed: int = 0):
+                batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """AlphaTuning: binary-coding quantization of the target modules (workbench.bcq, `bits`
     planes), then train only the scales alpha (with `first_scale_only`, only alpha_1, as in the
     paper's cheapest variant); the binary planes never change."""
@@ -286,7 +302,7 @@ def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, fi
     per_layer = [(l.alpha[:1] if first_scale_only else l.alpha).numel() for l in layers]
     trainable = head + sum(per_layer)
     try:
-        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
     finally:
         for h in handles:
             h.remove()
@@ -312,7 +328,7 @@ def stable_rank_ranks(model: nn.Module, r: int = 8, targets: str = TARGETS, inve
 
 
 def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, inverse: bool = False,
-                     steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
+                     steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """LoRA with ranks from `stable_rank_ranks` (the same parameter count as uniform rank r, up to
     rounding); the record adds the ranks chosen."""
     t0 = time.perf_counter()
@@ -321,13 +337,13 @@ def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS,
     torch.manual_seed(seed)
     tuned, head = _peft_lora(tuned, list(ranks), ranks)
     trainable = _trainable(tuned)
-    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
     return tuned, _record("stable_rank_lora", tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
                           modules=len(ranks), inverse=inverse)
 
 
 def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.01, targets: str = TARGETS,
-              steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0):
+              steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """Dominant winning ticket: fine-tune the target weights (and the head) with an L1 penalty
     l1 * sum |W - W0|, applied as a proximal step after each update (soft-thresholding of
     W - W0 by lr * l1), so the change is exactly sparse. Adam moves a weight by about lr per step
@@ -356,7 +372,7 @@ def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.0
             d = m.weight - W0[n]
             m.weight.copy_(W0[n] + d.sign() * (d.abs() - lr * l1).clamp(min=0))
 
-    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr,
                    after_step=prox if l1 > 0 else None)
     accuracy_full = task.accuracy(tuned)
     with torch.no_grad():
@@ -378,7 +394,7 @@ def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.0
 
 
 def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_sparsity: float | None = None,
-         targets: str = TARGETS, steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0):
+         targets: str = TARGETS, steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """DSEE: a low-rank (LoRA, rank r, peft) plus sparse update. The sparse support, `budget`
     weights over all targets, is where the rank-r SVD of each pre-trained W explains it worst
     (largest |W - U_r S_r V_r^T|, scaled per module as in `outlier_masks`; DSEE itself takes it
@@ -401,7 +417,7 @@ def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_
     handles = _mask_gradients([(mods[n].weight, masks[n]) for n in mods])   # peft kept the same tensors
     trainable = _trainable(tuned) - sum(m.weight.numel() for m in mods.values()) + sum(int(m.sum()) for m in masks.values())
     try:
-        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
     finally:
         for h in handles:
             h.remove()
@@ -425,7 +441,21 @@ def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_
 
 
 # -----------------------------------------------------------------------------
-# summary
+# running and summarizing a comparison
+
+
+def run_methods(model: nn.Module, task, runs: dict, progress: bool = False) -> dict:
+    """Run each method of `runs` ({label: (method name in this module, keyword arguments)}, plain
+    data so that a snapshot can record and replay it) on `model` and `task`; return {label:
+    record}. The adapted models are dropped: only the records are kept."""
+    from tqdm.auto import tqdm
+
+    records = {}
+    for label, (method, kwargs) in tqdm(runs.items(), desc="methods", disable=not progress):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r} for run {label!r}; known: {', '.join(METHODS)}")
+        records[label] = METHODS[method](model, task, **kwargs)[1]
+    return records
 
 
 def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
@@ -442,5 +472,10 @@ def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
         rows.append(dict(label=label, method=rec["method"], bits=rec.get("bits", 16),
                          trainable_params=rec["trainable_params"], head_params=rec["head_params"],
                          adapted_params=adapted, adapted_share=adapted / (n_params or rec["total_params"]),
-                         accuracy=rec["accuracy"], final_loss=rec["losses"][-1], time_s=rec["time_s"]))
+                         accuracy=rec["accuracy"], final_loss=rec["losses"][-1] if rec["losses"] else float("nan"),
+                         time_s=rec["time_s"]))
     return pd.DataFrame(rows)
+
+
+METHODS = {f.__name__: f for f in (unadapted, head_only, full_finetune, lora, qlora, prequant, alphatuning, stable_rank_lora,
+                                   l1_ticket, dsee)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"   # a task head's parameter names
 
 
 def lora_finetune(model: nn.Module, tokenizer, corpus: str = "lee", r: int = 8, alpha: int = 16,
@@ -193,21 +195,25 @@ def classification_task(tokenizer, name="polarity", dev_fraction: float = 0.3, s
 
 def train(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0,
           penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
-          progress: bool = False) -> list[float]:
+          head_lr: float | None = None, progress: bool = False) -> list[float]:
     """Train, in place, every parameter of `model` that requires grad on `task` (anything with
     `n_train` and `loss(model, idx)`); return the loss per step. AdamW with no weight decay, so
     a masked (zero) gradient leaves its parameter bit-identical; batches are `batch_size` rows
     of a seeded permutation per epoch; dropout draws from the same seed. `penalty()` is added to
     each step's loss; `after_step()` runs after each optimizer step (e.g. a proximal step).
-    Leaves the model in eval mode. Raises on a non-finite loss with the fix (a lower lr)."""
+    With `head_lr`, parameters whose name matches HEAD (a fresh task head) train at that rate
+    instead of `lr`. Leaves the model in eval mode. Raises on a non-finite loss with the fix (a lower lr)."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("nothing to train: no parameter of the model requires grad")
+    is_head = [head_lr is not None and re.search(HEAD, n) is not None for n, _ in named]
+    groups = [{"params": [p for (_, p), h in zip(named, is_head) if not h], "lr": lr},
+              {"params": [p for (_, p), h in zip(named, is_head) if h], "lr": head_lr}]
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([grp for grp in groups if grp["params"]], lr=lr, weight_decay=0.0)
     order, losses = torch.empty(0, dtype=torch.long), []
     model.train()
     try:

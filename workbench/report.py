@@ -48,3 +48,55 @@ def write_png(fig, path, dpi: int = 120) -> Path:
 def save_figure(fig, name: str, dpi: int = 120) -> Path:
     """Write a matplotlib figure to figures/<name>.png and return the path."""
     return write_png(fig, project_dir() / "figures" / f"{name}.png", dpi)
+
+
+def snapshot(name: str, args: dict, compute, recompute: bool | None = None):
+    """`compute()`, or its snapshot committed with the repository when made from exactly `args`.
+
+    For results that take minutes (a notebook's heavy sweep): data/snapshots/<name>.json holds
+    `args` (JSON-like: what the result depends on), the versions of the workbench and of the
+    libraries that train and evaluate (torch, transformers, peft, lm-eval), and the result
+    (JSON-like: numbers, strings, lists, dicts). It is used only when args and versions are
+    exactly those of this call; otherwise, or with `recompute=True` (default:
+    $WORKBENCH_RECOMPUTE == "1"), `compute()` runs and the file is rewritten atomically. The
+    result is always returned as read back from the JSON, so both paths show the same thing.
+    tests/test_snapshots.py recomputes a sample of every committed snapshot."""
+    import importlib.metadata as md
+    import json
+
+    from workbench import __version__
+    from workbench.cache import atomic_write_text
+
+    def version(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    versions = {"workbench": __version__, **{p: version(p) for p in ("torch", "transformers", "peft", "lm_eval")}}
+    try:
+        head = {"args": json.loads(json.dumps(args)), "versions": versions}   # as it reads back: lists, not tuples
+    except TypeError as e:
+        raise TypeError(f"snapshot args must be JSON-like (numbers, strings, lists, dicts): {e}") from None
+    path = project_dir() / "data" / "snapshots" / f"{name}.json"
+    if recompute is None:
+        recompute = os.environ.get("WORKBENCH_RECOMPUTE") == "1"
+    if not recompute and path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("args") == head["args"] and stored.get("versions") == versions:
+            return stored["result"]
+    result = compute()
+    text = json.dumps({**head, "result": result}, indent=1, allow_nan=True)   # insertion order kept
+    atomic_write_text(path, text + "\n")
+    return json.loads(text)["result"]
+
+
+def read_snapshot_json(name: str) -> dict:
+    """The stored {args, versions, result} of snapshot `name` (see `snapshot`)."""
+    import json
+
+    path = project_dir() / "data" / "snapshots" / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no snapshot {name!r} at {path}; run the notebook that makes it with "
+                                "WORKBENCH_RECOMPUTE=1 (or make reproduce)")
+    return json.loads(path.read_text())
