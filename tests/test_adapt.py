@@ -110,6 +110,7 @@ def test_alphatuning_changes_only_the_scales(model, task):
         changed += int((layer.alpha.detach() != alpha0).sum())
     assert changed > 0
     assert rec["trainable_params"] == rec["head_params"] + sum(l.alpha.numel() for l in layers.values())
+    assert rec["total_params"] == sum(p.numel() for p in model.parameters())   # the model given, not the BCQ one
     first, _ = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2, first_scale_only=True)
     for name, layer in ((n, m) for n, m in first.named_modules() if isinstance(m, BCQLinear)):
         alpha0, _ = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
@@ -236,6 +237,25 @@ def test_run_methods_and_results_table(model, task):
     assert table.adapted_params.tolist() == [0, 0, 0] and table.final_loss.isna().tolist() == [False, True, True]
     with pytest.raises(ValueError, match="unknown method 'qalora'"):
         adapt.run_methods(model, task, {"x": ("qalora", {})})
+    with pytest.raises(ValueError, match="prequant has no argument budgett; it takes bits, "):
+        adapt.run_methods(model, task, {"x": ("prequant", dict(budgett=0.1))})
+
+
+def test_resolved_runs_spell_out_every_default():
+    runs = adapt.resolve_runs({"a": ("prequant", dict(bits=2)), "b": ("head_only", {})})
+    method, kwargs = runs["a"]
+    assert method == "prequant" and kwargs["bits"] == 2 and kwargs["budget"] == 0.01
+    assert kwargs["head_lr"] == adapt.HEAD_LR and kwargs["targets"] == adapt.TARGETS
+    assert set(runs["b"][1]) == {"steps", "lr", "batch_size", "seed"}
+    assert adapt.resolve_runs(runs) == runs                               # idempotent
+
+
+def test_only_a_fresh_task_head_counts_as_the_head():
+    from workbench.finetune import is_task_head
+
+    assert is_task_head("classifier.weight") and is_task_head("score.weight") and is_task_head("roberta.classifier.dense.bias")
+    assert not is_task_head("lm_head.weight") and not is_task_head("embed_out.weight")   # pre-trained LM heads
+    assert not is_task_head("bert.pooler.dense.weight")
 
 
 def test_train_gives_the_head_its_own_learning_rate(task):

@@ -19,7 +19,7 @@ accuracy (held-out), losses (per step) and time_s, plus what the method chose.
     head_only          only the task head (a linear probe: the floor)
     full_finetune      every parameter (the reference)
     lora               LoRA adapters through peft; the base stays frozen
-    qlora              quantize the targets (RTN/GPTQ-free: workbench.quantize), then LoRA
+    qlora              RTN-quantize the targets (workbench.quantize), then LoRA on top
     prequant           quantize, keep the outlier weights (rows, columns or single weights, by a
                        budget) in full precision, and train only those through gradient masks
     alphatuning        binary-coding quantization (workbench.bcq), train only the scales alpha
@@ -46,7 +46,7 @@ import warnings
 import torch
 from torch import nn
 
-from workbench.finetune import HEAD, train
+from workbench.finetune import HEAD, is_task_head, train
 from workbench.modules import linear_modules, select_modules
 
 # Every attention and FFN projection of BERT-style encoders and Llama-style decoders; never the
@@ -70,7 +70,7 @@ def _freeze_all_but_head(model: nn.Module) -> int:
     """Freeze every parameter except the task head's; return the head's parameter count."""
     head = 0
     for name, p in model.named_parameters():
-        keep = bool(re.search(HEAD, name)) and not name.endswith("lm_head.weight")  # a tied LM head stays frozen
+        keep = is_task_head(name)
         p.requires_grad_(keep)
         head += p.numel() if keep else 0
     return head
@@ -103,11 +103,13 @@ def _mask_gradients(params_masks: list[tuple[nn.Parameter, torch.Tensor]]) -> li
     return handles
 
 
-def _record(method: str, model: nn.Module, task, losses: list[float], t0: float, trainable: int,
+def _record(method: str, model: nn.Module, tuned: nn.Module, task, losses: list[float], t0: float, trainable: int,
             head: int, **extra) -> dict:
+    """The record of a run: `model` is the one the method was given (total_params counts it, not
+    the adapters or a BCQ model's packed planes), `tuned` the adapted one that is scored."""
     return dict(method=method, trainable_params=trainable, head_params=head,
                 total_params=sum(p.numel() for p in model.parameters()),
-                accuracy=task.accuracy(model), losses=losses, time_s=time.perf_counter() - t0, **extra)
+                accuracy=task.accuracy(tuned), losses=losses, time_s=time.perf_counter() - t0, **extra)
 
 
 def _trainable(model: nn.Module) -> int:
@@ -135,7 +137,7 @@ def unadapted(model: nn.Module, task, bits: int | None = None, group_size: int =
     t0 = time.perf_counter()
     tuned = _quantized(model, targets, bits, group_size)[0] if bits else copy.deepcopy(model)
     extra = {"bits": bits} if bits else {}
-    return tuned, _record("unadapted", tuned, task, [], t0, 0, 0, **extra)
+    return tuned, _record("unadapted", model, tuned, task, [], t0, 0, 0, **extra)
 
 
 def head_only(model: nn.Module, task, steps: int = 100, lr: float = HEAD_LR, batch_size: int = 16,
@@ -146,7 +148,7 @@ def head_only(model: nn.Module, task, steps: int = 100, lr: float = HEAD_LR, bat
     tuned = copy.deepcopy(model)
     head = _freeze_all_but_head(tuned)
     losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-    return tuned, _record("head_only", tuned, task, losses, t0, head, head)
+    return tuned, _record("head_only", model, tuned, task, losses, t0, head, head)
 
 
 def full_finetune(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size: int = 16,
@@ -159,7 +161,7 @@ def full_finetune(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, ba
         p.requires_grad_(True)
     trainable = _trainable(tuned)
     losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
-    return tuned, _record("full", tuned, task, losses, t0, trainable, head)
+    return tuned, _record("full", model, tuned, task, losses, t0, trainable, head)
 
 
 def _peft_lora(model: nn.Module, names: list[str], r: int | dict[str, int], alpha_per_rank: float = 2.0):
@@ -180,7 +182,7 @@ def _peft_lora(model: nn.Module, names: list[str], r: int | dict[str, int], alph
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, config)
     for name, p in peft_model.named_parameters():   # peft froze the head too: let it train again
-        if re.search(HEAD, name) and not name.endswith("lm_head.weight"):
+        if is_task_head(name):
             p.requires_grad_(True)
     return peft_model.get_base_model(), head
 
@@ -197,7 +199,7 @@ def lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, steps: int 
     tuned, head = _peft_lora(tuned, names, r)
     trainable = _trainable(tuned)
     losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
-    return tuned, _record(_method, tuned, task, losses, t0, trainable, head, r=r, modules=len(names),
+    return tuned, _record(_method, model, tuned, task, losses, t0, trainable, head, r=r, modules=len(names),
                           **(_extra or {}))
 
 
@@ -274,7 +276,7 @@ def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budge
         p.requires_grad_(False)
     tuned.__dict__.pop("quant_state", None)                  # the outliers left the grid: not a packed model
     chosen = {n: int(m.sum()) for n, m in masks.items()}
-    return tuned, _record("prequant", tuned, task, losses, t0, trainable, head, bits=bits, unit=unit,
+    return tuned, _record("prequant", model, tuned, task, losses, t0, trainable, head, bits=bits, unit=unit,
                           budget_weights=sum(chosen.values()), chosen=chosen,
                           rel_weight_error=report.rel_weight_error.mean())
 
@@ -306,7 +308,7 @@ def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, fi
     finally:
         for h in handles:
             h.remove()
-    return tuned, _record("alphatuning", tuned, task, losses, t0, trainable, head, bits=bits,
+    return tuned, _record("alphatuning", model, tuned, task, losses, t0, trainable, head, bits=bits,
                           first_scale_only=first_scale_only, rel_weight_error=report.rel_weight_error.mean())
 
 
@@ -338,7 +340,7 @@ def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS,
     tuned, head = _peft_lora(tuned, list(ranks), ranks)
     trainable = _trainable(tuned)
     losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
-    return tuned, _record("stable_rank_lora", tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
+    return tuned, _record("stable_rank_lora", model, tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
                           modules=len(ranks), inverse=inverse)
 
 
@@ -388,7 +390,7 @@ def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.0
         share = kept / flat.sum().item() if flat.sum() > 0 else float("nan")
     for p in tuned.parameters():
         p.requires_grad_(False)
-    return tuned, _record("l1_ticket", tuned, task, losses, t0, trainable, head, l1=l1,
+    return tuned, _record("l1_ticket", model, tuned, task, losses, t0, trainable, head, l1=l1,
                           changed_share=changed / total, ticket_weights=n_ticket,
                           ticket_change_share=share, accuracy_full=accuracy_full)
 
@@ -437,23 +439,44 @@ def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_
         extra["final_sparsity"] = final_sparsity
     for p in tuned.parameters():
         p.requires_grad_(False)
-    return tuned, _record("dsee", tuned, task, losses, t0, trainable, head, **extra)
+    return tuned, _record("dsee", model, tuned, task, losses, t0, trainable, head, **extra)
 
 
 # -----------------------------------------------------------------------------
 # running and summarizing a comparison
 
 
-def run_methods(model: nn.Module, task, runs: dict, progress: bool = False) -> dict:
-    """Run each method of `runs` ({label: (method name in this module, keyword arguments)}, plain
-    data so that a snapshot can record and replay it) on `model` and `task`; return {label:
-    record}. The adapted models are dropped: only the records are kept."""
-    from tqdm.auto import tqdm
+def resolve_runs(runs: dict) -> dict:
+    """`runs` ({label: (method name in this module, keyword arguments)}) with every argument of
+    each method spelled out, its defaults included, as plain data: what a snapshot must record,
+    so that changing a default (a learning rate, HEAD_LR) invalidates it. An unknown method or
+    argument is an error that lists the known ones."""
+    import inspect
 
-    records = {}
-    for label, (method, kwargs) in tqdm(runs.items(), desc="methods", disable=not progress):
+    resolved = {}
+    for label, (method, kwargs) in runs.items():
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} for run {label!r}; known: {', '.join(METHODS)}")
+        params = [p for p in inspect.signature(METHODS[method]).parameters.values()
+                  if p.name not in ("model", "task") and not p.name.startswith("_")]
+        unknown = sorted(set(kwargs) - {p.name for p in params})
+        if unknown:
+            raise ValueError(f"run {label!r}: {method} has no argument {', '.join(unknown)}; "
+                             f"it takes {', '.join(p.name for p in params)}")
+        resolved[label] = (method, {p.name: kwargs.get(p.name, p.default) for p in params})
+    return resolved
+
+
+def run_methods(model: nn.Module, task, runs: dict, progress: bool = False) -> dict:
+    """Run each method of `runs` ({label: (method name in this module, keyword arguments)}, plain
+    data so that a snapshot can record and replay it; checked by `resolve_runs` before anything
+    trains) on `model` and `task`; return {label: record}. The adapted models are dropped: only
+    the records are kept."""
+    from tqdm.auto import tqdm
+
+    runs = resolve_runs(runs)
+    records = {}
+    for label, (method, kwargs) in tqdm(runs.items(), desc="methods", disable=not progress):
         records[label] = METHODS[method](model, task, **kwargs)[1]
     return records
 
@@ -461,8 +484,8 @@ def run_methods(model: nn.Module, task, runs: dict, progress: bool = False) -> d
 def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
     """One row per run from {label: record}: label, method, bits (16 when unquantized),
     trainable_params, head_params, adapted_params (trainable minus head: what the method itself
-    chose), adapted_share (of `n_params`, the unadapted model's parameter count; by default
-    each record's own total, which for a BCQ model no longer counts the binary planes),
+    chose), adapted_share (of `n_params`; by default of each record's total_params, the
+    parameter count of the model the method was given),
     accuracy, final_loss and time_s."""
     import pandas as pd
 

@@ -35,7 +35,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"   # a task head's parameter names
+HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"   # a head: never quantized, never an adapter target
+TASK_HEAD = r"(^|\.)(classifier|score)(\.|$)"                  # a fresh task head: trains under every method
+
+
+def is_task_head(name: str) -> bool:
+    """Whether parameter `name` belongs to a freshly initialized task head (a classifier's
+    `classifier` or `score` layer), which trains under every adaptation method at its own rate.
+    An LM head (`lm_head`, `embed_out`) is pre-trained, often tied to the embeddings, and is not
+    one: it stays frozen unless a method trains everything."""
+    return re.search(TASK_HEAD, name) is not None
 
 
 def lora_finetune(model: nn.Module, tokenizer, corpus: str = "lee", r: int = 8, alpha: int = 16,
@@ -201,14 +210,14 @@ def train(model: nn.Module, task, steps: int = 100, lr: float = 5e-5, batch_size
     a masked (zero) gradient leaves its parameter bit-identical; batches are `batch_size` rows
     of a seeded permutation per epoch; dropout draws from the same seed. `penalty()` is added to
     each step's loss; `after_step()` runs after each optimizer step (e.g. a proximal step).
-    With `head_lr`, parameters whose name matches HEAD (a fresh task head) train at that rate
+    With `head_lr`, the parameters of a fresh task head (`is_task_head`) train at that rate
     instead of `lr`. Leaves the model in eval mode. Raises on a non-finite loss with the fix (a lower lr)."""
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got steps={steps}, batch_size={batch_size}")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("nothing to train: no parameter of the model requires grad")
-    is_head = [head_lr is not None and re.search(HEAD, n) is not None for n, _ in named]
+    is_head = [head_lr is not None and is_task_head(n) for n, _ in named]
     groups = [{"params": [p for (_, p), h in zip(named, is_head) if not h], "lr": lr},
               {"params": [p for (_, p), h in zip(named, is_head) if h], "lr": head_lr}]
     torch.manual_seed(seed)
