@@ -205,3 +205,16 @@ def test_polarity():
     assert df["text"].iloc[0] == "simplistic , silly and tedious ."
     assert df["label"].iloc[0] == 0 and df["label"].iloc[-1] == 1
     assert any("—" in t for t in df["text"])  # Windows-1252 em dash decoded
+
+
+@pytest.mark.parametrize("name", ["sports_understanding", "navigate"])
+def test_bigbench_classification_sets(name):
+    df = data.classification_data(name)
+    examples = data.bigbench_examples(name)
+    assert len(df) == len(examples) == 1000
+    assert df.label.value_counts().to_dict() == {0: 500, 1: 500}                 # balanced, both labels
+    first = examples[0]
+    assert df.text[0] == " ".join(first["input"].split())
+    assert first["target_scores"][data.BIGBENCH_LABELS[name][df.label[0]]] == 1   # the label names the correct target
+    with pytest.raises(ValueError, match="known: polarity, sports_understanding, navigate"):
+        data.classification_data("sst2")

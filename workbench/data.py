@@ -393,15 +393,30 @@ def load_polarity():
     return pd.DataFrame(list(_polarity_rows()), columns=["text", "label"])
 
 
-CLASSIFICATION_SETS = {"polarity": "the 200 Pang & Lee movie-review sentences (neg 0 / pos 1)"}
+CLASSIFICATION_SETS = {
+    "polarity": "the 200 Pang & Lee movie-review sentences (neg 0 / pos 1)",
+    "sports_understanding": "BIG-bench sports_understanding: 1,000 sentences about athletes "
+                            "(implausible 0 / plausible 1)",
+    "navigate": "BIG-bench navigate: 1,000 sequences of steps and turns; do they return to the "
+                "start? (False 0 / True 1)",
+}
+BIGBENCH_LABELS = {"sports_understanding": ("implausible", "plausible"), "navigate": ("False", "True")}
 
 
 def classification_data(name: str = "polarity"):
     """A labelled sentence set as a DataFrame with columns text (str) and label (int 0..k-1).
-    Names: see CLASSIFICATION_SETS."""
+    Names: see CLASSIFICATION_SETS. The BIG-bench sets are the task's examples in file order,
+    each input with the index in BIGBENCH_LABELS of its correct target."""
+    import pandas as pd
+
     if name not in CLASSIFICATION_SETS:
         raise ValueError(f"unknown classification set {name!r}; known: {', '.join(CLASSIFICATION_SETS)}")
-    return load_polarity()
+    if name == "polarity":
+        return load_polarity()
+    labels = BIGBENCH_LABELS[name]
+    rows = [(normalize_whitespace(e["input"]), labels.index(_correct(e["target_scores"])))
+            for e in bigbench_examples(name)]
+    return pd.DataFrame(rows, columns=["text", "label"])
 
 
 # -----------------------------------------------------------------------------
