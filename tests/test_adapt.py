@@ -142,6 +142,18 @@ def test_stable_rank_ranks_match_the_uniform_budget_and_follow_stable_rank(model
     assert inverse[order[0]] >= inverse[order[-1]]
 
 
+def test_time_aware_stable_rank_lora_trains_the_head_alone_until_start(model, task):
+    _, probe = adapt.head_only(model, task, steps=3, seed=0)
+    tuned, rec = adapt.stable_rank_lora(model, task, r=2, start=3, steps=6, seed=0)
+    assert rec["start"] == 3 and len(rec["losses"]) == 6
+    assert rec["losses"][:3] == pytest.approx(probe["losses"], rel=1e-6)   # adapters (B = 0) idle: a probe
+    moved = [n for n, p in tuned.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert moved                                                            # then they trained
+    for bad in (-1, 6, 2.5):
+        with pytest.raises(ValueError, match="start must be a whole step count"):
+            adapt.stable_rank_lora(model, task, r=2, start=bad, steps=6)
+
+
 def test_l1_ticket_is_sparser_than_plain_finetuning(model, task):
     _, plain = adapt.l1_ticket(model, task, l1=0.0, steps=STEPS, lr=1e-3)
     tuned, sparse = adapt.l1_ticket(model, task, l1=0.5, steps=STEPS, lr=1e-3)

@@ -62,3 +62,43 @@ def test_plots_return_figures_and_save(tmp_path):
     weight_histogram(w, w.round(), path=tmp_path / "h.png")
     group_size_curve(df, hue="method", path=tmp_path / "g.png")
     assert (tmp_path / "h.png").exists() and (tmp_path / "g.png").exists()
+
+
+def _records():
+    def rec(method, trainable, acc, bits=None, **extra):
+        r = dict(method=method, trainable_params=trainable + 10, head_params=10, total_params=1000,
+                 accuracy=acc, losses=[1.0, 0.5], time_s=1.0, **extra)
+        return {**r, "bits": bits} if bits else r
+    return {"probe": rec("head_only", 0, 0.5), "LoRA r2": rec("lora", 20, 0.6, r=2), "LoRA r8": rec("lora", 80, 0.7, r=8),
+            "PQ W4": rec("prequant", 10, 0.55, bits=4, chosen={"a": 4, "b": 6}),
+            "PQ W2": rec("prequant", 10, 0.4, bits=2, chosen={"a": 10, "b": 0})}
+
+
+def test_adaptation_explorer_menus_follow_method_then_bits_then_budget():
+    import matplotlib.pyplot as plt
+
+    from workbench.widgets import adaptation_explorer
+
+    box = adaptation_explorer(_records())
+    method, bits = box.children[0].children
+    budget, _, table = box.children[1:]
+    assert list(method.options) == ["head_only", "lora", "prequant"]
+    method.value = "lora"
+    assert [v for _, v in bits.options] == [16]
+    assert [v for _, v in budget.options] == ["LoRA r2", "LoRA r8"]           # by adapted parameters
+    assert budget.options[0][0].startswith("20 adapted (2.00%)")
+    budget.value = "LoRA r8"
+    assert "LoRA r8" in plt.gcf().axes[0].get_title() and "<td>r</td><td>8</td>" in table.value
+    method.value = "prequant"
+    assert [v for _, v in bits.options] == [4, 2]
+    bits.value = 2
+    assert budget.value == "PQ W2" and ">a<" in table.value and ">b<" not in table.value   # modules it trained
+    plt.close("all")
+
+
+def test_accuracy_vs_params_joins_the_budgets_of_a_method():
+    from workbench.adapt import results_table
+    from workbench.plots import accuracy_vs_params
+
+    fig = accuracy_vs_params(results_table(_records()), baseline=0.5)
+    assert len(fig.axes[0].lines) == 2                                        # LoRA's two budgets + the baseline

@@ -25,7 +25,7 @@ accuracy (held-out), losses (per step) and time_s, plus what the method chose.
     alphatuning        binary-coding quantization (workbench.bcq), train only the scales alpha
     stable_rank_lora   LoRA whose rank per module follows the stable rank of its weight, at the
                        parameter count of uniform LoRA (modules whose share rounds to 0 rank are
-                       not tuned)
+                       not tuned); time-aware: the adapters join after `start` head-only steps
     l1_ticket          fine-tuning with an L1 penalty on W - W0 (proximal steps, so the change
                        is exactly sparse); the ticket is the largest changes, kept alone
     dsee               sparse + low-rank update: LoRA plus a sparse delta on the weights that
@@ -330,18 +330,35 @@ def stable_rank_ranks(model: nn.Module, r: int = 8, targets: str = TARGETS, inve
 
 
 def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, inverse: bool = False,
-                     steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
+                     start: int = 0, steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
+                     head_lr: float = HEAD_LR):
     """LoRA with ranks from `stable_rank_ranks` (the same parameter count as uniform rank r, up to
-    rounding); the record adds the ranks chosen."""
+    rounding); the record adds the ranks chosen. Time-aware (`start` > 0): for the first `start`
+    of the `steps`, only the task head trains (at head_lr); the adapters join afterwards, so
+    they start from a head that already points somewhere instead of fitting a random one. The
+    calibration paper picks that moment from the training dynamics; here it is a step count to
+    compare (record: start)."""
     t0 = time.perf_counter()
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < steps:
+        raise ValueError(f"start must be a whole step count in [0, steps={steps}), got {start!r}")
     tuned = copy.deepcopy(model)
     ranks = stable_rank_ranks(tuned, r, targets, inverse)
     torch.manual_seed(seed)
     tuned, head = _peft_lora(tuned, list(ranks), ranks)
     trainable = _trainable(tuned)
-    losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
+    losses = []
+    if start:
+        if not head:
+            raise ValueError("start > 0 warms up a task head first, and this model has none (a causal LM); use start=0")
+        adapters = [p for n, p in tuned.named_parameters() if p.requires_grad and not is_task_head(n)]
+        for p in adapters:
+            p.requires_grad_(False)
+        losses += train(tuned, task, steps=start, lr=head_lr, batch_size=batch_size, seed=seed)
+        for p in adapters:
+            p.requires_grad_(True)
+    losses += train(tuned, task, steps=steps - start, lr=lr, batch_size=batch_size, seed=seed + start, head_lr=head_lr)
     return tuned, _record("stable_rank_lora", model, tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
-                          modules=len(ranks), inverse=inverse)
+                          modules=len(ranks), inverse=inverse, start=start)
 
 
 def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.01, targets: str = TARGETS,

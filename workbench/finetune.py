@@ -270,8 +270,12 @@ class AbilityTask:
         return len(self.train_ids)
 
     def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-        return model(input_ids=self.train_ids[idx], attention_mask=self.train_mask[idx],
-                     labels=self.train_labels[idx]).loss
+        """Next-token loss on the answer tokens of the training rows `idx` (right padding cut to
+        the batch's longest row)."""
+        mask = self.train_mask[idx]
+        n = int(mask.sum(1).max())
+        return model(input_ids=self.train_ids[idx][:, :n], attention_mask=mask[:, :n],
+                     labels=self.train_labels[idx][:, :n]).loss
 
     def accuracy(self, model: nn.Module) -> float:
         from workbench.abilities import evaluate_tasks, headline

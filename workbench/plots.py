@@ -209,12 +209,17 @@ def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str 
                        baseline: float | None = None, title: str = "", path=None):
     """Held-out accuracy against the parameters each method trained (log x), one marker per
     method, filled by bits (16 = unquantized); `baseline` (e.g. the head-only accuracy) as a
-    dashed line. `results` is `workbench.adapt.results_table`; runs that trained nothing beyond
-    the head are drawn at x = 1."""
+    dashed line. Runs of one method at one width but several budgets are joined by a line.
+    `results` is `workbench.adapt.results_table`; runs that trained nothing beyond the head are
+    drawn at x = 1."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     markers = dict(zip(results.method.unique(), "os^vDP*Xph"))
     bits = sorted(results.bits.unique(), reverse=True)
     colours = dict(zip(bits, sns.color_palette("viridis", len(bits))))
+    for (method, b), runs in results.groupby(["method", "bits"], sort=False):   # a budget sweep: one line
+        if len(runs) > 1:
+            runs = runs.sort_values(x)
+            ax.plot(runs[x].clip(lower=1), runs[y], color=colours[b], lw=0.8, alpha=0.6, zorder=1)
     for r in results.itertuples():
         ax.scatter(max(getattr(r, x), 1), getattr(r, y), marker=markers[r.method], color=colours[r.bits],
                    s=60, edgecolor="black", lw=0.5)

@@ -256,30 +256,55 @@ def generations_explorer(samples, base_label: str = "base", n_examples: int = 4)
     return W.VBox([W.HBox([ability, task]), W.HBox([method, bits]), out])
 
 
-def adaptation_explorer(records: dict):
-    """Pick a run (method, bits, budget) of the quantize-then-adapt comparison; see its training
-    curve and what it chose to train.
+def adaptation_explorer(records: dict, n_params: int | None = None):
+    """Pick a method, a bit width and a budget of the quantize-then-adapt comparison; see the
+    run's training curve and what it chose to train.
 
     `records` maps a run label to the record a `workbench.adapt` method returned (losses,
     trainable_params, accuracy, and `chosen`, `ranks` or the ticket's numbers where the method
-    picks parameters). The plot shows the loss per step with the run's held-out accuracy; the
-    table lists the modules the method chose with how much of each it trains.
+    picks parameters). The bits menu lists the widths the chosen method ran at (16: not
+    quantized), the budget menu its runs at that width by adapted parameters (trainable minus
+    the head; as a share of `n_params`, default each record's total_params). The plot shows
+    the loss per step with the run's held-out accuracy; the table lists the modules the method
+    chose with how much of each it trains, or the run's settings.
     """
     import html
 
     import pandas as pd
 
-    run = W.Dropdown(options=list(records), description="run")
+    from workbench.adapt import results_table
+
+    runs = results_table(records, n_params)
+    method = W.Dropdown(options=list(runs.method.unique()), description="method")
+    bits = W.Dropdown(description="bits")
+    budget = W.Dropdown(description="budget", layout=W.Layout(width="420px"))
     plot, table = W.Output(), W.HTML()
 
+    def set_bits(*_):
+        widths = sorted((int(b) for b in runs[runs.method == method.value].bits.unique()), reverse=True)
+        bits.options = [("16 (not quantized)" if b == 16 else str(b), b) for b in widths]
+        bits.value = widths[0]
+        set_budget()
+
+    def set_budget(*_):
+        pick = runs[(runs.method == method.value) & (runs.bits == bits.value)].sort_values("adapted_params")
+        budget.options = [(f"{r.adapted_params:,} adapted ({r.adapted_share:.2%}): {r.label}", r.label)
+                          for r in pick.itertuples()]
+        budget.value = pick.label.iloc[0] if len(pick) else None
+
     def show(*_):
-        rec = records[run.value]
+        if budget.value is None:
+            return
+        rec = records[budget.value]
         with plot:
             plot.clear_output(wait=True)
             fig, ax = plt.subplots(figsize=(5.5, 2.6))
             ax.plot(range(1, len(rec["losses"]) + 1), rec["losses"], lw=1)
+            if rec.get("start"):
+                ax.axvline(rec["start"] + 0.5, color="gray", ls="--", lw=1, label="adapters join")
+                ax.legend(fontsize=7)
             ax.set(xlabel="step", ylabel="training loss",
-                   title=f"{run.value}: {rec['trainable_params']:,} trainable, accuracy {rec['accuracy']:.2f}")
+                   title=f"{budget.value}: {rec['trainable_params']:,} trainable, accuracy {rec['accuracy']:.2f}")
             plt.show()
         chosen = rec.get("chosen") or rec.get("ranks")
         if chosen:
@@ -287,11 +312,14 @@ def adaptation_explorer(records: dict):
             df = pd.Series(chosen, name=what).rename_axis("module").reset_index()
             table.value = df[df[what] > 0].to_html(index=False, max_rows=40)
         else:
-            keys = [k for k in ("r", "bits", "budget_weights", "changed_share", "ticket_weights",
-                                "ticket_change_share", "accuracy_full", "first_scale_only") if k in rec]
+            keys = [k for k in ("r", "bits", "budget_weights", "changed_share", "ticket_weights", "ticket_change_share",
+                                "accuracy_full", "first_scale_only", "final_sparsity", "accuracy_dense") if k in rec]
             table.value = ("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td>{rec[k]}</td></tr>" for k in keys)
                            + "</table>") if keys else "<i>every target module, uniformly</i>"
 
-    run.observe(show, "value")
+    method.observe(set_bits, "value")
+    bits.observe(set_budget, "value")
+    budget.observe(show, "value")
+    set_bits()
     show()
-    return W.VBox([run, plot, table])
+    return W.VBox([W.HBox([method, bits]), budget, plot, table])
