@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities lock clean-results
+.PHONY: all setup assets reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities benchmark-adapt lock clean-results
 
 all: test
 
@@ -58,6 +58,9 @@ benchmark-quantizers: assets
 # items/s per ability, and the wall time of notebook 04's whole bits sweep
 benchmark-abilities: assets
 	$(PY) benchmarks/bench_abilities.py --sweep
+
+benchmark-adapt: assets
+	$(PY) benchmarks/bench_adapt.py
 
 lock: setup
 	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | \

@@ -1,9 +1,11 @@
 """Benchmark of the quantize-then-adapt methods: wall time per method on the encoder task.
 
-    python benchmarks/bench_adapt.py [--model minilm-l6] [--steps 100] [--batch-size 16] [--threads 2]
+    python benchmarks/bench_adapt.py [--model minilm-l6] [--dataset polarity] [--steps 100]
+                                     [--batch-size 16] [--threads 2]        (or: make benchmark-adapt)
 
 Each method of workbench.adapt (default settings: 4-bit QLoRA/PreQuant, 3-bit AlphaTuning,
-rank 8 LoRA) fine-tunes the classifier on the fixed polarity split for --steps steps; the table
+rank 8 LoRA) fine-tunes the classifier on the fixed split of --dataset (a set of
+workbench.data.CLASSIFICATION_SETS) for --steps steps; the table
 gives wall time (quantization and the held-out accuracy included), steps/s, trainable
 parameters and held-out accuracy. Not a test.
 """
@@ -17,6 +19,7 @@ import torch
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--dataset", default="polarity")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
@@ -29,15 +32,17 @@ def main():
     from workbench.finetune import classification_task, load_classifier
 
     model, tokenizer, _ = load_classifier(args.model)
-    task = classification_task(tokenizer, "polarity")
+    task = classification_task(tokenizer, args.dataset)
     kw = dict(steps=args.steps, batch_size=args.batch_size)
     methods = {
+        "head only": lambda: adapt.head_only(model, task, **kw),
         "full": lambda: adapt.full_finetune(model, task, **kw),
         "lora r8": lambda: adapt.lora(model, task, r=8, **kw),
         "qlora W4 r8": lambda: adapt.qlora(model, task, bits=4, r=8, **kw),
         "prequant W4 1%": lambda: adapt.prequant(model, task, bits=4, budget=0.01, **kw),
         "alphatuning W3": lambda: adapt.alphatuning(model, task, bits=3, **kw),
         "stable-rank lora r8": lambda: adapt.stable_rank_lora(model, task, r=8, **kw),
+        "stable-rank lora r8, start 1/3": lambda: adapt.stable_rank_lora(model, task, r=8, start=args.steps // 3, **kw),
         "l1 ticket 1%": lambda: adapt.l1_ticket(model, task, ticket=0.01, **kw),
         "dsee r4 + 0.5%": lambda: adapt.dsee(model, task, r=4, budget=0.005, **kw),
     }
@@ -50,6 +55,8 @@ def main():
                      "trainable": rec["trainable_params"], "head": rec["head_params"],
                      "accuracy": rec["accuracy"]})
         print(rows[-1], flush=True)
+    print(f"{args.model} on {args.dataset}: {task.n_train} training rows, {args.steps} steps of {args.batch_size}, "
+          f"{torch.get_num_threads()} threads")
     print(pd.DataFrame(rows).to_string(index=False, float_format="{:.3g}".format))
 
 

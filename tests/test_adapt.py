@@ -1,4 +1,6 @@
 """Quantize-then-adapt methods on a tiny BERT classifier with a learnable synthetic task."""
+import math
+
 import pytest
 import torch
 
@@ -276,3 +278,22 @@ def test_train_gives_the_head_its_own_learning_rate(task):
     train(m, task, steps=3, lr=0.0, head_lr=1e-2)
     for n, p in m.named_parameters():
         assert torch.equal(p, before[n]) != n.startswith("classifier."), n
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method, kwargs", [
+    ("full_finetune", {}), ("lora", dict(r=2)), ("qlora", dict(bits=4, group_size=16, r=2)),
+    ("prequant", dict(bits=4, group_size=16, budget=0.05)), ("alphatuning", dict(bits=2, group_size=16)),
+    ("stable_rank_lora", dict(r=2, start=2)), ("l1_ticket", dict(ticket=0.05)), ("dsee", dict(r=2, final_sparsity=0.5))])
+def test_methods_run_on_cuda_like_on_cpu(task, method, kwargs):
+    """The tasks keep their tensors on the CPU and move each batch to the model: every method trains
+    a CUDA model, and the losses follow the CPU run's (dropout and kernels differ, so loosely)."""
+    cpu, gpu = _tiny_classifier(), _tiny_classifier().cuda()
+    kw = dict(steps=6, lr=1e-2, **kwargs)
+    tuned, rec = adapt.METHODS[method](gpu, task, **kw)
+    _, ref = adapt.METHODS[method](cpu, task, **kw)
+    assert all(p.is_cuda for p in tuned.parameters())
+    assert rec["trainable_params"] == ref["trainable_params"]
+    assert all(math.isfinite(x) for x in rec["losses"])
+    assert rec["losses"][0] == pytest.approx(ref["losses"][0], rel=0.3)     # dropout draws differ on the GPU
+    assert 0 <= rec["accuracy"] <= 1

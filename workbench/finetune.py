@@ -105,6 +105,11 @@ def lora_finetune(model: nn.Module, tokenizer, corpus: str = "lee", r: int = 8, 
 # encoder classification: a model with a fresh head, a tokenized split, the loop
 
 
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are: the tasks keep their tensors on the CPU and move each batch there."""
+    return next(model.parameters()).device
+
+
 def load_classifier(name: str = "minilm-l6", num_labels: int = 2, seed: int = 0):
     """An encoder (registry name, local folder or hub id) with a freshly initialized, seeded
     classification head: `AutoModelForSequenceClassification`. Returns (model, tokenizer,
@@ -146,8 +151,9 @@ class ClassificationTask:
         the batch's longest row: the same logits, less compute)."""
         mask = self.train_mask[idx]
         n = int(mask.sum(1).max())
-        logits = model(input_ids=self.train_ids[idx][:, :n], attention_mask=mask[:, :n]).logits
-        return F.cross_entropy(logits, self.train_labels[idx])
+        dev = _device(model)
+        logits = model(input_ids=self.train_ids[idx][:, :n].to(dev), attention_mask=mask[:, :n].to(dev)).logits
+        return F.cross_entropy(logits, self.train_labels[idx].to(dev))
 
     @torch.no_grad()
     def accuracy(self, model: nn.Module, batch_size: int = 64) -> float:
@@ -159,7 +165,9 @@ class ClassificationTask:
             for i in range(0, len(self.dev_labels), batch_size):
                 mask = self.dev_mask[i:i + batch_size]
                 n = int(mask.sum(1).max())
-                preds.append(model(input_ids=self.dev_ids[i:i + batch_size, :n], attention_mask=mask[:, :n]).logits.argmax(-1))
+                dev = _device(model)
+                logits = model(input_ids=self.dev_ids[i:i + batch_size, :n].to(dev), attention_mask=mask[:, :n].to(dev)).logits
+                preds.append(logits.argmax(-1).cpu())
             preds = torch.cat(preds)
         finally:
             model.train(was_training)
@@ -274,8 +282,9 @@ class AbilityTask:
         the batch's longest row)."""
         mask = self.train_mask[idx]
         n = int(mask.sum(1).max())
-        return model(input_ids=self.train_ids[idx][:, :n], attention_mask=mask[:, :n],
-                     labels=self.train_labels[idx][:, :n]).loss
+        dev = _device(model)
+        return model(input_ids=self.train_ids[idx][:, :n].to(dev), attention_mask=mask[:, :n].to(dev),
+                     labels=self.train_labels[idx][:, :n].to(dev)).loss
 
     def accuracy(self, model: nn.Module) -> float:
         from workbench.abilities import evaluate_tasks, headline
