@@ -100,5 +100,10 @@ def test_accuracy_vs_params_joins_the_budgets_of_a_method():
     from workbench.adapt import results_table
     from workbench.plots import accuracy_vs_params
 
-    fig = accuracy_vs_params(results_table(_records()), baseline=0.5)
+    records = _records()
+    records["DSEE"] = {**records["LoRA r2"], "method": "dsee"}
+    records["DSEE pruned"] = {**records["LoRA r2"], "method": "dsee", "accuracy": 0.3}   # same budget: no line
+    fig = accuracy_vs_params(results_table(records), baseline=0.5)
     assert len(fig.axes[0].lines) == 2                                        # LoRA's two budgets + the baseline
+    assert len(fig.axes[0].texts) == len(records)                             # each run labelled (<= 12 runs)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:3] == ["head_only", "lora", "prequant"]

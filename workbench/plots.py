@@ -206,31 +206,38 @@ def component_bars(table: pd.DataFrame, columns: list[str], base_label: str = "b
 
 
 def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str = "accuracy",
-                       baseline: float | None = None, title: str = "", path=None):
+                       baseline: float | None = None, title: str = "", labels: bool | None = None, path=None):
     """Held-out accuracy against the parameters each method trained (log x), one marker per
-    method, filled by bits (16 = unquantized); `baseline` (e.g. the head-only accuracy) as a
-    dashed line. Runs of one method at one width but several budgets are joined by a line.
-    `results` is `workbench.adapt.results_table`; runs that trained nothing beyond the head are
-    drawn at x = 1."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    method, coloured by bits (16 = unquantized); `baseline` (e.g. the head-only accuracy) as a
+    dashed line. Runs of one method at one width at several budgets (different x) are joined by
+    a line. Each point is labelled with its run when `labels` (default: up to 12 runs; beyond
+    that the labels would pile up, and the legends name methods and widths). `results` is
+    `workbench.adapt.results_table`; runs that trained nothing beyond the head are drawn at x = 1."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     markers = dict(zip(results.method.unique(), "os^vDP*Xph"))
     bits = sorted(results.bits.unique(), reverse=True)
     colours = dict(zip(bits, sns.color_palette("viridis", len(bits))))
+    labels = len(results) <= 12 if labels is None else labels
     for (method, b), runs in results.groupby(["method", "bits"], sort=False):   # a budget sweep: one line
-        if len(runs) > 1:
+        if len(runs) > 1 and runs[x].nunique() == len(runs):
             runs = runs.sort_values(x)
             ax.plot(runs[x].clip(lower=1), runs[y], color=colours[b], lw=0.8, alpha=0.6, zorder=1)
     for r in results.itertuples():
         ax.scatter(max(getattr(r, x), 1), getattr(r, y), marker=markers[r.method], color=colours[r.bits],
                    s=60, edgecolor="black", lw=0.5)
-        ax.annotate(r.label, (max(getattr(r, x), 1), getattr(r, y)), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
-    for b in bits:
-        ax.scatter([], [], color=colours[b], label="full precision" if b == 16 else f"W{b}")
+        if labels:
+            ax.annotate(r.label, (max(getattr(r, x), 1), getattr(r, y)), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    width_handles = [ax.scatter([], [], color=colours[b], label="full precision" if b == 16 else f"W{b}") for b in bits]
+    method_handles = [ax.scatter([], [], marker=m, facecolor="white", edgecolor="black", label=name)
+                      for name, m in markers.items()]
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1)
     ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    widths = ax.legend(handles=width_handles, fontsize=8, loc="lower right")
+    ax.add_artist(widths)
+    ax.legend(handles=method_handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), title="method",
+              title_fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     return fig
