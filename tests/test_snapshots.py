@@ -21,8 +21,9 @@ SAMPLES = {                              # snapshot -> labels recomputed in full
     "abilities_lora": [],                # LoRA: training and perplexity of "RTN W3 + LoRA", below
 }
 RUN_SAMPLES = {                          # workbench.report.snapshot of adapt.run_methods -> runs re-run
-    "adapt_encoder": ["head only", "PreQuant W4"],
-    "adapt_causal": ["RTN W3"],          # quantize + lm-eval; the adapted causal runs take ~3 min each
+    "adapt_encoder": ["head only", "PreQuant W4 1.0%"],
+    "adapt_navigate": ["head only"],
+    "adapt_causal": ["RTN W3"],          # quantize + lm-eval; the adapted causal runs take 1-4 min each
 }
 KEYS = ["label", "task", "shots", "metric", "filter"]
 
@@ -121,12 +122,13 @@ def test_adaptation_snapshot_reruns_from_scratch(name, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))     # the causal task's lm-eval scores: no cache
     snap = read_snapshot_json(name)
     args = snap["args"]
-    if name == "adapt_encoder":
+    if "dataset" in args:                                      # an encoder on a classification set
         model, tokenizer, _ = load_classifier(args["model"]["name"], seed=args["seed"])
         task = classification_task(tokenizer, args["dataset"], seed=args["seed"])
-    else:
+    else:                                                      # a causal LM on an ability task
         model, tokenizer, _ = load_model(args["model"]["name"])
-        task = ability_task(tokenizer, args["task"], limit=args["limit"], n_train=args["n_train"])
+        task = ability_task(tokenizer, args["task"], limit=args["limit"], n_train=args["n_train"],
+                            num_fewshot=args["shots"])
     for label in RUN_SAMPLES[name]:
         method, kwargs = args["runs"][label]
         rec = adapt.METHODS[method](model, task, **kwargs)[1]
