@@ -23,7 +23,8 @@ SAMPLES = {                              # snapshot -> labels recomputed in full
 RUN_SAMPLES = {                          # workbench.report.snapshot of adapt.run_methods -> runs re-run
     "adapt_encoder": ["head only", "PreQuant W4 1.0%"],
     "adapt_navigate": ["head only"],
-    "adapt_causal": ["RTN W3"],          # quantize + lm-eval; the adapted causal runs take 1-4 min each
+    "adapt_causal": ["RTN W3"],          # quantize + lm-eval; the adapted causal runs take 1-2 min each
+    "adapt_causal_fp": ["stable-rank LoRA r8"],
 }
 KEYS = ["label", "task", "shots", "metric", "filter"]
 

@@ -143,7 +143,7 @@ md("""Here one item is 0.33 points and the standard error about ±2.8, so gaps o
 md("## 4. Explore a run\nPick a method, a bit width and a budget: the run's training curve (a dashed line where the time-aware adapters join) and what it trained (per-module weights for PreQuant, ranks for stable-rank LoRA, the ticket's or the pruning's numbers otherwise). Live in JupyterLab; below, the first run."),
 widget("""adaptation_explorer(records, n_params=n_params)"""),
 md("""## 5. The causal setting: win back an ability of a quantized LM
-The same functions on the bundled causal model: `CAUSAL_TASK` through the abilities machinery of notebook 04 (`finetune.ability_task`). The first `CAUSAL_LIMIT` items are scored by lm-eval with `CAUSAL_SHOTS` in-context examples; the other `CAUSAL_TRAIN` items are the training set, prompt and answer in the task's own format (no examples in front), loss on the answer tokens. The model is RTN-quantized to each of `CAUSAL_BITS` first; the LM head is tied to the embeddings and stays frozen, so these methods train nothing else. LoRA on the unquantized model is the reference for what this much training can do."""),
+The same functions on the bundled causal model: `CAUSAL_TASK` through the abilities machinery of notebook 04 (`finetune.ability_task`). The first `CAUSAL_LIMIT` items are scored by lm-eval with `CAUSAL_SHOTS` in-context examples; the other `CAUSAL_TRAIN` items are the training set, prompt and answer in the task's own format (no examples in front), loss on the answer tokens. The model is RTN-quantized to each of `CAUSAL_BITS` first; the LM head is tied to the embeddings and stays frozen, so these methods train nothing else. LoRA on the unquantized model is the reference for what this much training can do; the full-precision variants of section 1 (full fine-tuning, stable-rank LoRA, the L1 ticket, DSEE) follow, from their own snapshot."""),
 code("""lm, lm_tokenizer, lm_record = load_model(CAUSAL)
 lm_task = ability_task(lm_tokenizer, CAUSAL_TASK, limit=CAUSAL_LIMIT, n_train=CAUSAL_TRAIN, num_fewshot=CAUSAL_SHOTS)
 ckw = dict(steps=CAUSAL_STEPS, seed=SEED)
@@ -159,15 +159,25 @@ causal = snapshot("adapt_causal", {"model": lm_record.key, "task": CAUSAL_TASK, 
                                    "n_train": CAUSAL_TRAIN, "shots": CAUSAL_SHOTS, "runs": causal_runs},
                   lambda: adapt.run_methods(lm, lm_task, causal_runs))
 causal = {label: causal[label] for label in causal_runs}
+causal_fp_runs = adapt.resolve_runs({                         # the full-precision variants, as on the encoder
+    "full": ("full_finetune", ckw),
+    f"stable-rank LoRA r{R}": ("stable_rank_lora", dict(r=R, **ckw)),
+    "L1 ticket": ("l1_ticket", dict(ticket=BUDGET, **ckw)),
+    "DSEE": ("dsee", dict(r=R // 2, budget=BUDGET / 2, **ckw)),
+})
+causal_fp = snapshot("adapt_causal_fp", {"model": lm_record.key, "task": CAUSAL_TASK, "limit": CAUSAL_LIMIT,
+                                         "n_train": CAUSAL_TRAIN, "shots": CAUSAL_SHOTS, "runs": causal_fp_runs},
+                     lambda: adapt.run_methods(lm, lm_task, causal_fp_runs))
+causal.update({label: causal_fp[label] for label in causal_fp_runs})
 causal_results = adapt.results_table(causal, n_params=lm_record.n_params)
 save_table(causal_results, "adapt_causal")
 causal_results"""),
 md("""**At 4 bits fine-tuning wins the ability back; at 3 bits, with this budget, it does not.** With 40 scored items one item is 2.5 points and the standard error near 50% about ±8.
 * Unquantized, SmolLM2-135M answers 0.55 of the 1-digit additions with 5 examples in context. RTN at 4 bits drops it to 0.125 and at 3 bits to 0.10 (notebook 04 saw the same drop on its 6 items).
-* 20 steps of LoRA on the 60 other additions teach the unquantized model the task completely (1.00): the reference for what this training can do.
+* 20 steps of LoRA on the 60 other additions teach the unquantized model the task completely (1.00): the reference for what this training can do. The other full-precision methods nearly all do too: full fine-tuning 0.975, stable-rank LoRA 1.00, DSEE 0.975. The L1 run reaches 0.85 with changes on 30% of the projection weights; its 1% ticket carries 12% of the change and scores 0.55, no better than the untrained model.
 * **At 4 bits**, **QLoRA** with the same 2.4M adapter parameters reaches 0.825: more than the unquantized model had, though not the 1.00 of LoRA on full precision. **PreQuant**'s 0.1% of outliers (106k weights) gets to 0.175, its training loss only falls from 1.78 to 1.12 (mean of the last 5 steps). **AlphaTuning** starts from a worse binary-coding model (loss 2.47), trains to 0.69 and scores 0.025.
 * **At 3 bits** (relative weight error 22%) nothing recovers in 20 steps: QLoRA 0.075, PreQuant 0.10, AlphaTuning 0.00, against RTN's 0.10. Given three times the steps, QLoRA's training loss falls below 0.001 but it scores 0.25. It has learned the 60 training additions, not addition.
-* The adapted runs took 50–120 s each on 2 cores (`time_s`), scoring included: the snapshot holds them and `make test` re-runs the RTN W3 row."""),
+* The adapted runs took 50–120 s each on 2 cores (`time_s`), scoring included: the snapshots hold them and `make test` re-runs the RTN W3 and stable-rank LoRA rows."""),
 md("""## What these small models and data can and cannot say
 * **Noise.** 60 held-out polarity sentences and `CAUSAL_LIMIT` scored additions put a standard error of 6–8 points on those accuracies; navigate's 300 items about 3. The rankings above are suggestions; the large gaps are the findings.
 * **Budgets.** Every method gets the same number of steps and its own default learning rate, not a tuned one. A method that needs more steps (full fine-tuning at 5e-5, PreQuant's sparse updates, the L1 ticket's shrinking, the time-aware warm-up) is at a disadvantage at 60. One seed, one split.
