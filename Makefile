@@ -13,15 +13,16 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities benchmark-adapt lock clean-results
+.PHONY: all setup assets lab reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities benchmark-adapt lock clean-results
 
 all: test
 
 setup: $(VENV)/.installed
 
+# The installer tools (pip, setuptools, wheel) come from the lock too: a newer pip changes what installs.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt pip setuptools wheel
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,compare]'
 	touch $@
@@ -29,6 +30,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 assets: setup
 	$(PY) -m workbench.assets fetch
 	$(PY) -c "from workbench.models import load_model; load_model('smollm2-135m')"
+
+# JupyterLab on notebooks/, run from the venv so that its `python3` kernel is the venv's python
+# (the one where `import workbench` works). Extra options: make lab LAB_ARGS="--port=8890 --no-browser".
+LAB_ARGS ?=
+lab: assets
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 # Execute every notebook in place from a cold results cache; figures/, data/results/ and the
 # committed snapshots of the heavy sweeps (data/snapshots/) are rewritten.
@@ -39,10 +46,15 @@ reproduce: assets
 	    --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; done
 
 # Unit tests (tests/test_snapshots.py recomputes a sample of every committed snapshot from
-# scratch), then nbval: every committed notebook output must equal a fresh execution from an
-# empty results cache (a temporary one), the snapshots aside, so that no stale number can pass.
-test: assets
+# scratch and checks it by workbench/reproducibility.py's rule), then nbval: every committed
+# notebook output must equal a fresh execution from an empty results cache (a temporary one),
+# the snapshots aside, so that no stale number can pass.
+test: unit notebooks-test
+
+unit: assets
 	$(PY) -m pytest tests -q
+
+notebooks-test: assets
 	export WORKBENCH_RESULTS=$$(mktemp -d); trap 'rm -rf "$$WORKBENCH_RESULTS"' EXIT; \
 	  $(PY) -m pytest --nbval notebooks -p no:cacheprovider \
 	    --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 1800 -q
@@ -63,5 +75,5 @@ benchmark-adapt: assets
 	$(PY) benchmarks/bench_adapt.py
 
 lock: setup
-	$(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | \
+	$(PY) -m pip freeze --all --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | \
 	  cat <(head -3 constraints.txt) - > constraints.tmp && mv constraints.tmp constraints.txt
