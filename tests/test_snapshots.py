@@ -3,7 +3,8 @@
 Each snapshot is recomputed in part from an empty results cache, with the arguments it records,
 and must match the committed numbers: one or two models of every sweep, chosen to cover the
 unquantized model, a quantized one, a component spec and LoRA training. A new snapshot without
-an entry in SAMPLES fails `test_every_snapshot_is_verified`.
+an entry in SAMPLES fails `test_every_snapshot_is_verified`. "Match" is the rule of
+workbench/reproducibility.py (the same on any x86-64 CPU), never bit for bit.
 """
 import json
 
@@ -12,6 +13,7 @@ import pandas as pd
 import pytest
 
 from workbench import abilities
+from workbench import reproducibility as rep
 from workbench.report import project_dir
 
 SNAPSHOTS = project_dir() / "data" / "snapshots"
@@ -29,11 +31,25 @@ RUN_SAMPLES = {                          # workbench.report.snapshot of adapt.ru
 KEYS = ["label", "task", "shots", "metric", "filter"]
 
 
-def _compare(fresh: pd.DataFrame, committed: pd.DataFrame):
+def _compare(fresh: pd.DataFrame, committed: pd.DataFrame, fresh_samples: pd.DataFrame,
+             committed_samples: pd.DataFrame, name: str):
+    """Scores by the rule for their kind; each model's per-item outcomes through its samples."""
     fresh, committed = (df.astype({"shots": float}).fillna({"shots": -1}).set_index(KEYS).sort_index()
                         for df in (fresh, committed))                  # -1: no shots (perplexity), NaN != NaN
     assert list(fresh.index) == list(committed.index)
-    np.testing.assert_allclose(fresh.score.to_numpy(float), committed.score.to_numpy(float), rtol=1e-9, equal_nan=True)
+    for key, row in committed.iterrows():
+        what = f"{name} {key}"
+        if dict(zip(KEYS, key))["metric"] == "perplexity":
+            rep.assert_eval_reproduces(fresh.loc[key, "score"], row.score, what)
+        else:                                                          # a mean of n 0/1 outcomes
+            rep.assert_metric_reproduces(fresh.loc[key, "score"], row.score, int(row.n), what, trained=False)
+    items = ["label", "task", "shots", "filter"]
+    for group, done in committed_samples.groupby(items):
+        mine = fresh_samples
+        for col, value in zip(items, group):
+            mine = mine[mine[col] == value]
+        rep.assert_items_agree(dict(zip(mine.doc_id, mine.score)), dict(zip(done.doc_id, done.score)),
+                               f"{name} {group} per item")
 
 
 def test_every_snapshot_is_verified():
@@ -57,10 +73,12 @@ def test_snapshot_recomputes_from_scratch(name, smollm, tmp_path, monkeypatch):
     specs = args.pop("specs")
     labels = SAMPLES[name]
     fresh = abilities.ability_sweep(model, tokenizer, record, {k: specs[k] for k in labels}, progress=False, **args)
-    written = tmp_path / "fresh.csv"                            # through CSV, as the snapshot was
-    fresh.scores.to_csv(written, index=False)
-    fresh = pd.read_csv(written, keep_default_na=False, na_values=[""])
-    _compare(fresh, committed.scores[committed.scores.label.isin(labels)])
+    written = {}
+    for part in ("scores", "samples"):                           # through CSV, as the snapshot was
+        getattr(fresh, part).to_csv(tmp_path / f"{part}.csv", index=False)
+        written[part] = pd.read_csv(tmp_path / f"{part}.csv", keep_default_na=False, na_values=[""])
+    _compare(written["scores"], committed.scores[committed.scores.label.isin(labels)], written["samples"],
+             committed.samples[committed.samples.label.isin(labels)], name)
 
 
 def test_lora_snapshot_retrains_to_the_same_perplexity(smollm, tmp_path, monkeypatch):
@@ -76,7 +94,7 @@ def test_lora_snapshot_retrains_to_the_same_perplexity(smollm, tmp_path, monkeyp
     ppl = perplexity(tuned, tokenizer, evaluation_text("lee"), 512, max_windows=2, progress=False)
     row = committed.scores[(committed.scores.label == "RTN W3 + LoRA") & (committed.scores.task == "perplexity")]
     assert len(row) == 1
-    assert ppl == pytest.approx(row.score.item(), rel=1e-9)
+    rep.assert_close(ppl, row.score.item(), rep.RTOL_TRAINED, "abilities_lora RTN W3 + LoRA perplexity", "trained")
     assert rec["trainable_params"] == row.trainable_params.item()
 
 
@@ -135,8 +153,10 @@ def test_adaptation_snapshot_reruns_from_scratch(name, tmp_path, monkeypatch):
         rec = adapt.METHODS[method](model, task, **kwargs)[1]
         stored = snap["result"][label]
         assert rec["trainable_params"] == stored["trainable_params"], label
-        assert rec["losses"] == pytest.approx(stored["losses"], rel=1e-9), label
-        assert rec["accuracy"] == stored["accuracy"], label
+        what = f"{name} {label}"
+        rep.assert_training_reproduces(rec["losses"], stored["losses"], what)
+        n = task.limit if hasattr(task, "limit") else len(task.dev_labels)   # items scored
+        rep.assert_metric_reproduces(rec["accuracy"], stored["accuracy"], n, what, trained=bool(rec["losses"]))
 
 
 def test_report_snapshot_reads_back_and_recomputes_when_args_change(tmp_path, monkeypatch):

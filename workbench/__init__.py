@@ -14,6 +14,10 @@ __version__ = "0.1.0"
 
 import logging as _logging
 
+from workbench import numerics as _numerics
+
+_numerics.pin()   # the AVX2 kernels on every x86-64 CPU, before torch's first operation (numerics.py)
+
 # transformers imports torchao (when installed) on every model load; on a CPU machine torchao
 # then warns that its CUDA kernels cannot load, and torch warns about torchao's pytree enums.
 # Neither concerns CPU use; silence them so notebook outputs hold only what the code says.
