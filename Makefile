@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities benchmark-adapt lock clean-results
+.PHONY: all setup assets lab reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -73,6 +73,12 @@ benchmark-abilities: assets
 
 benchmark-adapt: assets
 	$(PY) benchmarks/bench_adapt.py
+
+# How far the committed snapshots (and notebook 01's GPTQ row) move with the CPU's kernels:
+# data/results/numerics_spread.csv and numerics_spread_gptq.csv (about 20 minutes)
+numerics-spread: assets
+	$(PY) tools/numerics_spread.py
+	$(PY) tools/numerics_spread.py --gptq
 
 lock: setup
 	$(PY) -m pip freeze --all --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' | \
