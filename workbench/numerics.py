@@ -15,8 +15,9 @@ of two, evaluations are the same bits and training losses move by up to 3e-5 (th
 pass's reductions are split differently), so a machine with more cores than 2 agrees with the
 committed numbers within workbench.reproducibility's tolerances, not bit for bit.
 
-`WORKBENCH_NUMERICS=native` keeps the machine's own kernels (a few per cent faster at most,
-measured on AVX-512); committed numbers then agree only within the tolerances of
+`WORKBENCH_NUMERICS=native` keeps the machine's own kernels (no faster on the AMD EPYC above:
+perplexity 396 tokens/s against 401 with AVX2, `benchmarks/bench_foundation.py --repeats 3`);
+committed numbers then agree only within the tolerances of
 `workbench.reproducibility`. A variable the user has set (e.g. ATEN_CPU_CAPABILITY) is never
 overridden. The selection must happen before torch runs its first operation: import workbench
 first (a warning says when that was too late).
