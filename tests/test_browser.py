@@ -34,7 +34,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 SETTINGS = {                                         # JupyterLab user settings for the test's server
     "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
     "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},   # every cell in the DOM
+    "@jupyterlab/notebook-extension/tracker": {
+        "windowingMode": "none",                     # every cell in the DOM
+        "autoStartDefaultKernel": True,              # no "Select Kernel" dialog when the kernel specs load late
+    },
 }
 
 pytestmark = [
@@ -109,12 +112,27 @@ def _prompts(page) -> list[str]:
     return page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
 
 
+def _dialogs(page) -> list[str]:
+    """The text of every JupyterLab dialog now open (a dialog blocks every click behind it)."""
+    return [t.strip() for t in page.locator(".jp-Dialog").all_inner_texts()]
+
+
 def _run_all_cells(page, tries: int = 3):
     """Menu Run > Run All Cells, again if no cell got queued (a click can land before the
-    notebook's commands are enabled)."""
+    notebook's commands are enabled). A dialog in the way fails the test with its text."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     for _ in range(tries):
-        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        try:
+            page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click(timeout=30_000)
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click(timeout=30_000)
+        except PlaywrightTimeout:
+            open_dialogs = _dialogs(page)
+            if not open_dialogs:
+                raise
+            page.screenshot(path=ARTIFACTS / "dialog.png")
+            raise AssertionError(f"a JupyterLab dialog is in the way (screenshot {ARTIFACTS / 'dialog.png'}): "
+                                 f"{open_dialogs}") from None
         for _ in range(30):
             if any(re.search(r"[*\d]", t) for t in _prompts(page)):
                 return
@@ -135,6 +153,7 @@ def test_notebook_runs_in_jupyterlab_and_the_explorer_reacts(lab):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(120_000)
             page.goto(f"{url}/lab/tree/{NOTEBOOK}?reset&token={token}")
+            expect(page.locator(".jp-Toolbar-kernelName")).to_have_text(re.compile("Python 3"), timeout=180_000)
             expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=180_000)
 
             start = time.monotonic()
