@@ -68,6 +68,8 @@ def test_unknown_task_is_a_clear_error(tiny_lm):
         abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["no_such_task"], cache=False)
     with pytest.raises(ValueError, match="limit"):
         abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["wb_icl_sports"], limit=0, cache=False)
+    with pytest.raises(TypeError, match=r"got the string 'wb_icl_sports'.*pass \['wb_icl_sports'\]"):
+        abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, "wb_icl_sports", cache=False)
 
 
 # -----------------------------------------------------------------------------

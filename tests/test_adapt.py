@@ -190,6 +190,12 @@ def test_bad_budgets_are_clear_errors(model, task, budget, match):
         adapt.l1_ticket(model, task, ticket=budget, steps=1)
 
 
+@pytest.mark.parametrize("l1", [float("nan"), float("inf"), -0.5, "0.5", True])
+def test_bad_l1_is_a_clear_error(model, task, l1):
+    with pytest.raises(ValueError, match="l1 must be a finite number >= 0"):
+        adapt.l1_ticket(model, task, l1=l1, steps=1)
+
+
 def test_a_target_pattern_matching_nothing_is_a_clear_error(model, task):
     with pytest.raises(ValueError, match="matches no linear module"):
         adapt.lora(model, task, targets=r"attn\.c_attn", steps=1)

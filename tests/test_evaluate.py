@@ -60,3 +60,27 @@ def test_a_broken_model_gives_infinite_or_nan_perplexity_not_a_number_that_looks
         broken.lm_head.weight.mul_(1e4)
     ppl = perplexity(broken, tok, tiny_text, seqlen=16, max_windows=2, progress=False)
     assert ppl > 1e6 or math.isnan(ppl)
+
+
+def test_a_model_with_a_nan_weight_is_an_error_naming_it(tiny_lm, tiny_text):
+    import copy
+
+    model, tok, _ = tiny_lm
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.down_proj\.weight holds 1 NaN and 0 inf"):
+        perplexity(broken, tok, tiny_text, seqlen=16, max_windows=2, progress=False)
+
+
+def test_a_list_of_documents_is_scored_whole(tiny_lm, tiny_text):
+    model, tok, _ = tiny_lm
+    words = tiny_text.split()
+    docs = [" ".join(words[i : i + 50]) for i in range(0, 200, 50)]      # four documents of equal length
+    joined = "\n\n".join(docs)
+    assert token_windows(tok, docs, seqlen=16).shape == token_windows(tok, joined, seqlen=16).shape
+    assert token_windows(tok, docs, seqlen=16).shape[0] > 4 * 50 // 16 - 4   # every document, not the first
+    assert perplexity(model, tok, docs, seqlen=16, progress=False) == perplexity(model, tok, joined, seqlen=16, progress=False)
+    for bad in ([], [1, 2], None):
+        with pytest.raises(TypeError, match="text must be a string or a non-empty list of strings"):
+            perplexity(model, tok, bad, seqlen=16, progress=False)

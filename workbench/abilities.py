@@ -284,6 +284,9 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
     from workbench.cache import cached
     from workbench.data import ABILITY_TASKS_VERSION
 
+    if isinstance(tasks, str):
+        raise TypeError(f"tasks must be a list of task names, got the string {tasks!r} (which would be read "
+                        f"letter by letter); pass [{tasks!r}]")
     tasks = list(tasks)
     if not tasks:
         raise ValueError("no tasks given; pass e.g. SUITES['icl'] or ['wb_icl_arith_1d_add']")

@@ -374,8 +374,8 @@ def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.0
     ticket's share of sum |W - W0|), accuracy_full (before the reset) and accuracy (the ticket
     alone)."""
     t0 = time.perf_counter()
-    if l1 < 0:
-        raise ValueError(f"l1 must be >= 0, got {l1}")
+    if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not math.isfinite(l1) or l1 < 0:
+        raise ValueError(f"l1 must be a finite number >= 0, got {l1!r} (a NaN would switch the penalty off)")
     tuned = copy.deepcopy(model)
     head = _freeze_all_but_head(tuned)
     mods = _targets(tuned, targets)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.modules import check_finite
 from workbench.quantize import QuantConfig, _grouped
 
 
@@ -40,9 +41,7 @@ def _check(w: torch.Tensor, config: QuantConfig) -> None:
         raise ValueError(f"BCQ needs a QuantConfig with method='bcq', got method={config.method!r}")
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(w.shape)}")
-    if not torch.isfinite(w).all():
-        raise ValueError("the weight holds NaN or inf values; BCQ cannot fit scales to them. "
-                         "Check the checkpoint or the step that produced it")
+    check_finite(w, why="BCQ cannot fit scales to them")
 
 
 def _round_scales(alpha: torch.Tensor, config: QuantConfig) -> torch.Tensor:

@@ -29,11 +29,25 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.modules import check_finite
 
-def token_windows(tokenizer, text: str, seqlen: int = 512, max_windows: int | None = None) -> torch.Tensor:
-    """Tokenize `text` once and cut it into non-overlapping windows: LongTensor [n, seqlen]."""
+
+def join_documents(text: str | list[str] | tuple[str, ...]) -> str:
+    """One evaluation string: `text` itself, or a list of documents joined with "\\n\\n" (GPTQ's convention)."""
+    if isinstance(text, str):
+        return text
+    if isinstance(text, (list, tuple)) and text and all(isinstance(t, str) for t in text):
+        return "\n\n".join(text)
+    raise TypeError(f"text must be a string or a non-empty list of strings (documents), got "
+                    f"{type(text).__name__}{' (empty)' if isinstance(text, (list, tuple)) and not text else ''}")
+
+
+def token_windows(tokenizer, text: str | list[str], seqlen: int = 512, max_windows: int | None = None) -> torch.Tensor:
+    """Tokenize `text` (or documents joined by `join_documents`) once and cut it into
+    non-overlapping windows: LongTensor [n, seqlen]."""
     if seqlen < 2:
         raise ValueError(f"seqlen must be at least 2 (one context token, one predicted), got {seqlen}")
+    text = join_documents(text)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]  # [n_tokens]
     n = ids.numel() // seqlen
     if max_windows is not None:
@@ -63,14 +77,16 @@ def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
     return torch.cat(out)
 
 
-def perplexity(model: nn.Module, tokenizer, text: str, seqlen: int = 512, batch_size: int = 4,
+def perplexity(model: nn.Module, tokenizer, text: str | list[str], seqlen: int = 512, batch_size: int = 4,
                max_windows: int | None = None, progress: bool = True) -> float:
     """Token perplexity of `model` on `text` over non-overlapping `seqlen` windows (see module doc).
 
-    `max_windows` keeps only the first windows, for quick looks; leave it None for the number a
-    paper would report. A non-finite result (a broken quantization) is returned as inf or nan,
-    never hidden.
+    `text` is one string or a list of documents (joined with "\\n\\n"). `max_windows` keeps only
+    the first windows, for quick looks; leave it None for the number a paper would report. A
+    model with a NaN or inf weight is an error naming the weight; a finite model whose
+    predictions overflow (a broken quantization) gets inf, never a hidden number.
     """
+    check_finite(model, why="its perplexity would be meaningless")
     windows = token_windows(tokenizer, text, seqlen, max_windows)
     nll = window_nll(model, windows, batch_size=batch_size, progress=progress)
     mean = nll.sum().item() / (windows.shape[0] * (seqlen - 1))

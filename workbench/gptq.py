@@ -57,7 +57,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.modules import module_info
+from workbench.modules import check_finite, module_info
 from workbench.quantize import QuantConfig, choose_qparams, dequantize, fake_quantize, relative_output_error
 
 MAX_DAMP_RETRIES = 4  # damp x10 per retry: 0.01 -> 100 at most
@@ -120,9 +120,7 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor,
     if H.shape != (n_in, n_in):
         raise ValueError(f"the Hessian must be [in, in] = [{n_in}, {n_in}] for a weight of shape "
                          f"{tuple(W.shape)}, got {tuple(H.shape)}")
-    if not torch.isfinite(W).all():
-        raise ValueError("the weight holds NaN or inf values; quantizing it would spread them. "
-                         "Check the checkpoint or the step that produced it")
+    check_finite(W, why="quantizing it would spread them")
     if not torch.isfinite(H).all():
         raise ValueError("the Hessian holds NaN or inf values: the calibration forward produced non-finite "
                          "activations. Check the model in full precision on the calibration batch (and the "

@@ -4,8 +4,11 @@
     module_info("model.layers.3.self_attn.q_proj")   # ModuleInfo(layer=3, component="q")
     names = select_modules(model, r"self_attn")       # error if the pattern matches nothing
 
-Components are named the same way across architectures (Llama, Gemma, BERT) so that results
-group and pivot naturally: q k v o (attention), gate up down (FFN), embed, head, other.
+    n = to_linear(model)                              # GPT-2's Conv1D layers become nn.Linear, in place
+
+Components are named the same way across architectures (Llama, Gemma, BERT, GPT-2) so that
+results group and pivot naturally: q k v o (attention; qkv when fused, as GPT-2's c_attn), gate
+up down (FFN), embed, head, other.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
 # (regex on the module's own name or its parent path, component) — first match wins.
@@ -20,10 +24,11 @@ _COMPONENTS = [
     (r"(q_proj|query|q_lin)$", "q"),
     (r"(k_proj|key|k_lin)$", "k"),
     (r"(v_proj|value|v_lin)$", "v"),
-    (r"(o_proj|attention\.output\.dense|out_lin|out_proj)$", "o"),
+    (r"(c_attn|qkv_proj|query_key_value|Wqkv)$", "qkv"),
+    (r"(o_proj|attention\.output\.dense|out_lin|out_proj|attn\.c_proj)$", "o"),
     (r"(gate_proj|w1)$", "gate"),
-    (r"(up_proj|intermediate\.dense|w3|lin1)$", "up"),
-    (r"(down_proj|(?<!attention\.)output\.dense|w2|lin2)$", "down"),
+    (r"(up_proj|intermediate\.dense|w3|lin1|c_fc)$", "up"),
+    (r"(down_proj|(?<!attention\.)output\.dense|w2|lin2|mlp\.c_proj)$", "down"),
     (r"(embed_tokens|word_embeddings|wte|embeddings)$", "embed"),
     (r"(lm_head|embed_out)$", "head"),
 ]
@@ -31,7 +36,7 @@ _COMPONENTS = [
 
 class ModuleInfo(NamedTuple):
     layer: int | None      # transformer block index, None outside the blocks
-    component: str         # q k v o gate up down embed head other
+    component: str         # q k v qkv o gate up down embed head other
 
 
 def module_info(name: str) -> ModuleInfo:
@@ -49,6 +54,31 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
+def _is_conv1d(m: nn.Module) -> bool:
+    """transformers' Conv1D (GPT-2 family): y = x @ W + b with W [in, out], a linear layer stored transposed."""
+    return type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers")
+
+
+def to_linear(model: nn.Module) -> int:
+    """Replace every transformers `Conv1D` of `model` by the equal `nn.Linear`, in place; return how many.
+
+    Conv1D computes x @ W + b with W stored [in, out]; the nn.Linear gets weight W.T [out, in] (a
+    copy, same values) and the same bias, so the outputs are the same up to float summation order
+    and every quantizer, probe and checkpoint sees the one [out, in] layout. The state dict's keys
+    stay; the Conv1D weights appear transposed in it.
+    """
+    convs = [(n, m) for n, m in model.named_modules() if _is_conv1d(m)]
+    for name, conv in convs:
+        w = conv.weight.detach()                                    # [in, out]
+        linear = nn.Linear(w.shape[0], w.shape[1], bias=conv.bias is not None, device=w.device, dtype=w.dtype)
+        linear.weight = nn.Parameter(w.t().contiguous(), requires_grad=conv.weight.requires_grad)   # [out, in]
+        if conv.bias is not None:
+            linear.bias = conv.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, linear)
+    return len(convs)
+
+
 def select_modules(model: nn.Module, pattern: str, candidates: dict[str, nn.Module] | None = None) -> list[str]:
     """Names of the linear modules whose name `re.search`es `pattern`; an error if none does."""
     candidates = linear_modules(model) if candidates is None else candidates
@@ -62,3 +92,20 @@ def select_modules(model: nn.Module, pattern: str, candidates: dict[str, nn.Modu
         raise ValueError(f"module pattern {pattern!r} matches no linear module of this model; "
                          f"names look like: {examples}, ...")
     return names
+
+
+def check_finite(weights: torch.Tensor | nn.Module, name: str = "the weight", why: str = "") -> None:
+    """Raise ValueError if a tensor, or any parameter of a module, holds NaN or inf.
+
+    The one non-finite weight check of the workbench: the error names the tensor (for a module,
+    its first non-finite parameter), how many values are bad, and what to check. `why` says what
+    the caller would do wrong with them (e.g. "quantizing it would spread them").
+    """
+    tensors = weights.named_parameters() if isinstance(weights, nn.Module) else [(name, weights)]
+    for tname, t in tensors:
+        bad = ~torch.isfinite(t.detach())
+        if bad.any():
+            n_nan = int(torch.isnan(t.detach()).sum())
+            raise ValueError(f"{tname} holds {n_nan} NaN and {int(bad.sum()) - n_nan} inf values of {t.numel()}"
+                             f"{'; ' + why if why else ''}. Check the checkpoint or the step that produced it "
+                             "(a diverged fine-tune, a broken quantization)")

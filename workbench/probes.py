@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.gptq import _check_calibration
-from workbench.modules import linear_modules, module_info, select_modules
+from workbench.modules import check_finite, linear_modules, module_info, select_modules
 from workbench.quantize import QuantConfig, Spec, fake_quantize, quantize_model
 
 LEVEL_BLOCK = 32          # block length for levels_per_block (the GGUF block size)
@@ -68,9 +68,7 @@ def weight_matrices(model: nn.Module, pattern: str | None = None) -> dict[str, t
     if pattern is not None:
         mats = {n: mats[n] for n in select_modules(model, pattern, mats)}
     for name, w in mats.items():
-        if not torch.isfinite(w).all():
-            raise ValueError(f"{name}: the weight holds NaN or inf values; check the checkpoint "
-                             "or the step that produced it")
+        check_finite(w, name)
     return mats
 
 

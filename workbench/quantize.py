@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.modules import linear_modules, module_info, select_modules
+from workbench.modules import check_finite, linear_modules, module_info, select_modules, to_linear
 
 MIN_BITS, MAX_BITS = 2, 8
 GRANULARITIES = ("tensor", "channel", "group")
@@ -85,6 +85,11 @@ class QuantConfig:
     bcq_init: str = "uniform"
 
     def __post_init__(self):
+        for name in ("symmetric", "round_zero", "zero_in_range", "mse_clip", "act_order", "static_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                                "a string such as 'no' would otherwise count as True")
         if self.method not in METHODS:
             raise ValueError(f"unknown quantization method {self.method!r}; available: {', '.join(METHODS)}")
         lowest = 1 if self.method == "bcq" else MIN_BITS
@@ -243,9 +248,7 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, con
 def _check_weight(w: torch.Tensor) -> None:
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(w.shape)}")
-    if not torch.isfinite(w).all():
-        raise ValueError("the weight holds NaN or inf values; quantizing it would spread them. "
-                         "Check the checkpoint or the step that produced it")
+    check_finite(w, why="quantizing it would spread them")
 
 
 def outlier_mask(w: torch.Tensor, config: QuantConfig, channel_norms: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -327,6 +330,11 @@ def resolve_spec(model: nn.Module, spec: Spec, skip: str | None = DEFAULT_SKIP) 
     linears = linear_modules(model)
     if skip:
         linears = {n: m for n, m in linears.items() if not re.search(skip, n)}
+    if not linears:
+        skipped = f" outside skip={skip!r}" if skip and linear_modules(model) else ""
+        raise ValueError(f"nothing to quantize: this {type(model).__name__} has no nn.Linear (or transformers "
+                         f"Conv1D) layer{skipped}; quantize_model quantizes linear layers only "
+                         "(quantize_embeddings does the embedding)")
     if isinstance(spec, QuantConfig):
         return {name: spec for name in linears}
     if not isinstance(spec, dict):
@@ -361,12 +369,16 @@ def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | Non
     (token ids [n, seqlen], see `workbench.data.calibration_batch`) is required by GPTQ and by
     channel outliers; when given, the report also has each layer's relative output error on
     those inputs. RTN and BCQ layers are done first, then GPTQ runs block by block on the
-    partly quantized model. The model is copied unless `inplace`; its `quant_state` attribute
+    partly quantized model. transformers `Conv1D` layers (GPT-2) are first replaced by the equal
+    nn.Linear (`workbench.modules.to_linear`); a model with no linear layer to quantize is an
+    error. The model is copied unless `inplace`; its `quant_state` attribute
     maps module names to what `save_quantized` stores. Report columns: module, layer,
     component, method, bits, groups (e.g. '4x128+64': a shorter last group), symmetric,
     outlier_fraction, rel_weight_error ||W - Ŵ||/||W||, rel_output_error, time_s, note.
     """
-    plan = resolve_spec(model, spec, skip)
+    qmodel = model if inplace else copy.deepcopy(model)
+    n_conv1d = to_linear(qmodel)               # GPT-2's Conv1D layers: the equal nn.Linear, weight [out, in]
+    plan = resolve_spec(qmodel, spec, skip)
     need = sorted({n for n, c in plan.items() if c.needs_calibration})
     if need and calibration is None:
         raise ValueError(f"{len(need)} modules (e.g. {need[0]}) use GPTQ or channel outliers, which need "
@@ -374,7 +386,6 @@ def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | Non
     if any(c.method == "gptq" and c.outlier_fraction > 0 for c in plan.values()):
         raise ValueError("outlier_fraction is supported with method 'rtn' only; use GPTQ without outliers "
                          "or RTN with outliers")
-    qmodel = model if inplace else copy.deepcopy(model)
     modules = linear_modules(qmodel)
     original = {n: modules[n].weight.detach().clone() for n in plan}
     hessians = {}
@@ -426,6 +437,7 @@ def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | Non
         report = report.sort_values("module", key=lambda s: s.map(order)).reset_index(drop=True)
         first = ["module", "layer", "component", "method", "bits", "groups", "rel_weight_error"]
         report = report[first + [c for c in report.columns if c not in first]]
+    report.attrs["conv1d_to_linear"] = n_conv1d
     return qmodel, report
 
 
