@@ -101,3 +101,15 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     with atomic_dir(target) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_a_corrupt_entry_is_reported_with_its_path_and_recomputed(cache):
+    from workbench.cache import cache_key
+
+    parts = {"what": "corrupt", "x": 1}
+    assert cache.get_or_compute(parts, lambda: 41) == 41
+    path = cache.path(cache_key(parts))
+    path.write_bytes(path.read_bytes()[:7])                # truncated on disk
+    with pytest.warns(UserWarning, match=f"{path.name}.*cannot be read.*recomputing"):
+        assert cache.get_or_compute(parts, lambda: 42) == 42
+    assert cache.get_or_compute(parts, lambda: 43) == 42    # the recomputed value was stored again

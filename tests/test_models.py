@@ -25,7 +25,29 @@ def test_record_key_does_not_depend_on_where_the_folder_is(tiny_lm_dir, tmp_path
     copy = tmp_path / "elsewhere"
     shutil.copytree(tiny_lm_dir, copy)
     k1, k2 = load_model(str(tiny_lm_dir)).record.key, load_model(str(copy)).record.key
-    assert k1["path"] == k2["path"]
+    assert k1 == k2
+
+
+def test_record_key_follows_the_weights_not_their_names_or_sizes(tiny_lm_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from workbench import cache
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "mine"
+    shutil.copytree(tiny_lm_dir, folder)
+    model, _, record = load_model(str(folder))
+    before = record.key
+    with torch.no_grad():                      # new weights, same file names and sizes
+        model.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    model.save_pretrained(folder)
+    after = load_model(str(folder)).record.key
+    assert after["path"] != before["path"] and after["path"].startswith("sha256:")
+    hashed = []                                # an unchanged folder is re-keyed by stat, not by re-reading it
+    monkeypatch.setattr(cache, "_hash_file", lambda p: hashed.append(p) or "x")
+    assert load_model(str(folder)).record.key == after and hashed == []
+    (folder / "tokenizer_config.json").write_text((folder / "tokenizer_config.json").read_text() + " ")
+    assert load_model(str(folder)).record.key != after and [p.name for p in hashed] == ["tokenizer_config.json"]
 
 
 def test_task_override_loads_the_encoder_class(tiny_lm_dir):

@@ -10,10 +10,12 @@ Layout under $WORKBENCH_HOME (default ~/.cache/workbench):
     assets/      members extracted from them, one folder per asset
     models/      converted model folders (e.g. a GGUF dequantized to fp32 safetensors)
     results/     the results cache; $WORKBENCH_RESULTS overrides its location
+    file_hashes.json  sha256 of files already hashed, by path, size, mtime and inode (see `file_sha256`)
 
 Every result is keyed by a sha256 of the canonical JSON of all that determines it, plus the
 workbench version, and written to a temporary file that is renamed into place, so a reader
-never sees a half-written entry. Set WORKBENCH_NO_CACHE=1 to always recompute.
+never sees a half-written entry. An entry that cannot be read back (a truncated or corrupt file)
+is reported with its path and recomputed. Set WORKBENCH_NO_CACHE=1 to always recompute.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -131,11 +134,18 @@ class ResultCache:
         return self.root / key[:2] / f"{key}.pkl"
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The stored value, or `default` when there is none or it cannot be read (then a warning
+        names the file; the next `put` replaces it)."""
         path = self.path(key)
         if not path.exists():
             return default
-        with open(path, "rb") as f:
-            return pickle.load(f)["value"]
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)["value"]
+        except Exception as e:                 # truncated, corrupt or written by an incompatible version
+            warnings.warn(f"the cached result {path} cannot be read ({type(e).__name__}: {e}); "
+                          "recomputing it", stacklevel=2)
+            return default
 
     def put(self, key: str, value: Any, parts: dict | None = None) -> None:
         blob = pickle.dumps({"parts": _jsonable(parts or {}), "value": value})
@@ -147,8 +157,11 @@ class ResultCache:
     def get_or_compute(self, parts: dict, compute: Callable[[], Any]) -> Any:
         """Return the cached value for `parts`, computing and storing it on a miss."""
         key = cache_key(parts)
-        if os.environ.get("WORKBENCH_NO_CACHE") != "1" and key in self:
-            return self.get(key)
+        missing = object()
+        if os.environ.get("WORKBENCH_NO_CACHE") != "1":
+            value = self.get(key, missing)
+            if value is not missing:
+                return value
         value = compute()
         self.put(key, value, parts)
         return value
@@ -157,3 +170,50 @@ class ResultCache:
 def cached(parts: dict, compute: Callable[[], Any], cache: ResultCache | None = None) -> Any:
     """Return `compute()`, cached on disk under the key of `parts` (see `cache_key`)."""
     return (cache or ResultCache()).get_or_compute(parts, compute)
+
+
+# ----------------------------------------------------------------------------- content hashes
+
+FILE_HASHES = "file_hashes.json"   # under workbench_home(): {abs path: [size, mtime_ns, inode, sha256]}
+
+
+def _hash_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, remembered by (path, size, mtime, inode) so a recheck costs a stat.
+
+    Rewriting a file (save_pretrained, a copy, an edit) changes its mtime or inode, so it is hashed
+    again; an unchanged file is hashed once per WORKBENCH_HOME. The memo is one JSON file written
+    atomically; losing it only costs re-hashing.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    memo_path = workbench_home() / FILE_HASHES
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(str(path))
+    if entry and entry[:3] == stamp:
+        return entry[3]
+    digest = _hash_file(path)
+    memo[str(path)] = stamp + [digest]
+    atomic_write_text(memo_path, json.dumps(memo, indent=0))
+    return digest
+
+
+def folder_fingerprint(folder: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> str:
+    """sha256 over the names and contents of the files directly in `folder` (hidden files and
+    sub-folders left out; only `suffixes` if given): the same for two copies of a folder on any
+    machine or path, different as soon as one byte of one file differs."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and (suffixes is None or p.suffix in suffixes))
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from workbench import assets
-from workbench.cache import atomic_dir, workbench_home
+from workbench.cache import atomic_dir, folder_fingerprint, workbench_home
 
 DEQUANTIZED_CAVEAT = (
     "This checkpoint ships only as a {fmt} GGUF file; it was dequantized to {dtype}. Its weights "
@@ -80,7 +80,10 @@ class ModelRecord:
     def key(self) -> dict:
         """The parts of this record that identify the weights, for results-cache keys."""
         d = asdict(self)
-        if self.source != "hub":
+        if self.source == "local":             # a user's folder: its files' contents (weights, config, tokenizer)
+            d["name"] = "local folder"         # not where it is: two copies share their results
+            d["path"] = "sha256:" + folder_fingerprint(self.path, MODEL_FILE_SUFFIXES)
+        elif self.source == "registry":        # converted from a pinned, sha256-checked asset (folder named by it)
             d["path"] = _weights_fingerprint(Path(self.path))
         return d
 
@@ -91,8 +94,15 @@ class LoadedModel(NamedTuple):
     record: ModelRecord
 
 
+# The files of a model folder that decide what the model computes: weights, configs, tokenizer.
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken")
+
+
 def _weights_fingerprint(folder: Path) -> str:
-    """Names and sizes of the weight files in a folder: stable across machines and paths."""
+    """Names and sizes of the weight files of a registry model's converted folder. That folder is
+    named by the sha256 of the verified asset it was converted from, so its content is pinned;
+    names and sizes only tell the conversion's files apart (and keep the committed snapshots'
+    keys). A user's folder is keyed by content instead (`ModelRecord.key`)."""
     files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf"))
     return ";".join(f"{p.name}:{p.stat().st_size}" for p in files) or str(folder.name)
 
