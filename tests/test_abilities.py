@@ -294,3 +294,70 @@ def test_ability_table_and_recovery():
     # nothing lost, nothing to win back
     assert rec.isna().sum() == 0
     assert abilities.recovery(table, "RTN W2", "base", "RTN W2 + LoRA").isna().all()
+
+
+# -----------------------------------------------------------------------------
+# a user's own lm-eval task folder, and the local task folder's rebuilds
+
+class _AlwaysA:
+    def __new__(cls):
+        from lm_eval.api.model import LM
+
+        class _A(LM):
+            def loglikelihood(self, requests):
+                raise NotImplementedError
+
+            def loglikelihood_rolling(self, requests):
+                raise NotImplementedError
+
+            def generate_until(self, requests):
+                return [" A" for _ in requests]
+
+        return _A()
+
+
+def _user_task(folder, answers):
+    folder.mkdir(exist_ok=True)
+    (folder / "letters.jsonl").write_text("".join(json.dumps({"q": f"Say A ({i})", "a": a}) + "\n"
+                                                  for i, a in enumerate(answers)))
+    (folder / "letters.yaml").write_text(
+        "task: user_letters\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {folder / 'letters.jsonl'}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\ndoc_to_target: '{{a}}'\n"
+        "generation_kwargs:\n  until: ['\\n']\n"
+        "filter_list:\n  - name: strip\n    filter:\n      - function: remove_whitespace\n      - function: take_first\n"
+        "metric_list:\n  - metric: exact_match\n")
+
+
+def test_a_users_task_folder_runs_and_an_edit_is_scored_afresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "results"))
+    folder = tmp_path / "my_tasks"
+    _user_task(folder, ["A", "A", "A", "A"])
+
+    def score():
+        res = abilities.evaluate_tasks(_AlwaysA(), None, ["user_letters"], model_key="always-A", include_path=folder)
+        return res.scores.query("primary").score.item(), len(res.samples)
+
+    assert score() == (1.0, 4)
+    _user_task(folder, ["A", "B", "A", "B"])      # same names and sizes, new answers
+    assert score() == (0.5, 4)
+    with pytest.raises(ValueError, match="unknown lm-eval task"):
+        abilities.evaluate_tasks(_AlwaysA(), None, ["user_letters"], model_key="always-A", cache=False)
+    with pytest.raises(ValueError, match="is not a folder"):
+        abilities.evaluate_tasks(_AlwaysA(), None, ["user_letters"], model_key="always-A", include_path=tmp_path / "nope")
+
+
+def test_a_rebuild_keeps_files_it_did_not_write_and_follows_a_moved_home(tmp_path):
+    import shutil
+
+    folder = data.build_ability_tasks(tmp_path / "home" / "tasks")
+    assert data._built_for(folder) == str(folder.resolve())
+    _user_task(folder / "mine", ["A"])
+    (folder / "extra.yaml").write_text("task: extra\n")
+    with pytest.warns(UserWarning, match="did not write.*extra.yaml.*mine"):
+        data.build_ability_tasks(folder)
+    assert (folder / "extra.yaml").read_text() == "task: extra\n" and (folder / "mine" / "letters.yaml").exists()
+    assert len(list(folder.glob("wb_*.yaml"))) == 22
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "home", moved)
+    assert data._built_for(moved / "tasks") != str((moved / "tasks").resolve())   # so ability_tasks_dir rebuilds it

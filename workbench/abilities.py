@@ -39,6 +39,7 @@ import io
 import logging
 import os
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
@@ -114,15 +115,50 @@ def ensure_punkt() -> str:
     return str(root)
 
 
-@functools.lru_cache(maxsize=1)
-def task_manager():
-    """lm-eval's TaskManager with the local `wb_*` tasks added to its index (built once per process)."""
+def _user_task_folders(include_path) -> tuple[str, ...]:
+    """A user's lm-eval task folder(s) as resolved paths; an error names one that is not a folder."""
+    if include_path is None:
+        return ()
+    paths = [include_path] if isinstance(include_path, (str, os.PathLike)) else list(include_path)
+    folders = []
+    for p in paths:
+        folder = Path(p).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"include_path {str(p)!r} is not a folder; pass the folder that holds your lm-eval "
+                             "task YAMLs (lm-eval's --include_path)")
+        folders.append(str(folder))
+    return tuple(folders)
+
+
+def task_folder_fingerprint(folder: str | os.PathLike) -> str:
+    """sha256 over the relative path and content of every file under an lm-eval task folder
+    (hidden files left out): editing a YAML, a data file or a `utils.py` changes it."""
+    from workbench.cache import file_sha256
+
+    root, h = Path(folder), hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if not any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            h.update(f"{rel.as_posix()}\0{file_sha256(path)}\n".encode())
+    return h.hexdigest()
+
+
+def task_manager(include_path=None):
+    """lm-eval's TaskManager with the local `wb_*` tasks, and a user's own task folder(s)
+    `include_path`, added to its index. Built once per process for each set of folders and
+    their contents, so an edited task file is indexed afresh."""
+    folders = _user_task_folders(include_path)
+    return _task_manager(folders, tuple(task_folder_fingerprint(f) for f in folders))
+
+
+@functools.lru_cache(maxsize=8)
+def _task_manager(folders: tuple[str, ...], contents: tuple[str, ...]):
     from lm_eval.tasks import TaskManager
 
     from workbench.data import ability_tasks_dir
 
     ensure_punkt()
-    return TaskManager(include_path=str(ability_tasks_dir()), verbosity="ERROR")
+    return TaskManager(include_path=[str(ability_tasks_dir()), *folders], verbosity="ERROR")
 
 
 @functools.lru_cache(maxsize=64)
@@ -143,8 +179,8 @@ def _task_arg(name: str):
     return copy.deepcopy(_local_task(name)) if name.startswith("wb_") else name
 
 
-def _check_tasks(tasks: list[str]) -> None:
-    known = set(task_manager().all_tasks)
+def _check_tasks(tasks: list[str], include_path=None) -> None:
+    known = set(task_manager(include_path).all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
         local = sorted(t for t in known if t.startswith("wb_"))
@@ -263,6 +299,7 @@ def _tidy(out: dict, shots: int | None) -> AbilityResult:
 def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ...], num_fewshot: int | None = None,
                    limit: int | None = None, batch_size: int = 16, apply_chat_template: bool = False,
                    max_gen_toks: int | None = None, model_key: str | None = None, seed: int = 0,
+                   include_path: str | os.PathLike | list | None = None,
                    cache: bool = True, progress: bool = True) -> AbilityResult:
     """Score `model` on lm-eval `tasks` through `lm_eval.simple_evaluate`; cached on disk.
 
@@ -272,10 +309,12 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
     exemplars for GSM8K); `limit` takes the first n items of each task (the local tasks are
     shuffled once, so this is a fixed random sample); `max_gen_toks` caps generation length
     (the local tasks default to 256); `apply_chat_template` wraps prompts in the tokenizer's
-    chat template; `progress=False` silences lm-eval's progress bars. The cache key is
-    `model_key` (e.g. record.key plus the quantization spec) or,
-    when it is None, a fingerprint of the weights, plus every argument above and the lm-eval
-    and task-file versions. Returns `AbilityResult(scores, samples)`: one row per task and
+    chat template; `include_path` is a folder (or list of folders) of your own lm-eval task
+    YAMLs, as lm-eval's `--include_path`; `progress=False` silences lm-eval's progress bars.
+    The cache key is `model_key` (e.g. record.key plus the quantization spec) or, when it is
+    None, a fingerprint of the weights, plus every argument above, the lm-eval and task-file
+    versions, and the content of every file in the local and the `include_path` task folders
+    (an edited task is scored afresh). Returns `AbilityResult(scores, samples)`: one row per task and
     metric (score, stderr over items, n, and `primary` marking the headline metric), and one row
     per item (prompt, target, filtered and raw response, score).
     """
@@ -294,15 +333,18 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
         raise ValueError(f"limit must be a positive number of items per task, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
-    _check_tasks(tasks)
+    _check_tasks(tasks, include_path)
     from lm_eval.api.model import LM
+    from workbench.data import ability_tasks_dir
 
     if isinstance(model, LM) and model_key is None:
         raise ValueError("an lm-eval LM object has no weights to fingerprint: pass model_key=<a name for it>")
     parts = {"what": "abilities", "model": model_key or model_fingerprint(model), "tasks": tasks,
              "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
              "chat": bool(apply_chat_template), "max_gen_toks": max_gen_toks, "seed": seed,
-             "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION}
+             "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION,
+             "task_contents": [task_folder_fingerprint(ability_tasks_dir())]
+                              + [task_folder_fingerprint(f) for f in _user_task_folders(include_path)]}
 
     def compute():
         import datasets
@@ -319,7 +361,7 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
         with quiet:
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=[_task_arg(t) for t in tasks], num_fewshot=num_fewshot, limit=limit,
-                task_manager=task_manager(),
+                task_manager=task_manager(include_path),
                 apply_chat_template=apply_chat_template, fewshot_as_multiturn=False,
                 gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, log_samples=True,
                 bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,

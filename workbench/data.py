@@ -653,9 +653,26 @@ def ability_tasks_dir() -> Path:
     # the YAMLs include lm-eval's own task files by absolute path: one folder per lm-eval install
     install = hashlib.sha256(str(Path(lm_eval.__file__).resolve().parent).encode()).hexdigest()[:10]
     folder = workbench_home() / "tasks" / f"v{ABILITY_TASKS_VERSION}-lm_eval-{lm_eval.__version__}-{install}"
-    if not (folder / ".complete").exists():
+    if _built_for(folder) != str(folder.resolve()):      # never built, or built where WORKBENCH_HOME was before
         build_ability_tasks(folder)
     return folder
+
+
+def _manifest(folder: Path) -> dict:
+    """What build_ability_tasks recorded in `folder/.complete`: {"folder", "files"}; {} if none.
+    A manifest of an older version (a bare version number) lists no files."""
+    import json
+
+    try:
+        manifest = json.loads((folder / ".complete").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _built_for(folder: Path) -> str | None:
+    """The absolute folder the task YAMLs in `folder` point their data files at, or None."""
+    return _manifest(folder).get("folder")
 
 
 def build_ability_tasks(folder: str | Path) -> Path:
@@ -668,19 +685,37 @@ def build_ability_tasks(folder: str | Path) -> Path:
     final answer (`wb_direct_*`); and this project's IFEval-style prompts (`wb_ifeval`), scored
     by lm-eval's IFEval checkers. Items are shuffled once with a fixed seed, so `limit=n` takes
     a fixed, unbiased sample. The folder is assembled in a temporary folder and renamed into
-    place, so a half-built folder is never used. Returns the folder.
+    place, so a half-built folder is never used. The YAMLs point at their data files by
+    absolute path (lm-eval reads `data_files` from the working directory), so `.complete`
+    records the folder they were written for and `ability_tasks_dir` rebuilds the folder when
+    WORKBENCH_HOME has moved. A rebuild carries over every file it did not write itself (a
+    user's task copied in here keeps working, with a warning). Returns the folder.
     """
     import json
+    import shutil
+    import warnings
+
     import yaml
 
     from workbench.cache import atomic_dir
 
     folder = Path(folder)
+    specs = _task_specs(folder.resolve())
+    ours = {f"{name}{ext}" for name in specs for ext in (".jsonl", ".yaml")}
+    written = set(_manifest(folder).get("files", [])) | ours | {".complete"}
     with atomic_dir(folder) as tmp:
-        for name, (rows, config) in _task_specs(folder).items():
+        for name, (rows, config) in specs.items():
             with open(tmp / f"{name}.jsonl", "w") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
             (tmp / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        (tmp / ".complete").write_text(str(ABILITY_TASKS_VERSION))
+        foreign = sorted(p for p in folder.iterdir() if p.name not in written) if folder.is_dir() else []
+        for p in foreign:                      # not ours: keep it
+            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        if foreign:
+            warnings.warn(f"{folder} holds files the workbench did not write ({', '.join(p.name for p in foreign)}); "
+                          "they were kept. Pass your own task folder with evaluate_tasks(include_path=...) instead",
+                          stacklevel=2)
+        (tmp / ".complete").write_text(json.dumps({"version": ABILITY_TASKS_VERSION, "folder": str(folder.resolve()),
+                                                   "files": sorted(ours)}))
     return folder
