@@ -1,5 +1,13 @@
+import functools
 import json
 import math
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,3 +242,128 @@ def test_clear_errors(tiny_lm, tmp_path, tiny_lm_dir):
     with pytest.raises(ValueError, match="not on the grid"):
         save_quantized(qmodel, tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def _q(model, bits):
+    return quantize_model(model, QuantConfig(bits=bits, group_size=32), progress=False)[0]
+
+
+def _flip_bit(path: Path, tensor: str) -> None:
+    """Flip the lowest bit of `tensor`'s first data byte in a safetensors file (the first 8 bytes:
+    the JSON header's length n, little-endian u64; then the header; the data starts at 8 + n)."""
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    start, _ = json.loads(data[8:8 + n])[tensor]["data_offsets"]
+    data[8 + n + start] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file, tensor", [(packing.QUANT_FILE, "model.layers.1.mlp.down_proj.codes"),
+                                          (packing.PLAIN_FILE, "model.norm.weight")], ids=["quantized", "plain"])
+def test_a_flipped_bit_is_refused_naming_the_file_and_tensor(tiny_lm, tmp_path, file, tensor):
+    folder = save_quantized(_q(tiny_lm[0], 4), tmp_path / "ckpt")
+    load_quantized(folder)                                                  # intact: loads
+    _flip_bit(folder / file, tensor)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / file))}: tensor '{re.escape(tensor)}' "
+                                         r"does not match the sha256.*re-save the checkpoint"):
+        load_quantized(folder)
+
+
+def test_checkpoints_without_checksums(tiny_lm, tmp_path):
+    qmodel = _q(tiny_lm[0], 3)
+    folder = save_quantized(qmodel, tmp_path / "ckpt")
+    meta_path = folder / packing.META_FILE
+    meta = json.loads(meta_path.read_text())
+    assert meta["version"] == 2 and set(meta["checksums"]) == {packing.QUANT_FILE, packing.PLAIN_FILE}
+    del meta["checksums"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="format version 2 but records no checksums"):
+        load_quantized(folder)                                              # a v2 file must have them
+    meta_path.write_text(json.dumps({**meta, "version": 1}))                # as format 1 wrote it
+    _assert_exact(qmodel, load_quantized(folder), _ids())                   # still loads (unverified)
+
+
+def test_a_truncated_file_is_refused_naming_it(tiny_lm, tmp_path):
+    folder = save_quantized(_q(tiny_lm[0], 4), tmp_path / "ckpt")
+    for file in (packing.QUANT_FILE, packing.PLAIN_FILE):
+        path = folder / file
+        data = path.read_bytes()
+        for cut in (len(data) - 100, 5):                                    # in the data; in the header length
+            path.write_bytes(data[:cut])
+            with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is truncated.*re-save the checkpoint"):
+                load_quantized(folder)
+        path.write_bytes(data)
+    (folder / packing.QUANT_FILE).write_bytes(data[:5])
+    with pytest.raises(ValueError, match="is truncated"):
+        packed_size(folder)
+
+
+def _replace_then(action, when_src: Path):
+    """os.replace that, right after renaming `when_src` (the old checkpoint, set aside), runs `action`."""
+    real = os.replace
+
+    def replace(src, dst, **kw):
+        real(src, dst, **kw)
+        if Path(src) == when_src:
+            action()
+    return replace
+
+
+def test_ctrl_c_between_the_renames_keeps_the_old_checkpoint(tiny_lm, tmp_path, monkeypatch):
+    folder = save_quantized(_q(tiny_lm[0], 2), tmp_path / "ckpt")
+    q4 = _q(tiny_lm[0], 4)
+
+    def interrupt():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", _replace_then(interrupt, folder))
+    with pytest.raises(KeyboardInterrupt):
+        save_quantized(q4, folder)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]                 # the old one back, no temp left
+    assert load_quantized(folder).quant_state["model.layers.0.mlp.up_proj"].config.bits == 2
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from workbench import packing
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+model = packing.load_quantized(src)
+real = os.replace
+def replace(a, b, **kw):
+    real(a, b, **kw)
+    if Path(a) == dst:                          # the old checkpoint is aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+packing.save_quantized(model, dst)
+"""
+
+
+def test_a_save_killed_between_the_renames_is_recovered_by_the_next_load_or_save(tiny_lm, tmp_path):
+    import shutil
+
+    folder = save_quantized(_q(tiny_lm[0], 2), tmp_path / "a" / "ckpt")
+    q4 = _q(tiny_lm[0], 4)
+    save_quantized(q4, tmp_path / "src")
+    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "src"), str(folder)],
+                          cwd=Path(packing.__file__).parents[1], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not folder.exists()                                              # killed in the window
+    assert any(p.name.startswith(".ckpt.old-") for p in folder.parent.iterdir())   # the old one, set aside
+    shutil.copytree(tmp_path / "a", tmp_path / "b", symlinks=True)          # the same wreck, twice
+    assert load_quantized(folder).quant_state["model.layers.0.mlp.up_proj"].config.bits == 2   # the old one
+    save_quantized(q4, tmp_path / "b" / "ckpt")                             # a save over the wreck works too
+    assert load_quantized(tmp_path / "b" / "ckpt").quant_state["model.layers.0.mlp.up_proj"].config.bits == 4
+    for d in ("a", "b"):                                                    # the dead save's leftovers are gone
+        assert [p.name for p in (tmp_path / d).iterdir()] == ["ckpt"]
+
+
+def test_the_old_checkpoint_of_a_live_save_is_not_taken(tiny_lm, tmp_path, monkeypatch):
+    folder = save_quantized(_q(tiny_lm[0], 2), tmp_path / "ckpt")
+    aside = tmp_path / f".ckpt.old-{os.getpid()}-0a1b"                       # this process: alive, mid-save
+    os.replace(folder, aside)
+    monkeypatch.setattr(packing, "_recover", functools.partial(packing._recover, wait_s=0.05))
+    with pytest.raises(FileNotFoundError, match=rf"set the old checkpoint aside as .*{aside.name}.*rename"):
+        load_quantized(folder)
+    assert aside.exists() and not folder.exists()

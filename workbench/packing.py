@@ -26,7 +26,9 @@ A checkpoint folder holds:
                              unchanged, each stored once (tied weights are recorded as aliases);
                              not named model.safetensors, so that from_pretrained refuses the
                              folder instead of silently initialising the quantized layers
-    workbench_quant.json     format version, per-module format, config, shape, dtypes, aliases
+    workbench_quant.json     format version, per-module format, config, shape, dtypes, aliases,
+                             and `checksums`: {file: {tensor: sha256 of its dtype, shape and
+                             bytes}} for both safetensors files
     config.json (+ tokenizer files)   model.config.save_pretrained (tokenizer.save_pretrained)
 
 Nothing is ever rounded on the way: a scale, alpha or real zero that is not exactly
@@ -34,36 +36,57 @@ representable at scale_dtype is stored at float32, and an integer zero outside [
 is stored as a real zero; `packed_size` then shows the overhead. save_quantized also checks
 that the codes, scales and outliers reproduce each weight bit for bit before writing.
 
+Format versions: 1 had no checksums (still loaded, unverified); 2 records them, and
+load_quantized refuses a tensor whose bytes differ (a flipped bit, a bad copy) or a file that is
+truncated, naming the file and the tensor.
+
 A model without a Hugging Face `config` (a bare nn.Module) is saved without config.json; load
-it with `load_quantized(folder, model=a_fresh_instance)`. The folder is written to a temporary
-folder beside the target and renamed into place, so an interrupted save leaves either the old
-checkpoint or the new one, never a mix.
+it with `load_quantized(folder, model=a_fresh_instance)`.
+
+Replacing a checkpoint: the new one is written to `.NAME.tmp-PID-XXXX` beside the target; then
+the old folder is renamed aside to `.NAME.old-PID-XXXX`, the new one renamed into place, and
+the old one deleted. An exception anywhere (Ctrl-C included) puts the old folder back if the new
+one is not in place. A process killed between the two renames (SIGKILL, the OOM killer) leaves
+no folder at the path but the old checkpoint aside: the next load_quantized or save_quantized of
+that path sees that the process PID is gone and renames the old checkpoint back (and deletes
+that process's temporary folder). So a save that did not return leaves the old checkpoint (or,
+when there was none, nothing); one that returned leaves the new one; never a mix. Loading in the
+instant between the renames of a live save waits (up to 2 s) for the new folder. PIDs are those
+of this machine: do not save one path from two machines that share the disk. Nothing is
+fsynced, so after a power cut the files themselves may be damaged; the checksums then say so.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
+import secrets
 import shutil
 import struct
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workbench.quantize import QuantConfig, QuantizedWeight, dequantize, quantize
 
-FORMAT, VERSION = "workbench-packed", 1
+FORMAT, VERSION = "workbench-packed", 2         # 2: per-tensor checksums (1 still loads, unverified)
+CHECKSUM_VERSION = 2                             # the first format version that records checksums
 META_FILE = "workbench_quant.json"
 QUANT_FILE, PLAIN_FILE = "quantized.safetensors", "unquantized.safetensors"
 INDEX_DTYPE = torch.int32                    # outlier indices; counted at 4 bytes in the ideal
+RESAVE = "re-save the checkpoint with workbench.packing.save_quantized (or restore the folder from a good copy)"
 
 
 # ----------------------------------------------------------------------------- bit packing
@@ -140,8 +163,16 @@ def _nbytes(dtype_name: str) -> int:
 
 
 def _checkpoint_json(folder: Path) -> dict:
-    """The folder's metadata, or a clear error when it is not a workbench packed checkpoint."""
+    """The folder's metadata, or a clear error when it is not a workbench packed checkpoint.
+
+    A missing folder is first recovered from what a killed save left beside it (`_recover`)."""
+    if not folder.exists():
+        _recover(folder)
     if not folder.is_dir():
+        for aside, pid in _leftovers(folder, "old")[:1]:           # a live (or PID-reused) save's
+            raise FileNotFoundError(f"{folder} does not exist: a save_quantized of it by process {pid} set the "
+                                    f"old checkpoint aside as {aside} and has not finished. If that process is "
+                                    f"no longer saving, rename {aside} to {folder}")
         raise FileNotFoundError(f"{folder} does not exist or is not a folder; pass a folder written by "
                                 "workbench.packing.save_quantized")
     try:
@@ -156,6 +187,106 @@ def _checkpoint_json(folder: Path) -> dict:
         raise ValueError(f"{folder} was written by a newer workbench (format version {meta['version']}, "
                          f"this one reads up to {VERSION}); upgrade the workbench")
     return meta
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes (C order, as safetensors stores them on this
+    little-endian machine): a changed byte, dtype or shape changes it."""
+    h = hashlib.sha256(f"{_dtype_name(t.dtype)} {list(t.shape)}\n".encode())
+    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _read_tensors(folder: Path, file: str, meta: dict) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file of a checkpoint, checked against the sha256s recorded at
+    save time (format version 2 on). A truncated or corrupted file is a ValueError naming the file,
+    the tensor and the fix."""
+    path = folder / file
+    try:
+        tensors = load_file(path)
+    except SafetensorError as e:
+        raise ValueError(f"{path} is truncated or not a valid safetensors file ({e}); {RESAVE}") from None
+    if meta.get("version", 0) < CHECKSUM_VERSION:
+        return tensors                                         # written before checksums: nothing to check
+    want = (meta.get("checksums") or {}).get(file)
+    if not isinstance(want, dict):
+        raise ValueError(f"{folder / META_FILE} has format version {meta['version']} but records no checksums "
+                         f"for {file}; {RESAVE}")
+    if want.keys() != tensors.keys():
+        raise ValueError(f"{path} does not hold the tensors recorded in {META_FILE} (missing "
+                         f"{sorted(want.keys() - tensors.keys())[:5]}, unexpected "
+                         f"{sorted(tensors.keys() - want.keys())[:5]}); {RESAVE}")
+    for name, t in tensors.items():
+        if _tensor_sha256(t) != want[name]:
+            raise ValueError(f"{path}: tensor {name!r} does not match the sha256 recorded when the checkpoint "
+                             f"was saved (the file was corrupted or changed since); {RESAVE}")
+    return tensors
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (then a folder named after it may be in use)."""
+    if os.name != "posix":
+        return True                                            # no harmless probe: assume in use
+    try:
+        os.kill(pid, 0)                                        # signal 0: an existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                                            # another user's process
+    return True
+
+
+def _leftovers(folder: Path, kind: str) -> list[tuple[Path, int]]:
+    """(path, pid) of each `.NAME.{kind}-PID-XXXX` folder that save_quantized made beside `folder`
+    (kind "tmp": a new checkpoint being written; "old": the previous one, set aside)."""
+    pattern = re.compile(rf"\.{re.escape(folder.name)}\.{kind}-(\d+)-[a-z0-9_]+")
+    try:
+        entries = list(folder.parent.iterdir())
+    except OSError:
+        return []
+    return [(p, int(m.group(1))) for p in entries if (m := pattern.fullmatch(p.name))]
+
+
+def _recover(folder: Path, wait_s: float = 2.0) -> None:
+    """Repair what a save_quantized killed between its renames left (see the module docstring).
+
+    With no folder at the path, an old checkpoint set aside by a dead process is renamed back;
+    one set aside by a live process (a save between its two renames) is waited for, up to
+    `wait_s`. Then the temporary folders of dead processes are deleted, and their set-aside old
+    checkpoints too once a folder is in place."""
+    deadline = time.monotonic() + wait_s
+    while not folder.exists() and time.monotonic() < deadline:
+        asides = _leftovers(folder, "old")
+        dead = [p for p, pid in asides if not _pid_alive(pid)]
+        if not asides:
+            break
+        try:
+            if dead:
+                os.replace(max(dead, key=lambda p: p.stat().st_mtime_ns), folder)   # the newest, if several
+                continue
+        except OSError:
+            pass                                               # another process recovered it first
+        time.sleep(0.01)                                       # a live save: its new folder comes next
+    if folder.exists():
+        garbage = _leftovers(folder, "tmp") + _leftovers(folder, "old")
+    else:
+        garbage = _leftovers(folder, "tmp")
+    for path, pid in garbage:
+        if not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _finish_swap(folder: Path, tmp: Path, aside: Path) -> None:
+    """Tidy up after save_quantized's renames, whatever point it reached (an exception may strike
+    between any two statements): the old checkpoint goes back if no new one is in place, else it
+    is deleted; the temporary folder is deleted."""
+    if aside.exists():
+        if folder.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, folder)
+    if tmp.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pack_uniform(name: str, module: nn.Module, qw: QuantizedWeight) -> tuple[dict, dict]:
@@ -238,8 +369,9 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
 
     Each module of `model.quant_state` is stored packed (see the module docstring), every other
     state-dict tensor once in unquantized.safetensors, plus workbench_quant.json, the model's
-    config.json when it has a Hugging Face config, and the tokenizer if given. Written to a
-    temporary folder beside `folder` and renamed into place; an existing workbench checkpoint at
+    config.json when it has a Hugging Face config, and the tokenizer if given, with a sha256 of
+    every tensor. Written to a temporary folder beside `folder` and renamed into place (see the
+    module docstring for what an interrupted save leaves); an existing workbench checkpoint at
     `folder` is replaced, any other existing non-empty folder is refused (FileExistsError).
     """
     state = getattr(model, "quant_state", None)
@@ -247,6 +379,7 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
         raise ValueError(f"this {type(model).__name__} has no quant_state: quantize it with quantize_model "
                          "first (workbench.quantize.quantize_model returns a model that save_quantized can pack)")
     folder = Path(folder).expanduser()
+    _recover(folder)                                           # a killed earlier save: its old checkpoint back
     if folder.exists():
         if not folder.is_dir():
             raise FileExistsError(f"{folder} exists and is not a folder")
@@ -280,12 +413,15 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
         plain[k] = v.clone() if ptr in seen else v             # distinct views of one storage: copy
         seen.add(ptr)
     hf_config = getattr(model, "config", None)
+    checksums = {QUANT_FILE: {k: _tensor_sha256(v) for k, v in qtensors.items()},
+                 PLAIN_FILE: {k: _tensor_sha256(v) for k, v in plain.items()}}
     meta = dict(format=FORMAT, version=VERSION, bit_order="lsb-first", modules=qmeta, aliases=aliases,
-                hf_config=hasattr(hf_config, "save_pretrained"), torch_version=torch.__version__)
+                hf_config=hasattr(hf_config, "save_pretrained"), torch_version=torch.__version__,
+                checksums=checksums)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    old = None
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-{os.getpid()}-"))
+    aside = folder.with_name(f".{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         save_file(qtensors, tmp / QUANT_FILE, metadata={"format": FORMAT})
         save_file(plain, tmp / PLAIN_FILE, metadata={"format": "pt"})
@@ -295,22 +431,12 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
             hf_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))      # last: marks the folder complete
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        try:
-            os.replace(tmp, folder)
-        except BaseException:
-            if old is not None:
-                os.replace(old, folder)
-                old = None
-            raise
+            os.replace(folder, aside)
+        os.replace(tmp, folder)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _finish_swap(folder, tmp, aside)
     return folder
 
 
@@ -358,13 +484,15 @@ def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) ->
     named transformers class, else AutoModel; in float32), or `model`, a fresh instance of the
     saved architecture, is filled (needed for models saved without a config). Quantized weights are unpacked and dequantized (outliers put back), BCQ modules rebuilt as
     BCQLinear, tied weights re-tied: the state dict is bit-identical to the saved model's.
+    Every tensor is checked against its recorded sha256 first (format version 2 on): a corrupted
+    or truncated file is a ValueError naming the file and the tensor.
     """
     folder = Path(folder).expanduser()
     meta = _checkpoint_json(folder)
     if model is None:
         model = _build_model(folder, meta)
-    qt = load_file(folder / QUANT_FILE)
-    sd = load_file(folder / PLAIN_FILE)
+    qt = _read_tensors(folder, QUANT_FILE, meta)
+    sd = _read_tensors(folder, PLAIN_FILE, meta)
     quant_state = {}
     for name, m in meta["modules"].items():
         if m["format"] == "uniform":
@@ -412,9 +540,12 @@ def _ideal_bytes(m: dict) -> int:
 
 def _tensor_bytes(path: Path) -> dict[str, int]:
     """Bytes of each tensor's data in a safetensors file, from its header."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError) as e:                    # too short, or a cut/garbled JSON header
+        raise ValueError(f"{path} is truncated or not a valid safetensors file ({e}); {RESAVE}") from None
     return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
 
 
