@@ -367,3 +367,18 @@ def test_the_old_checkpoint_of_a_live_save_is_not_taken(tiny_lm, tmp_path, monke
     with pytest.raises(FileNotFoundError, match=rf"set the old checkpoint aside as .*{aside.name}.*rename"):
         load_quantized(folder)
     assert aside.exists() and not folder.exists()
+
+
+def test_a_quantized_gpt2_saves_and_loads(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2)).eval()
+    qmodel, report = quantize_model(model, QuantConfig(bits=3, group_size=16))
+    assert len(report) == 8                    # the Conv1D layers, as nn.Linear
+    save_quantized(qmodel, tmp_path / "gpt2-w3")
+    loaded = load_quantized(tmp_path / "gpt2-w3")
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, qmodel(ids).logits)
+    assert set(loaded.quant_state) == set(report.module)

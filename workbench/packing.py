@@ -79,6 +79,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from workbench.modules import to_linear
 from workbench.quantize import QuantConfig, QuantizedWeight, dequantize, quantize
 
 FORMAT, VERSION = "workbench-packed", 2         # 2: per-tensor checksums (1 still loads, unverified)
@@ -491,6 +492,7 @@ def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) ->
     meta = _checkpoint_json(folder)
     if model is None:
         model = _build_model(folder, meta)
+    to_linear(model)                           # GPT-2's Conv1D: saved as the nn.Linear quantize_model made
     qt = _read_tensors(folder, QUANT_FILE, meta)
     sd = _read_tensors(folder, PLAIN_FILE, meta)
     quant_state = {}
