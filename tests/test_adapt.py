@@ -232,7 +232,7 @@ def test_ability_task_trains_on_other_items_with_loss_on_the_answer_only():
     import json
 
     from workbench.data import ability_tasks_dir
-    from workbench.finetune import ability_task
+    from workbench.abilities import ability_task
     from workbench.models import load_model
 
     _, tokenizer, _ = load_model("smollm2-135m")

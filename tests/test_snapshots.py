@@ -134,7 +134,8 @@ def test_snapshot_sweep_uses_a_matching_snapshot_and_recomputes_otherwise(tiny_l
 @pytest.mark.parametrize("name", list(RUN_SAMPLES))
 def test_adaptation_snapshot_reruns_from_scratch(name, tmp_path, monkeypatch):
     from workbench import adapt
-    from workbench.finetune import ability_task, classification_task, load_classifier
+    from workbench.abilities import ability_task
+    from workbench.finetune import classification_task, load_classifier
     from workbench.models import load_model
     from workbench.report import read_snapshot_json
 

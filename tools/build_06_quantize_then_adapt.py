@@ -54,7 +54,8 @@ code("""import matplotlib.pyplot as plt
 import pandas as pd
 
 from workbench import adapt, probes
-from workbench.finetune import ability_task, classification_task, load_classifier
+from workbench.abilities import ability_task
+from workbench.finetune import classification_task, load_classifier
 from workbench.models import load_model
 from workbench.plots import accuracy_vs_params
 from workbench.report import project_dir, save_table, snapshot
@@ -143,7 +144,7 @@ md("""Here one item is 0.33 points and the standard error about ±2.8, so gaps o
 md("## 4. Explore a run\nPick a method, a bit width and a budget: the run's training curve (a dashed line where the time-aware adapters join) and what it trained (per-module weights for PreQuant, ranks for stable-rank LoRA, the ticket's or the pruning's numbers otherwise). Live in JupyterLab; below, the first run."),
 widget("""adaptation_explorer(records, n_params=n_params)"""),
 md("""## 5. The causal setting: win back an ability of a quantized LM
-The same functions on the bundled causal model: `CAUSAL_TASK` through the abilities machinery of notebook 04 (`finetune.ability_task`). The first `CAUSAL_LIMIT` items are scored by lm-eval with `CAUSAL_SHOTS` in-context examples; the other `CAUSAL_TRAIN` items are the training set, prompt and answer in the task's own format (no examples in front), loss on the answer tokens. The model is RTN-quantized to each of `CAUSAL_BITS` first; the LM head is tied to the embeddings and stays frozen, so these methods train nothing else. LoRA on the unquantized model is the reference for what this much training can do; the full-precision variants of section 1 (full fine-tuning, stable-rank LoRA, the L1 ticket, DSEE) follow, from their own snapshot."""),
+The same functions on the bundled causal model: `CAUSAL_TASK` through the abilities machinery of notebook 04 (`abilities.ability_task`). The first `CAUSAL_LIMIT` items are scored by lm-eval with `CAUSAL_SHOTS` in-context examples; the other `CAUSAL_TRAIN` items are the training set, prompt and answer in the task's own format (no examples in front), loss on the answer tokens. The model is RTN-quantized to each of `CAUSAL_BITS` first; the LM head is tied to the embeddings and stays frozen, so these methods train nothing else. LoRA on the unquantized model is the reference for what this much training can do; the full-precision variants of section 1 (full fine-tuning, stable-rank LoRA, the L1 ticket, DSEE) follow, from their own snapshot."""),
 code("""lm, lm_tokenizer, lm_record = load_model(CAUSAL)
 lm_task = ability_task(lm_tokenizer, CAUSAL_TASK, limit=CAUSAL_LIMIT, n_train=CAUSAL_TRAIN, num_fewshot=CAUSAL_SHOTS)
 ckw = dict(steps=CAUSAL_STEPS, seed=SEED)

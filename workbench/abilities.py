@@ -39,6 +39,7 @@ import io
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -733,3 +734,82 @@ def recovery(table: pd.DataFrame, base: str, before: str, after: str) -> pd.Seri
             b, q, a = -np.log(b), -np.log(q), -np.log(a)     # higher is better, like the scores
         out[c] = (a - q) / (b - q) + 0.0 if b - q > 1e-12 else float("nan")
     return pd.Series(out, name=f"{after} vs {before}")
+
+
+# -----------------------------------------------------------------------------
+# causal LM adaptation on an ability task: trained on its other items, scored by lm-eval
+
+
+@dataclass
+class AbilityTask:
+    """An lm-eval task as a training set: items past the evaluated `limit` become prompt+answer
+    sequences (loss on the answer tokens only); `accuracy` scores the first `limit` items through
+    `evaluate_tasks` (lm-eval with the model object), the same evaluator
+    as notebooks 04 and 05, so the items trained on are never the items scored."""
+    name: str
+    tokenizer: object
+    train_ids: torch.Tensor       # [n, length] right-padded
+    train_mask: torch.Tensor      # [n, length]
+    train_labels: torch.Tensor    # [n, length], -100 on the prompt and the padding
+    limit: int
+    num_fewshot: int
+    max_gen_toks: int | None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_ids)
+
+    def loss(self, model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token loss on the answer tokens of the training rows `idx` (right padding cut to
+        the batch's longest row)."""
+        mask = self.train_mask[idx]
+        n = int(mask.sum(1).max())
+        dev = next(model.parameters()).device
+        return model(input_ids=self.train_ids[idx][:, :n].to(dev), attention_mask=mask[:, :n].to(dev),
+                     labels=self.train_labels[idx][:, :n].to(dev)).loss
+
+    def accuracy(self, model: nn.Module) -> float:
+        res = evaluate_tasks(model, self.tokenizer, [self.name], num_fewshot=self.num_fewshot, limit=self.limit,
+                             max_gen_toks=self.max_gen_toks, progress=False)
+        return float(headline(res.scores).score.mean())
+
+
+def ability_task(tokenizer, name: str = "wb_icl_arith_2d_add", limit: int = 20, n_train: int = 256,
+                 num_fewshot: int = 0, max_length: int = 64, max_gen_toks: int | None = 8) -> AbilityTask:
+    """Build an AbilityTask from lm-eval task `name` (a local `wb_*` task or any lm-eval task
+    whose documents are available): the first `limit` documents are scored, the next `n_train`
+    are formatted with the task's own doc_to_text, target delimiter and doc_to_target (the
+    chosen option for multiple-choice tasks) and tokenized. Errors name the fix when the task
+    has too few documents."""
+    if limit < 1 or n_train < 1:
+        raise ValueError(f"limit and n_train must be positive, got limit={limit}, n_train={n_train}")
+    task = _task_arg(name)
+    if isinstance(task, str):
+        from lm_eval.tasks import get_task_dict
+
+        task = get_task_dict([name], task_manager())[name]
+    docs = list(task.eval_docs)
+    if len(docs) < limit + n_train:
+        raise ValueError(f"{name} has {len(docs)} documents, fewer than limit + n_train = {limit + n_train}; "
+                         "lower n_train or limit")
+    prompts, full = [], []
+    for doc in docs[limit:limit + n_train]:
+        prompt = task.doc_to_text(doc)
+        target = task.doc_to_target(doc)
+        if task.OUTPUT_TYPE == "multiple_choice":
+            target = task.doc_to_choice(doc)[target] if isinstance(target, int) else target
+        prompts.append(prompt)
+        full.append(prompt + task.config.target_delimiter + str(target))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((n_train, max_length), pad, dtype=torch.long)
+    labels = torch.full((n_train, max_length), -100, dtype=torch.long)
+    mask = torch.zeros((n_train, max_length), dtype=torch.long)
+    for i, (p, f) in enumerate(zip(prompts, full)):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        f_ids = tokenizer(f, add_special_tokens=False)["input_ids"][:max_length]
+        ids[i, :len(f_ids)] = torch.tensor(f_ids)
+        mask[i, :len(f_ids)] = 1
+        labels[i, len(p_ids):len(f_ids)] = torch.tensor(f_ids[len(p_ids):], dtype=torch.long)
+    if (labels != -100).sum() == 0:
+        raise ValueError(f"no answer tokens fit in max_length={max_length}; raise it")
+    return AbilityTask(name, tokenizer, ids, mask, labels, limit, num_fewshot, max_gen_toks)
