@@ -18,7 +18,7 @@ import torch
 from workbench.data import calibration_batch, evaluation_text
 from workbench.evaluate import perplexity
 from workbench.models import load_model
-from workbench.quantize import QuantConfig, quantize_model
+from workbench.quant import QuantConfig, quantize_model
 
 METHODS = {
     "rtn": {},

@@ -266,7 +266,7 @@ def test_component_specs_quantize_only_their_group(tiny_lm):
 
 
 def test_quantize_embeddings_uses_rtn_and_says_so(tiny_lm):
-    from workbench.quantize import QuantConfig, quantize_embeddings
+    from workbench.quant import QuantConfig, quantize_embeddings
 
     q, report = quantize_embeddings(tiny_lm.model, QuantConfig(bits=3, group_size=16, method="gptq"))
     assert len(report) == 1 and "RTN" in report.note[0] and "tied" in report.note[0]

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from workbench import adapt
-from workbench.bcq import BCQLinear, bcq_fit
+from workbench.quant.bcq import BCQLinear, bcq_fit
 from workbench.finetune import ClassificationTask, classification_task, train
 from workbench.modules import linear_modules
-from workbench.quantize import QuantConfig, fake_quantize
+from workbench.quant import QuantConfig, fake_quantize
 
 STEPS = 12
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.bcq import BCQLinear, bcq_dequantize, bcq_fit, bcq_quantize_model
-from workbench.quantize import QuantConfig
+from workbench.quant.bcq import BCQLinear, bcq_dequantize, bcq_fit, bcq_quantize_model
+from workbench.quant import QuantConfig
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -4,7 +4,7 @@ import pytest
 
 import workbench
 from workbench.cache import ResultCache, atomic_path, atomic_write_text, cache_key, cached
-from workbench.quantize import QuantConfig
+from workbench.quant import QuantConfig
 
 
 @pytest.fixture

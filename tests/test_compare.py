@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from workbench.compare import agreement, library_dequantized_weight, library_quantize_model, matching_config
+from workbench.quant.compare import agreement, library_dequantized_weight, library_quantize_model, matching_config
 from workbench.evaluate import perplexity
-from workbench.quantize import QuantConfig
+from workbench.quant import QuantConfig
 
 # (library, package to import) and the bits each test runs at: quanto offers 2 and 4 bits only.
 CASES = [("hqq", "hqq", 4), ("hqq", "hqq", 3), ("hqq", "hqq", 2),

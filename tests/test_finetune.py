@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from workbench.finetune import lora_finetune
-from workbench.quantize import QuantConfig, quantize_model
+from workbench.quant import QuantConfig, quantize_model
 
 
 def test_lora_on_a_quantized_base_trains_only_the_adapters(tiny_lm):

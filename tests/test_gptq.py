@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from workbench.gptq import (_block_output, _capture_block_inputs, collect_hessians, gptq_quantize_model,
+from workbench.quant.gptq import (_block_output, _capture_block_inputs, collect_hessians, gptq_quantize_model,
                             gptq_quantize_weight, relative_output_error)
-from workbench.quantize import QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, resolve_spec
+from workbench.quant import QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, resolve_spec
 
 
 def _correlated(n=512, cols=64, rank=6, out=32, seed=0):

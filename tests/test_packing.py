@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from workbench import packing
-from workbench.packing import load_quantized, pack_bits, packed_size, save_quantized, unpack_bits
-from workbench.quantize import QuantConfig, quantize_model
+from workbench.quant import packing
+from workbench.quant.packing import load_quantized, pack_bits, packed_size, save_quantized, unpack_bits
+from workbench.quant import QuantConfig, quantize_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,7 +132,7 @@ def test_save_load_mixed_spec(tiny_lm, tmp_path):
 
 
 def test_save_load_bcq(tiny_lm, tmp_path):
-    bcq = pytest.importorskip("workbench.bcq")
+    bcq = pytest.importorskip("workbench.quant.bcq")
     model, _, _ = tiny_lm
     spec = {r"self_attn": QuantConfig(method="bcq", bits=2, group_size=16),
             r"mlp": QuantConfig(bits=4, group_size=32)}
@@ -326,7 +326,7 @@ def test_ctrl_c_between_the_renames_keeps_the_old_checkpoint(tiny_lm, tmp_path, 
 KILLED_SAVE = """
 import os, signal, sys
 from pathlib import Path
-from workbench import packing
+from workbench.quant import packing
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 model = packing.load_quantized(src)
 real = os.replace

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from workbench import probes
-from workbench.quantize import QuantConfig, quantize_model
+from workbench.quant import QuantConfig, quantize_model
 
 
 def test_stable_rank_known_answers():

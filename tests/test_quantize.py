@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from workbench.quantize import QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, quantize_model
+from workbench.quant import QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, quantize_model
 
 
 def _weight(out=8, cols=576, seed=0):

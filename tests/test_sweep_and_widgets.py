@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench import evaluate
-from workbench.quantize import QuantConfig
+from workbench.quant import QuantConfig
 
 
 def test_perplexity_sweep_caches_and_recomputes_on_change(tiny_lm, tmp_path, monkeypatch):

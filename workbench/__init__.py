@@ -3,7 +3,7 @@
     from workbench.models import load_model
     from workbench.data import evaluation_text
     from workbench.evaluate import perplexity
-    from workbench.quantize import QuantConfig, quantize_model
+    from workbench.quant import QuantConfig, quantize_model
 
     model, tokenizer, record = load_model("smollm2-135m")
     ppl = perplexity(model, tokenizer, evaluation_text("lee"))

@@ -413,7 +413,7 @@ def bits_sweep_specs(bits=(8, 4, 3, 2), methods=("rtn", "gptq"), group_size: int
 
     GPTQ uses act-order (the variant that beats RTN on SmolLM2 in notebook 01).
     """
-    from workbench.quantize import QuantConfig
+    from workbench.quant import QuantConfig
 
     specs = {"base": None}
     for method in methods:
@@ -431,7 +431,7 @@ def component_specs(bits: int = 2, method: str = "rtn", group_size: int = 128,
     (attention, ffn, embeddings). A spec here is {"linears": {regex: QuantConfig or None},
     "embeddings": QuantConfig or None}; `quantize_for_spec` applies it.
     """
-    from workbench.quantize import QuantConfig
+    from workbench.quant import QuantConfig
 
     groups = COMPONENT_GROUPS if groups is None else groups
     extra = {"act_order": True} if method == "gptq" else {}
@@ -452,7 +452,7 @@ def component_specs(bits: int = 2, method: str = "rtn", group_size: int = 128,
 def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None = None,
                       progress: bool = False) -> tuple[nn.Module, pd.DataFrame | None]:
     """Apply a sweep spec to a copy of `model`: None (unchanged), a `quantize_model` spec, or a component spec."""
-    from workbench.quantize import quantize_embeddings, quantize_model
+    from workbench.quant import quantize_embeddings, quantize_model
 
     if spec is None:
         return model, None
@@ -579,7 +579,7 @@ def _spec_to_json(spec):
     """A spec (None, QuantConfig or {pattern: QuantConfig or None}) as plain JSON."""
     import dataclasses
 
-    from workbench.quantize import QuantConfig
+    from workbench.quant import QuantConfig
 
     if spec is None:
         return None
@@ -589,7 +589,7 @@ def _spec_to_json(spec):
 
 
 def _spec_from_json(obj):
-    from workbench.quantize import QuantConfig
+    from workbench.quant import QuantConfig
 
     if obj is None:
         return None

@@ -19,10 +19,10 @@ accuracy (held-out), losses (per step) and time_s, plus what the method chose.
     head_only          only the task head (a linear probe: the floor)
     full_finetune      every parameter (the reference)
     lora               LoRA adapters through peft; the base stays frozen
-    qlora              RTN-quantize the targets (workbench.quantize), then LoRA on top
+    qlora              RTN-quantize the targets (workbench.quant), then LoRA on top
     prequant           quantize, keep the outlier weights (rows, columns or single weights, by a
                        budget) in full precision, and train only those through gradient masks
-    alphatuning        binary-coding quantization (workbench.bcq), train only the scales alpha
+    alphatuning        binary-coding quantization (workbench.quant.bcq), train only the scales alpha
     stable_rank_lora   LoRA whose rank per module follows the stable rank of its weight, at the
                        parameter count of uniform LoRA (modules whose share rounds to 0 rank are
                        not tuned); time-aware: the adapters join after `start` head-only steps
@@ -117,8 +117,8 @@ def _trainable(model: nn.Module) -> int:
 
 
 def _quantized(model: nn.Module, targets: str, bits: int, group_size: int, method: str = "rtn", **kw):
-    """A quantized copy of `model`: the target modules only (workbench.quantize), the head never."""
-    from workbench.quantize import QuantConfig, quantize_model
+    """A quantized copy of `model`: the target modules only (workbench.quant), the head never."""
+    from workbench.quant import QuantConfig, quantize_model
 
     _targets(model, targets)                                  # a clear error if the pattern matches nothing
     cfg = QuantConfig(bits=bits, group_size=group_size, method=method, **kw)
@@ -205,7 +205,7 @@ def lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, steps: int 
 
 def qlora(model: nn.Module, task, bits: int = 4, group_size: int = 128, r: int = 8, targets: str = TARGETS,
           steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
-    """QLoRA-style: RTN-quantize the target modules (workbench.quantize), then LoRA on top. The
+    """QLoRA-style: RTN-quantize the target modules (workbench.quant), then LoRA on top. The
     quantized weights stay frozen and bit-identical; the record adds bits and the mean
     relative weight error of the quantization."""
     qmodel, report = _quantized(model, targets, bits, group_size)
@@ -284,10 +284,10 @@ def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budge
 def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, first_scale_only: bool = False,
                 bcq_iters: int = 3, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
                 batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
-    """AlphaTuning: binary-coding quantization of the target modules (workbench.bcq, `bits`
+    """AlphaTuning: binary-coding quantization of the target modules (workbench.quant.bcq, `bits`
     planes), then train only the scales alpha (with `first_scale_only`, only alpha_1, as in the
     paper's cheapest variant); the binary planes never change."""
-    from workbench.bcq import BCQLinear
+    from workbench.quant.bcq import BCQLinear
 
     t0 = time.perf_counter()
     tuned, report = _quantized(model, targets, bits, group_size, method="bcq", bcq_iters=bcq_iters,

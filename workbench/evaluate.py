@@ -112,7 +112,7 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
 
     from workbench.cache import cached
     from workbench.data import calibration_batch, evaluation_text
-    from workbench.quantize import quantize_model
+    from workbench.quant import quantize_model
 
     text = evaluation_text(corpus)
     n_windows = token_windows(tokenizer, text, seqlen, max_windows).shape[0]

@@ -42,9 +42,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.gptq import _check_calibration
+from workbench.quant.gptq import _check_calibration
 from workbench.modules import check_finite, linear_modules, module_info, select_modules
-from workbench.quantize import QuantConfig, Spec, fake_quantize, quantize_model
+from workbench.quant import QuantConfig, Spec, fake_quantize, quantize_model
 
 LEVEL_BLOCK = 32          # block length for levels_per_block (the GGUF block size)
 INT8_THRESHOLD = 6.0      # LLM.int8 defaults

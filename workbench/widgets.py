@@ -18,7 +18,7 @@ import torch
 
 from workbench.modules import linear_modules, module_info
 from workbench.plots import weight_histogram
-from workbench.quantize import QuantConfig, rtn_quantize_weight
+from workbench.quant import QuantConfig, rtn_quantize_weight
 
 EXPLORER_METHODS = {
     "RTN": dict(method="rtn"),
@@ -37,13 +37,13 @@ def quantize_one(w: torch.Tensor, method: str, bits: int, group_size: int,
     if cfg.method == "rtn":
         return rtn_quantize_weight(w, cfg)[0]
     if cfg.method == "bcq":
-        from workbench.bcq import bcq_dequantize, bcq_fit
+        from workbench.quant.bcq import bcq_dequantize, bcq_fit
 
         alpha, binary = bcq_fit(w, cfg)
         return bcq_dequantize(alpha, binary, cfg.group_len(w.shape[1]))
     if hessian is None:
         raise ValueError("GPTQ needs the layer's Hessian: pass hessians=collect_hessians(model, names, calibration)")
-    from workbench.gptq import gptq_quantize_weight
+    from workbench.quant.gptq import gptq_quantize_weight
 
     return gptq_quantize_weight(w, hessian, cfg)[0]
 

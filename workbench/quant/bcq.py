@@ -1,7 +1,7 @@
 """Binary-coding quantization (BCQ): the format of AlphaTuning (Kwon et al. 2022) and of
 Xu et al. 2018, "Alternating multi-bit quantization" (gpt-fast style, flat and readable).
 
-    from workbench.bcq import bcq_fit, bcq_dequantize, BCQLinear, bcq_quantize_model
+    from workbench.quant.bcq import bcq_fit, bcq_dequantize, BCQLinear, bcq_quantize_model
     cfg = QuantConfig(method="bcq", bits=3, group_size=128)
     alpha, binary = bcq_fit(W, cfg)                  # [q, out, n_groups] fp32, [q, out, in] int8 ±1
     W_hat = bcq_dequantize(alpha, binary, 128)       # [out, in]
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.modules import check_finite
-from workbench.quantize import QuantConfig, _grouped
+from workbench.quant.grid import QuantConfig, _grouped
+from workbench.quant.registry import QuantMethod, register_method
 
 
 def _check(w: torch.Tensor, config: QuantConfig) -> None:
@@ -200,3 +201,14 @@ def bcq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig]) -> list[d
         rows.append(dict(module=name, bits=config.bits, groups=config.describe_groups(linear.in_features),
                          rel_weight_error=err, time_s=elapsed))
     return rows
+
+
+def quantize_modules(model: nn.Module, plan: dict[str, QuantConfig], calibration=None, hessians=None,
+                     progress: bool = True) -> list[dict]:
+    """The registry's handler: `bcq_quantize_model`; each module's state is its config (the
+    BCQLinear that replaced it holds alpha and the binary planes)."""
+    return [dict(module=r["module"], state=plan[r["module"]], time_s=r["time_s"], note="")
+            for r in bcq_quantize_model(model, plan)]
+
+
+register_method(QuantMethod("bcq", quantize_modules, min_bits=1))

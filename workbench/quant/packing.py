@@ -1,6 +1,6 @@
 """Bit-packed checkpoints of quantized models: real files at the real bit width (HQQ bitpack style).
 
-    from workbench.packing import pack_bits, unpack_bits, save_quantized, load_quantized, packed_size
+    from workbench.quant.packing import pack_bits, unpack_bits, save_quantized, load_quantized, packed_size
     packed = pack_bits(codes, 3)                        # uint8 [ceil(numel * 3 / 8)], a dense bitstream
     codes = unpack_bits(packed, 3, numel)               # uint8 [numel]
     qmodel, report = quantize_model(model, QuantConfig(bits=3, group_size=128))
@@ -80,7 +80,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workbench.modules import to_linear
-from workbench.quantize import QuantConfig, QuantizedWeight, dequantize, quantize
+from workbench.quant.bcq import BCQLinear
+from workbench.quant.grid import QuantConfig, QuantizedWeight, dequantize, quantize
 
 FORMAT, VERSION = "workbench-packed", 2         # 2: per-tensor checksums (1 still loads, unverified)
 CHECKSUM_VERSION = 2                             # the first format version that records checksums
@@ -334,7 +335,7 @@ def _pack_bcq(name: str, module: nn.Module, cfg: QuantConfig) -> tuple[dict, dic
     alpha, binary = getattr(module, "alpha", None), getattr(module, "binary", None)
     if alpha is None or binary is None:
         raise ValueError(f"{name}: quant_state says BCQ but the module is a {type(module).__name__}, "
-                         "not a workbench.bcq.BCQLinear")
+                         "not a workbench.quant.bcq.BCQLinear")
     alpha, binary = alpha.detach().cpu(), binary.detach().cpu()
     if not bool(((binary == 1) | (binary == -1)).all()):
         raise ValueError(f"{name}: BCQ binary planes must hold only -1 and +1")
@@ -378,7 +379,7 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
     state = getattr(model, "quant_state", None)
     if not isinstance(state, dict):
         raise ValueError(f"this {type(model).__name__} has no quant_state: quantize it with quantize_model "
-                         "first (workbench.quantize.quantize_model returns a model that save_quantized can pack)")
+                         "first (workbench.quant.quantize_model returns a model that save_quantized can pack)")
     folder = Path(folder).expanduser()
     _recover(folder)                                           # a killed earlier save: its old checkpoint back
     if folder.exists():
@@ -500,8 +501,6 @@ def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) ->
         if m["format"] == "uniform":
             sd[f"{name}.weight"], quant_state[name] = _unpack_uniform(qt, name, m)
         elif m["format"] == "bcq":
-            from workbench.bcq import BCQLinear
-
             q, (out, cols) = m["planes"], m["shape"]
             binary = unpack_bits(qt[f"{name}.binary"], 1, q * out * cols).view(q, out, cols)
             binary = (binary.to(torch.int8) * 2 - 1).to(getattr(torch, m["binary_dtype"]))

@@ -1,6 +1,6 @@
 """The workbench's RTN next to HQQ, optimum-quanto and torchao: same model, same data, on the CPU.
 
-    from workbench.compare import LIBRARIES, compare_libraries, library_dequantized_weight, matching_config
+    from workbench.quant.compare import LIBRARIES, compare_libraries, library_dequantized_weight, matching_config
     from workbench.data import evaluation_text
     from workbench.models import load_model
     model, tokenizer, record = load_model("smollm2-135m")
@@ -84,7 +84,7 @@ from torch import nn
 
 from workbench.evaluate import perplexity
 from workbench.modules import linear_modules
-from workbench.quantize import QuantConfig, choose_qparams, fake_quantize, quantize_model
+from workbench.quant import QuantConfig, choose_qparams, fake_quantize, quantize_model
 
 LIBRARIES = ("hqq", "quanto", "torchao")
 LIBRARY_BITS = {"hqq": (2, 3, 4, 5, 6, 8), "quanto": (2, 4), "torchao": (2, 3, 4, 5, 6, 7, 8)}

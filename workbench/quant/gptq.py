@@ -1,8 +1,8 @@
 """GPTQ on CPU: one-shot weight quantization with second-order error feedback (Frantar et al. 2023).
 
     from workbench.data import calibration_batch
-    from workbench.gptq import gptq_quantize_model
-    from workbench.quantize import QuantConfig, resolve_spec
+    from workbench.quant import QuantConfig, resolve_spec
+    from workbench.quant.gptq import gptq_quantize_model
 
     calib = calibration_batch(tokenizer, "lee", n_samples=32, seqlen=512, seed=0)   # [32, 512]
     plan = resolve_spec(model, QuantConfig(bits=4, group_size=128, method="gptq"))  # all but lm_head
@@ -13,14 +13,14 @@ Pieces, usable on their own:
     collect_hessians(model, names, calib)   -> {name: H [in, in]}, H = 2/N sum_tokens x x^T
     gptq_quantize_weight(W, H, config)      -> W_hat, scale, zero, info   (one layer)
     gptq_quantize_model(model, plan, calib) -> {name: (scale, zero)}, report (block by block)
-    relative_output_error(W, W_hat, H)      -> sqrt(tr(dW H dW^T) / tr(W H W^T))  (from workbench.quantize)
+    relative_output_error(W, W_hat, H)      -> sqrt(tr(dW H dW^T) / tr(W H W^T))  (from workbench.quant.grid)
 
 The algorithm is the reference `fasterquant`: dead inputs zeroed, H damped by damp * mean(diag H),
 the upper Cholesky factor of H^-1, columns quantized one at a time with the error fed back into
 the not-yet-quantized columns of the block, and lazy updates of the rest every `block_size`
 columns. Conventions and the few places where this file departs from the reference:
 
-- One grid. Scales and zeros come from workbench.quantize (`choose_qparams`, so symmetric,
+- One grid. Scales and zeros come from workbench.quant.grid (`choose_qparams`, so symmetric,
   round_zero, zero_in_range, mse_clip and scale_dtype all behave as for RTN), and the column
   rounding is the same arithmetic as `quantize`/`dequantize`, so W_hat is exactly
   dequantize(quantize(W_hat, scale, zero), scale, zero). scale/zero are [out, n_groups] per
@@ -58,7 +58,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.modules import check_finite, module_info
-from workbench.quantize import QuantConfig, choose_qparams, dequantize, fake_quantize, relative_output_error
+from workbench.quant.grid import QuantConfig, QuantizedWeight, choose_qparams, dequantize, relative_output_error
+from workbench.quant.registry import QuantMethod, register_method
+from workbench.quant.rtn import fake_quantize
 
 MAX_DAMP_RETRIES = 4  # damp x10 per retry: 0.01 -> 100 at most
 
@@ -360,11 +362,6 @@ def _block_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _energy(d: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """tr(d H d^T) for d [out, in], H [in, in]: the squared output norm ||X d^T||_F^2 up to H's scale."""
-    return ((d @ H) * d).sum()
-
-
 def _fusable(names: list[str], plan: dict, H: dict) -> list[list[str]]:
     """Split `names` into runs quantized in one GPTQ call: modules with the same config and the same
     Hessian (q/k/v read one input, as do gate/up). GPTQ treats the rows of W independently, so
@@ -399,14 +396,13 @@ def _quantize_modules(names: list[str], modules: dict, config: QuantConfig, H: t
     for name, W, W_hat_m, s, z in zip(names, Ws, W_hat.split(rows), scale.split(rows), zero.split(rows)):
         rtn = fake_quantize(W, config)
         Wf = W.float()
-        energy = _energy(Wf, H)
         meta = module_info(name)
         row = dict(module=name, layer=meta.layer, component=meta.component, method="gptq", bits=config.bits,
                    granularity=config.granularity, groups=config.describe_groups(W.shape[1]),
                    symmetric=config.symmetric, act_order=config.act_order, shape=tuple(W.shape),
                    n_tokens=n_tokens, damp=info["damp"], damp_retries=info["damp_retries"], note=info["note"],
-                   rel_output_error=(_energy(Wf - W_hat_m.float(), H).clamp(min=0) / energy).sqrt().item(),
-                   rtn_rel_output_error=(_energy(Wf - rtn.float(), H).clamp(min=0) / energy).sqrt().item(),
+                   rel_output_error=relative_output_error(Wf, W_hat_m, H),
+                   rtn_rel_output_error=relative_output_error(Wf, rtn, H),
                    rel_weight_error=(torch.linalg.norm(Wf - W_hat_m.float()) / torch.linalg.norm(Wf)).item(),
                    time_s=elapsed * W.shape[0] / sum(rows),             # the joint call's time, shared by rows
                    quantized_with=", ".join(n for n in names if n != name))
@@ -480,3 +476,19 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
     finally:
         model.train(was_training)
     return qparams, report
+
+
+MEASURES = ("time_s", "note", "rel_output_error", "rtn_rel_output_error", "n_tokens", "damp", "damp_retries",
+            "act_order", "quantized_with")   # what a GPTQ row adds to quantize_model's report
+
+
+def quantize_modules(model: nn.Module, plan: dict[str, QuantConfig], calibration=None, hessians=None,
+                     progress: bool = True) -> list[dict]:
+    """The registry's handler: `gptq_quantize_model`, one row per module with its QuantizedWeight
+    and every GPTQ diagnostic (MEASURES)."""
+    params, rows = gptq_quantize_model(model, plan, calibration, progress=progress)
+    return [dict(module=r["module"], state=QuantizedWeight(plan[r["module"]], *params[r["module"]]),
+                 **{k: r[k] for k in MEASURES if k in r}) for r in rows]
+
+
+register_method(QuantMethod("gptq", quantize_modules, needs_calibration=True, sequential=True))

@@ -1,0 +1,261 @@
+"""The uniform grid: one quantizer's settings and the pure primitives every method builds on.
+
+    from workbench.quant.grid import QuantConfig, choose_qparams, quantize, dequantize
+    scale, zero = choose_qparams(W, QuantConfig(bits=4, group_size=128))   # [out, n_groups] each
+    codes = quantize(W, scale, zero, config)                               # [out, in] in [0, 2^bits - 1]
+    W_hat = dequantize(codes, scale, zero, config)                         # [out, in]
+
+Groups run along the input dimension of a weight matrix W [out, in]. A row whose length is not
+a multiple of the group size ends in one shorter group, as in the GPTQ reference: SmolLM2's
+576-wide rows at group 128 are 4 x 128 + 64, and reports say so. The grid is GPTQ's: asymmetric
+uses the range [min(w, 0), max(w, 0)] over 2^bits levels with an integer (exactly
+representable) zero point; symmetric centres the same 2^bits levels on zero (zero =
+2^(bits-1), scale = 2·max|w| / (2^bits - 1)).
+
+This file imports no method: the methods (rtn.py, gptq.py, bcq.py) import it, and the model
+loop (model.py) imports them. `QuantizedWeight` is what a packed checkpoint stores for a weight
+on this grid; `relative_output_error` is the one output-error metric of every report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from workbench.modules import check_finite
+from workbench.quant.registry import METHODS
+
+MIN_BITS, MAX_BITS = 2, 8
+GRANULARITIES = ("tensor", "channel", "group")
+
+OUTLIER_MODES = ("weight", "channel")
+BCQ_INITS = ("greedy", "uniform")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Settings of one quantizer, shared by every method (method-specific fields say so).
+
+    bits: 2..8 (1..8 bit planes for "bcq"). granularity: "group" (one scale per `group_size`
+    inputs of a row), "channel" (one per output row) or "tensor". symmetric: zero fixed at the
+    grid's centre. round_zero: keep the asymmetric zero point an integer (default; False lets
+    it be any real number). zero_in_range: widen each group's range to contain 0 (GPTQ's
+    convention; HQQ and quanto use the plain min..max). scale_dtype: precision at which scales
+    (and real-valued zeros) are kept, so that a packed checkpoint reproduces them exactly.
+    mse_clip: search a shrink factor of the range per group that minimizes the squared
+    error (PreQuant's "MSE" quantizer; GPTQ's uses |w - ŵ|^2.4, see `choose_qparams`). method: "rtn", "gptq" (needs calibration)
+    or "bcq" (binary-coding, AlphaTuning's format). damp, act_order, static_groups, block_size:
+    GPTQ's settings. outlier_fraction: share of weights kept in full precision, chosen by
+    magnitude (outlier_mode="weight") or as whole input channels by calibration activation
+    norm ("channel"). bcq_iters: alternating least-squares rounds of BCQ. bcq_init: "uniform"
+    (default: the symmetric uniform grid alpha_i = s 2^(i-1) whose extreme level is the group's
+    max |w|, so outliers are not clipped) or "greedy" (Xu et al. 2018: peel sign planes off the
+    residual; its levels stop short of the largest weights, which on SmolLM2 at 4 planes and 3
+    ALS rounds gives perplexity 1.4e4 against 64 for "uniform").
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    granularity: str = "group"
+    symmetric: bool = False
+    round_zero: bool = True
+    zero_in_range: bool = True
+    scale_dtype: str = "float16"
+    mse_clip: bool = False
+    method: str = "rtn"
+    damp: float = 0.01
+    act_order: bool = False
+    static_groups: bool = False
+    block_size: int = 128
+    outlier_fraction: float = 0.0
+    outlier_mode: str = "weight"
+    bcq_iters: int = 20
+    bcq_init: str = "uniform"
+
+    def __post_init__(self):
+        for name in ("symmetric", "round_zero", "zero_in_range", "mse_clip", "act_order", "static_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                                "a string such as 'no' would otherwise count as True")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown quantization method {self.method!r}; available: {', '.join(METHODS)}")
+        lowest = METHODS[self.method].min_bits
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not lowest <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer from {lowest} to {MAX_BITS} for method {self.method!r}, "
+                             f"got {self.bits!r}; to leave a module in full precision, map its pattern to None "
+                             "in the spec")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity == "group" and (isinstance(self.group_size, bool) or not isinstance(self.group_size, int)
+                                            or self.group_size < 1):
+            raise ValueError(f"group_size must be a positive integer, got {self.group_size!r}; use "
+                             "granularity='channel' for one scale per row")
+        if self.scale_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"scale_dtype must be 'float16', 'bfloat16' or 'float32', got {self.scale_dtype!r}")
+        if not 0 < self.damp < 1:
+            raise ValueError(f"damp is a fraction of the mean Hessian diagonal in (0, 1), got {self.damp!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
+        if not 0 <= self.outlier_fraction < 1:
+            raise ValueError(f"outlier_fraction must be in [0, 1), got {self.outlier_fraction!r}")
+        if self.outlier_mode not in OUTLIER_MODES:
+            raise ValueError(f"outlier_mode must be one of {OUTLIER_MODES}, got {self.outlier_mode!r}")
+        if not isinstance(self.bcq_iters, int) or self.bcq_iters < 0:
+            raise ValueError(f"bcq_iters must be a non-negative integer, got {self.bcq_iters!r}")
+        if self.bcq_init not in BCQ_INITS:
+            raise ValueError(f"bcq_init must be one of {BCQ_INITS}, got {self.bcq_init!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return METHODS[self.method].needs_calibration or (self.outlier_fraction > 0 and self.outlier_mode == "channel")
+
+    @property
+    def maxq(self) -> int:
+        return 2 ** self.bits - 1
+
+    def group_len(self, in_features: int) -> int:
+        """Columns per group for a row of `in_features` (the whole row unless grouping)."""
+        return min(self.group_size, in_features) if self.granularity == "group" else in_features
+
+    def describe_groups(self, in_features: int) -> str:
+        """How a row splits into groups, e.g. '4x128+64' for 576 inputs at group 128."""
+        if self.granularity == "tensor":
+            return "tensor"
+        g = self.group_len(in_features)
+        full, rest = divmod(in_features, g)
+        return f"{full}x{g}" + (f"+{rest}" if rest else "")
+
+
+def _grouped(w: torch.Tensor, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad rows to a multiple of g and view them as groups: [out, n_groups, g], plus a mask of real columns."""
+    out, cols = w.shape
+    pad = (-cols) % g
+    wp = torch.nn.functional.pad(w, (0, pad)).view(out, -1, g)
+    mask = torch.ones(cols + pad, dtype=torch.bool, device=w.device)
+    mask[cols:] = False
+    return wp, mask.view(-1, g)                                   # [out, G, g], [G, g]
+
+
+def _expand(p: torch.Tensor, cols: int, g: int) -> torch.Tensor:
+    """Per-group parameters [out, G] -> per-column [out, cols]."""
+    return p.repeat_interleave(g, dim=1)[:, :cols]
+
+
+def group_range(w: torch.Tensor, config: QuantConfig,
+                exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimum and maximum of each group of `w` [out, in]: two tensors [out, n_groups].
+
+    Entries where the boolean `exclude` [out, in] is True (outliers kept in full precision) do
+    not count; a group with nothing left gets the range [0, 0].
+    """
+    w = w.float()
+    lo_src = w if exclude is None else w.masked_fill(exclude, torch.inf)
+    hi_src = w if exclude is None else w.masked_fill(exclude, -torch.inf)
+    if config.granularity == "tensor":
+        lo, hi = lo_src.min().view(1, 1).expand(w.shape[0], 1), hi_src.max().view(1, 1).expand(w.shape[0], 1)
+    else:
+        g = config.group_len(w.shape[1])
+        (lo_p, mask), (hi_p, _) = _grouped(lo_src, g), _grouped(hi_src, g)
+        lo = torch.where(mask, lo_p, torch.inf).amin(dim=-1)
+        hi = torch.where(mask, hi_p, -torch.inf).amax(dim=-1)
+    return torch.where(torch.isinf(lo), 0.0, lo), torch.where(torch.isinf(hi), 0.0, hi)
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the grid that covers [lo, hi] (elementwise) with 2^bits levels."""
+    if config.zero_in_range:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    dtype = getattr(torch, config.scale_dtype)
+    if config.symmetric:
+        amax = torch.maximum(lo.abs(), hi.abs())
+        amax = torch.where(amax == 0, torch.ones_like(amax), amax)
+        scale = (2 * amax / config.maxq).to(dtype).float()
+        zero = torch.full_like(scale, (config.maxq + 1) / 2)
+    else:
+        flat = hi - lo <= 0
+        lo, hi = torch.where(flat, lo - 1, lo), torch.where(flat, hi + 1, hi)
+        scale = ((hi - lo) / config.maxq).to(dtype).float()
+        zero = -lo / scale
+        zero = torch.round(zero) if config.round_zero else zero.to(dtype).float()
+    return scale, zero
+
+
+def choose_qparams(w: torch.Tensor, config: QuantConfig, grid: int = 100, max_shrink: float = 0.8,
+                   norm: float = 2.0, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each group of `w` [out, in]: two float tensors [out, n_groups].
+
+    With `config.mse_clip`, each group's range is shrunk by the factor p in 1, 0.99, ...,
+    1 - max_shrink that minimizes sum |w - ŵ|^norm over the group: PreQuant's MSE quantizer
+    with the default norm 2; GPTQ's `find_params(mse=True)` uses norm=2.4 (about 7x slower here,
+    since a fractional power is costly on a CPU).
+    """
+    lo, hi = group_range(w, config, exclude)
+    scale, zero = qparams_from_range(lo, hi, config)
+    if not config.mse_clip:
+        return scale, zero
+    g = w.shape[1] if config.granularity == "tensor" else config.group_len(w.shape[1])
+    wp, mask = _grouped(w.float(), g)                                    # [out, G, g], [G, g]
+    valid = mask.expand_as(wp)
+    if exclude is not None:
+        valid = valid & ~_grouped(exclude.float(), g)[0].bool()
+    if config.granularity == "tensor":                                   # one group: the whole matrix
+        wp, valid = wp.reshape(1, 1, -1), valid.reshape(1, 1, -1)
+    best = torch.full(scale.shape if config.granularity != "tensor" else (1, 1), torch.inf)
+    best_lo, best_hi = lo.clone(), hi.clone()
+    lo_t, hi_t = (lo[:1], hi[:1]) if config.granularity == "tensor" else (lo, hi)
+    for i in range(int(max_shrink * grid)):
+        p = 1 - i / grid
+        s, z = qparams_from_range(p * lo_t, p * hi_t, config)             # [out, G]
+        s3, z3 = s.unsqueeze(-1), z.unsqueeze(-1)
+        q = torch.round(wp / s3 + z3).clamp_(0, config.maxq)
+        err = ((q - z3) * s3 - wp).abs_().pow_(norm).masked_fill_(~valid, 0.0).sum(dim=-1)
+        better = err < best
+        best = torch.where(better, err, best)
+        best_lo, best_hi = torch.where(better, p * lo_t, best_lo), torch.where(better, p * hi_t, best_hi)
+    if config.granularity == "tensor":
+        best_lo, best_hi = best_lo.expand_as(lo), best_hi.expand_as(hi)
+    return qparams_from_range(best_lo, best_hi, config)
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Integer codes of `w` [out, in] in [0, 2^bits - 1] (uint8) for per-group scale/zero [out, G]."""
+    cols = w.shape[1]
+    g = cols if config.granularity == "tensor" else config.group_len(cols)
+    s, z = _expand(scale, cols, g), _expand(zero, cols, g)
+    return torch.clamp(torch.round(w.float() / s + z), 0, config.maxq).to(torch.uint8)
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Real-valued weights [out, in] from codes and per-group scale/zero [out, G]."""
+    cols = codes.shape[1]
+    g = cols if config.granularity == "tensor" else config.group_len(cols)
+    return (codes.float() - _expand(zero, cols, g)) * _expand(scale, cols, g)
+
+
+def _check_weight(w: torch.Tensor) -> None:
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D weight matrix [out, in], got shape {tuple(w.shape)}")
+    check_finite(w, why="quantizing it would spread them")
+
+
+@dataclass
+class QuantizedWeight:
+    """What a packed checkpoint stores for one uniformly quantized weight (besides the codes,
+    which are `quantize(Ŵ, scale, zero, config)`): per-group scale and zero [out, n_groups],
+    and the full-precision outliers as flat indices into [out, in] and their values."""
+
+    config: QuantConfig
+    scale: torch.Tensor
+    zero: torch.Tensor
+    outlier_index: torch.Tensor | None = None
+    outlier_value: torch.Tensor | None = None
+
+
+def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
+    """||X (W - Ŵ)ᵀ||_F / ||X Wᵀ||_F on calibration inputs X, from H ∝ XᵀX [in, in]."""
+    delta = (w.float() - w_hat.float())
+    num = torch.einsum("oi,ij,oj->", delta, hessian, delta)
+    den = torch.einsum("oi,ij,oj->", w.float(), hessian, w.float())
+    return (num.clamp(min=0) / den).sqrt().item()

@@ -1,0 +1,169 @@
+"""Quantize a whole model: pick each linear layer's config, run each method over its layers, report.
+
+    from workbench.quant import QuantConfig, quantize_model
+    qmodel, report = quantize_model(model, QuantConfig(bits=4, group_size=128))
+    qmodel, report = quantize_model(model, {r"self_attn": QuantConfig(bits=4),
+                                            r"mlp": QuantConfig(bits=2)})
+
+Fake quantization writes the dequantized weights back into a copy of the model: the analysis
+mode, in which every workbench analysis runs. Modules named like `lm_head` are left alone by
+default (SmolLM2 ties it to the token embedding, so quantizing it would quantize that too).
+`quantize_model` is one loop over the method registry (registry.py): each method quantizes its
+share of the layers and returns one row per layer, which keeps every diagnostic it measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.modules import linear_modules, module_info, select_modules, to_linear
+from workbench.quant import bcq, gptq, rtn  # noqa: F401  (each registers its method)
+from workbench.quant.gptq import collect_hessians
+from workbench.quant.grid import QuantConfig, relative_output_error
+from workbench.quant.registry import METHODS
+from workbench.quant.rtn import rtn_quantize_weight
+
+
+Spec = QuantConfig | dict[str, "QuantConfig | None"]
+DEFAULT_SKIP = r"(^|\.)(lm_head|embed_out)$"
+
+
+def resolve_spec(model: nn.Module, spec: Spec, skip: str | None = DEFAULT_SKIP) -> dict[str, QuantConfig]:
+    """Map each linear module to its config. A dict spec is {regex: config or None}, first match
+    wins, None leaves the module alone; every pattern must match some module."""
+    linears = linear_modules(model)
+    if skip:
+        linears = {n: m for n, m in linears.items() if not re.search(skip, n)}
+    if not linears:
+        skipped = f" outside skip={skip!r}" if skip and linear_modules(model) else ""
+        raise ValueError(f"nothing to quantize: this {type(model).__name__} has no nn.Linear (or transformers "
+                         f"Conv1D) layer{skipped}; quantize_model quantizes linear layers only "
+                         "(quantize_embeddings does the embedding)")
+    if isinstance(spec, QuantConfig):
+        return {name: spec for name in linears}
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a QuantConfig or a dict of regex -> QuantConfig/None, got {type(spec).__name__}")
+    chosen: dict[str, QuantConfig | None] = {}
+    for pattern, cfg in spec.items():
+        if cfg is not None and not isinstance(cfg, QuantConfig):
+            raise TypeError(f"spec[{pattern!r}] must be a QuantConfig or None, got {type(cfg).__name__}")
+        for name in select_modules(model, pattern, linears):
+            chosen.setdefault(name, cfg)
+    return {n: c for n, c in chosen.items() if c is not None}
+
+
+def _row(name: str, cfg: QuantConfig, shape, **measures) -> dict:
+    info = module_info(name)
+    return dict(module=name, layer=info.layer, component=info.component, method=cfg.method, bits=cfg.bits,
+                granularity=cfg.granularity,
+                group_size=cfg.group_len(shape[1]) if cfg.granularity == "group" else None,
+                groups=cfg.describe_groups(shape[1]), symmetric=cfg.symmetric,
+                outlier_fraction=cfg.outlier_fraction, shape=tuple(shape), **measures)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | None = None,
+                   inplace: bool = False, skip: str | None = DEFAULT_SKIP,
+                   progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+    """Quantize the linear layers of `model` by `spec`; return the model and a per-module report.
+
+    `spec` is one QuantConfig for every linear layer, or {module regex: QuantConfig or None}
+    (first matching pattern wins; None leaves a module alone; a pattern that matches nothing is
+    an error). Layers matching `skip` (default: the LM head) are left alone. `calibration`
+    (token ids [n, seqlen], see `workbench.data.calibration_batch`) is required by GPTQ and by
+    channel outliers; when given, the report also has each layer's relative output error on
+    those inputs. RTN and BCQ layers are done first, then GPTQ runs block by block on the
+    partly quantized model. transformers `Conv1D` layers (GPT-2) are first replaced by the equal
+    nn.Linear (`workbench.modules.to_linear`); a model with no linear layer to quantize is an
+    error. The model is copied unless `inplace`; its `quant_state` attribute
+    maps module names to what `save_quantized` stores. Report columns: module, layer,
+    component, method, bits, groups (e.g. '4x128+64': a shorter last group), symmetric,
+    outlier_fraction, rel_weight_error ||W - Ŵ||/||W||, rel_output_error, time_s, note.
+    """
+    qmodel = model if inplace else copy.deepcopy(model)
+    n_conv1d = to_linear(qmodel)               # GPT-2's Conv1D layers: the equal nn.Linear, weight [out, in]
+    plan = resolve_spec(qmodel, spec, skip)
+    need = sorted({n for n, c in plan.items() if c.needs_calibration})
+    if need and calibration is None:
+        raise ValueError(f"{len(need)} modules (e.g. {need[0]}) use GPTQ or channel outliers, which need "
+                         "calibration data: pass calibration=calibration_batch(tokenizer, n_samples=32, seqlen=512)")
+    if any(c.method == "gptq" and c.outlier_fraction > 0 for c in plan.values()):
+        raise ValueError("outlier_fraction is supported with method 'rtn' only; use GPTQ without outliers "
+                         "or RTN with outliers")
+    modules = linear_modules(qmodel)
+    original = {n: modules[n].weight.detach().clone() for n in plan}
+    hessians = {}
+    if calibration is not None:             # for channel outliers and the output error of one-shot methods
+        hessians = collect_hessians(qmodel, [n for n, c in plan.items() if not METHODS[c.method].sequential],
+                                    calibration)
+    state = dict(getattr(qmodel, "quant_state", {}))
+    rows = []
+    for method in sorted(METHODS.values(), key=lambda m: m.sequential):   # registration order, GPTQ-like last
+        share = {n: c for n, c in plan.items() if c.method == method.name}
+        if not share:
+            continue
+        for r in method.quantize(qmodel, share, calibration=calibration, hessians=hessians, progress=progress):
+            name = r.pop("module")
+            state[name] = r.pop("state")
+            rows.append(_row(name, plan[name], original[name].shape, **r))
+    current = {n: m.weight for n, m in qmodel.named_modules() if n in original}
+    for row in rows:
+        name = row["module"]
+        w, w_hat = original[name].float(), current[name].detach().float()
+        row["rel_weight_error"] = (torch.linalg.norm(w - w_hat) / torch.linalg.norm(w)).item()
+        if name in hessians:
+            row["rel_output_error"] = relative_output_error(w, w_hat, hessians[name])
+    qmodel.quant_state = state
+    order = {n: i for i, n in enumerate(plan)}
+    report = pd.DataFrame(rows)
+    if len(report):
+        report = report.sort_values("module", key=lambda s: s.map(order)).reset_index(drop=True)
+        first = ["module", "layer", "component", "method", "bits", "groups", "rel_weight_error"]
+        report = report[first + [c for c in report.columns if c not in first]]
+    report.attrs["conv1d_to_linear"] = n_conv1d
+    return qmodel, report
+
+
+@torch.no_grad()
+def quantize_embeddings(model: nn.Module, config: QuantConfig, inplace: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+    """Round-to-nearest quantize the token embedding (and an untied output head); return model, report.
+
+    The embedding matrix [vocab, hidden] is quantized like a linear weight, one row per token
+    with groups along the hidden dimension. Only RTN applies (an embedding lookup has no input
+    activations for GPTQ to use), so a GPTQ or BCQ `config` is quantized with RTN at the same
+    bits and groups, and the report's note says so. When the output head is tied to the
+    embedding (SmolLM2, Gemma) quantizing one quantizes both; an untied head is quantized too.
+    """
+    if config.method != "rtn":
+        note = f"RTN (embeddings have no activations for {config.method})"
+        config = QuantConfig(bits=config.bits, group_size=config.group_size, granularity=config.granularity,
+                             symmetric=config.symmetric)
+    else:
+        note = ""
+    qmodel = model if inplace else copy.deepcopy(model)
+    mats = {}
+    emb = qmodel.get_input_embeddings()
+    mats[next(n for n, m in qmodel.named_modules() if m is emb)] = emb
+    head = qmodel.get_output_embeddings() if hasattr(qmodel, "get_output_embeddings") else None
+    if head is not None and head.weight is not emb.weight:
+        mats[next(n for n, m in qmodel.named_modules() if m is head)] = head
+    rows = []
+    for name, module in mats.items():
+        w = module.weight
+        t0 = time.perf_counter()
+        try:
+            w_hat, _ = rtn_quantize_weight(w.data, config)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        err = (torch.linalg.norm(w.data.float() - w_hat.float()) / torch.linalg.norm(w.data.float())).item()
+        w.data.copy_(w_hat)
+        tied = " (tied to the output head)" if head is not None and head.weight is emb.weight else ""
+        rows.append(_row(name, config, w.shape, rel_weight_error=err, time_s=time.perf_counter() - t0,
+                         note=(note + tied).strip()))
+    return qmodel, pd.DataFrame(rows)
