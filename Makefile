@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce test unit notebooks-test benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
+.PHONY: all setup assets lab reproduce test unit notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -58,6 +58,12 @@ notebooks-test: assets
 	export WORKBENCH_RESULTS=$$(mktemp -d); trap 'rm -rf "$$WORKBENCH_RESULTS"' EXIT; \
 	  $(PY) -m pytest --nbval notebooks -p no:cacheprovider \
 	    --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg --nbval-cell-timeout 1800 -q
+
+# Each notebook is a jupytext pair, NN_name.ipynb (outputs) + NN_name.py (percent script): after
+# editing either one, this brings the other up to date (the newer wins); tests/test_notebook_pairs.py
+# fails while a pair disagrees. Re-execute the notebook afterwards so that its outputs match.
+notebooks-sync: setup
+	$(PY) -m jupytext --sync notebooks/[0-9][0-9]_*.ipynb
 
 # Timings (not tests). The quantizer benchmark is long (every method at 8/4/3/2 bits): make benchmark-quantizers.
 benchmark: assets

@@ -70,7 +70,7 @@ def summarize(logs: dict[str, Path]) -> pd.DataFrame:
 GPTQ_ROW = """
 from workbench.evaluate import perplexity_sweep
 from workbench.models import load_model
-from workbench.quantize import QuantConfig
+from workbench.quant import QuantConfig
 model, tokenizer, record = load_model("smollm2-135m")           # notebook 01's parameters
 spec = QuantConfig(bits=3, group_size=128, method="gptq", act_order=True)
 df = perplexity_sweep(model, tokenizer, record, {"GPTQ act-order W3": spec}, corpus="lee", seqlen=512,
