@@ -346,7 +346,7 @@ def test_a_save_killed_between_the_renames_is_recovered_by_the_next_load_or_save
     q4 = _q(tiny_lm[0], 4)
     save_quantized(q4, tmp_path / "src")
     proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(tmp_path / "src"), str(folder)],
-                          cwd=Path(packing.__file__).parents[1], capture_output=True, text=True,
+                          cwd=Path(packing.__file__).parents[2], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not folder.exists()                                              # killed in the window
