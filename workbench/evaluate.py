@@ -146,3 +146,54 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
         bits = getattr(spec, "bits", None)  # None for the unquantized model and mixed specs
         rows.append({"label": label, "bits": bits, **result, "tokens": n_windows * seqlen})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- a sweep measure
+
+PERPLEXITY_DEFAULTS = {          # every argument of `perplexity_point`, spelled out for its sweep key
+    "spec": None,                # None (unquantized) or QuantConfig fields, e.g. {"bits": 4, "group_size": 128}
+    "corpus": "lee",             # workbench.data corpus whose evaluation split is scored
+    "seqlen": 512,               # window length in tokens
+    "max_windows": None,         # None: the whole evaluation split
+    "calibration": None,         # calibration_batch arguments (GPTQ, channel outliers), e.g. {"n_samples": 16}
+    "batch_size": 4,             # windows per forward pass (does not change the result)
+}
+
+
+def perplexity_point(point: dict) -> dict:
+    """A `workbench.experiments` measure: token perplexity of `point["model"]` quantized by
+    `point["spec"]`, with one item per window (its summed NLL and predicted tokens), so that the
+    perplexity, an interval over windows or a paired comparison can be recomputed from the
+    record and any window re-run alone. Run it with `defaults=PERPLEXITY_DEFAULTS`; the model is
+    loaded once per process. For a local model folder pass `versions={"model": record.key}`, so
+    that new weights make new keys."""
+    from workbench.data import calibration_batch, evaluation_text
+    from workbench.quant import QuantConfig, quantize_model
+
+    p = {**PERPLEXITY_DEFAULTS, **point}
+    model, tokenizer = _loaded(p["model"])
+    if p["spec"] is not None:
+        calib = calibration_batch(tokenizer, **{"corpus": p["corpus"], **p["calibration"]}) if p["calibration"] else None
+        model, _ = quantize_model(model, QuantConfig(**p["spec"]), calibration=calib, progress=False)
+    windows = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
+    check_finite(model, why="its perplexity would be meaningless")
+    nll = window_nll(model, windows, batch_size=p["batch_size"], progress=False)
+    tokens = windows.shape[0] * (p["seqlen"] - 1)
+    mean = nll.sum().item() / tokens
+    return {"summary": {"perplexity": math.exp(mean) if mean < 700 else math.inf, "nll_per_token": mean,
+                        "n_windows": windows.shape[0], "tokens": tokens},
+            "items": [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in enumerate(nll.tolist())]}
+
+
+_LOADED: dict[str, tuple] = {}
+
+
+def _loaded(name: str):
+    """(model, tokenizer) of `name`, loaded once per process."""
+    if name not in _LOADED:
+        from workbench.models import load_model
+
+        model, tokenizer, _ = load_model(name)
+        _LOADED.clear()                        # one model at a time in memory
+        _LOADED[name] = (model, tokenizer)
+    return _LOADED[name]

@@ -1,0 +1,158 @@
+"""workbench/experiments.py: stored per point, keyed by every default, resumable after SIGKILL,
+the same records in-process, in local processes and on a local Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench import experiments
+from workbench.experiments import items_frame, point_key, run_sweep, summary_frame
+
+CALLS_ENV = "WORKBENCH_TEST_CALLS"          # a folder where the toy measure leaves one file per call
+
+
+def toy_measure(point: dict) -> dict:
+    """A deterministic measure with items: point x, k items (x * j + offset), and a call log."""
+    calls = os.environ.get(CALLS_ENV)
+    if calls:
+        Path(calls, f"{point['x']}-{time.monotonic_ns()}").touch()
+    time.sleep(point.get("sleep", 0))
+    items = [{"j": j, "value": point["x"] * j + point["offset"], "text": f"item {j} of {point['x']}"}
+             for j in range(point["k"])]
+    return {"summary": {"total": sum(i["value"] for i in items), "n": len(items)}, "items": items}
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+POINTS = [{"x": x, "k": 3} for x in range(6)]
+DEFAULTS = {"offset": 0.5, "sleep": 0.0}
+
+
+@pytest.fixture
+def calls(tmp_path, monkeypatch):
+    folder = tmp_path / "calls"
+    folder.mkdir()
+    monkeypatch.setenv(CALLS_ENV, str(folder))
+    return folder
+
+
+def test_records_are_stored_per_point_and_not_computed_twice(tmp_path, calls):
+    records = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "store", progress=False)
+    assert [r["summary"]["total"] for r in records] == [x * 3 + 1.5 for x in range(6)]
+    assert len(list((tmp_path / "store").glob("*.json"))) == 6 and len(list(calls.iterdir())) == 6
+    again = run_sweep(POINTS + POINTS[:2], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "store",
+                      progress=False)
+    assert len(list(calls.iterdir())) == 6 and _strip(again[:6]) == _strip(records)
+    df, items = summary_frame(records), items_frame(records)
+    assert list(df.columns[:4]) == ["offset", "sleep", "x", "k"] and len(df) == 6
+    assert len(items) == 18 and items.query("x == 5 and j == 2").value.item() == 10.5
+
+
+def test_every_default_is_part_of_the_key(tmp_path, calls):
+    k = point_key({"x": 1, "k": 3}, toy_measure, DEFAULTS)
+    assert k == point_key({"x": 1, "k": 3, "offset": 0.5}, toy_measure, DEFAULTS)        # spelled out or not
+    assert k != point_key({"x": 1, "k": 3}, toy_measure, {**DEFAULTS, "offset": 0.25})   # a changed default
+    assert k != point_key({"x": 1, "k": 3}, toy_measure, DEFAULTS, versions={"lm_eval": "0.4.10"})
+    with pytest.raises(ValueError, match="not a top-level function"):
+        run_sweep(POINTS, lambda p: p, "toy", root=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="points are plain dicts"):
+        run_sweep([{"x": object()}], toy_measure, "toy", root=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown backend"):
+        run_sweep(POINTS, toy_measure, "toy", backend="dask", root=tmp_path, progress=False)
+
+
+def test_a_corrupt_record_is_recomputed(tmp_path, calls):
+    records = run_sweep(POINTS[:2], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path, progress=False)
+    path = tmp_path / f"{records[0]['key']}.json"
+    path.write_text(path.read_text()[:50])
+    with pytest.warns(UserWarning, match="cannot be read"):
+        again = run_sweep(POINTS[:2], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path, progress=False)
+    assert _strip(again) == _strip(records) and len(list(calls.iterdir())) == 3
+
+
+KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+import test_experiments as t
+from workbench import experiments
+done = []
+real = experiments.atomic_write_text
+def write_then_maybe_die(path, text):
+    real(path, text)
+    done.append(path)
+    if len(done) == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)      # killed right after its third record is stored
+experiments.atomic_write_text = write_then_maybe_die
+experiments.run_sweep(t.POINTS, t.toy_measure, "toy", defaults=t.DEFAULTS, root=sys.argv[1], progress=False)
+"""
+
+
+def test_a_sweep_killed_halfway_resumes_and_equals_an_uninterrupted_one(tmp_path, calls):
+    store = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(store), str(Path(__file__).parent), "3"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(list(store.glob("*.json"))) == 3 and not list(store.glob(".*"))   # three whole records, no debris
+    assert len(list(calls.iterdir())) == 3
+    resumed = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=store, progress=False)
+    assert len(list(calls.iterdir())) == 6                                      # only the other three ran
+    clean = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "clean", progress=False)
+    assert _strip(resumed) == _strip(clean)
+
+
+def test_local_processes_give_the_same_records(tmp_path, calls):
+    inproc = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "a", progress=False)
+    procs = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "b", backend="processes",
+                      workers=2, progress=False)
+    assert _strip(procs) == _strip(inproc)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
+
+
+def test_a_local_ray_gives_the_same_records(tmp_path, calls):
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])    # workers need not import this test file
+    inproc = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "a", progress=False)
+    try:
+        t0 = time.perf_counter()
+        on_ray = run_sweep(POINTS, toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "b", backend="ray",
+                           workers=2, progress=False)
+        print(f"\nlocal Ray, {len(POINTS)} points: {time.perf_counter() - t0:.1f} s (Ray start included)")
+    finally:
+        ray.shutdown()
+    assert _strip(on_ray) == _strip(inproc)
+    assert json.loads(next((tmp_path / "b").iterdir()).read_text())["format"] == experiments.RECORD_FORMAT
+
+
+def test_perplexity_points_keep_every_window(tiny_lm_dir, tiny_text, tmp_path, monkeypatch):
+    """A real measure: the stored windows reproduce the perplexity, and any window re-runs alone."""
+    import math
+
+    import torch
+
+    from workbench import data, evaluate
+    from workbench.models import load_model
+
+    monkeypatch.setattr(data, "evaluation_text", lambda corpus="lee": tiny_text)
+    model, tok, record = load_model(str(tiny_lm_dir))
+    points = [{"model": str(tiny_lm_dir), "spec": None, "seqlen": 16},
+              {"model": str(tiny_lm_dir), "spec": {"bits": 3, "group_size": 16}, "seqlen": 16}]
+    records = run_sweep(points, evaluate.perplexity_point, "ppl", defaults=evaluate.PERPLEXITY_DEFAULTS,
+                        versions={"model": record.key}, root=tmp_path, progress=False)
+    fp, q3 = records
+    assert fp["summary"]["perplexity"] == pytest.approx(evaluate.perplexity(model, tok, tiny_text, seqlen=16,
+                                                                            progress=False), rel=1e-12)
+    assert q3["summary"]["perplexity"] != fp["summary"]["perplexity"]       # 3 bits moved it (random weights: either way)
+    for r in records:
+        nll = sum(i["nll"] for i in r["items"]) / sum(i["tokens"] for i in r["items"])
+        assert math.exp(nll) == pytest.approx(r["summary"]["perplexity"], rel=1e-12)
+    j = len(fp["items"]) // 2                                        # re-run one window alone
+    window = evaluate.token_windows(tok, tiny_text, 16)[j : j + 1]
+    assert evaluate.window_nll(model, window, progress=False).item() == pytest.approx(fp["items"][j]["nll"], rel=1e-6)

@@ -1,0 +1,223 @@
+"""The sweep engine: a list of points and a measure in, one stored record per point out; resumable,
+in one process, in local processes or on Ray.
+
+    from workbench.experiments import run_sweep, summary_frame, items_frame
+    points = [{"model": "smollm2-135m", "bits": b, "seed": s} for b in (8, 4, 3) for s in (0, 1, 2)]
+    records = run_sweep(points, measure, name="ppl-bits", defaults={"corpus": "lee", "seqlen": 512})
+    summary_frame(records)          # one row per point: its arguments and its summary
+    items_frame(records)            # one row per item: its point's arguments and the item's fields
+
+A point is a plain dict of JSON-like values (model, quantization, task or corpus, adaptation,
+seed). A measure is a top-level function `measure(point) -> {"summary": {...}, "items": [...]}`
+whose items are the smallest units it scored (each perplexity window's NLL, each prompt with
+its generation, extracted answer and score, each training step's loss), so that a table, an
+interval or a paired test can be computed later and a test can re-run any single item.
+
+Each point is stored the moment it finishes, as one JSON file written to a temporary name and
+renamed into place, under `<results>/experiments/<name>/<key>.json`. Its key is a sha256 of
+the measure's qualified name, the point with every default spelled out (`defaults`), and
+`versions` (workbench's, plus what the caller adds: lm-eval's, the task files'). A run finds the
+points already stored and computes only the others, so a sweep killed halfway (even by SIGKILL)
+resumes where it stopped with nothing lost and nothing finished computed twice. Two runs of the
+same sweep at the same time may both compute a point; the later write wins, with equal content.
+
+Backends: "inprocess" (default), "processes" (a spawn pool of `workers` local processes; the
+measure must be importable) and "ray" (`pip install -e '.[ray]'`; `ray_address` connects to a
+cluster, otherwise a local Ray is started). Records are written by the driver as results arrive,
+so every backend stores the same files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from workbench.cache import atomic_write_text, results_dir
+
+BACKENDS = ("inprocess", "processes", "ray")
+RECORD_FORMAT = 1                          # bump when a record's layout changes
+
+
+# ----------------------------------------------------------------------------- keys and storage
+
+def _canonical(obj):
+    """`obj` as canonical JSON-able data; floats kept exactly (repr), NaN and inf included."""
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float):
+        return {"float": repr(obj)}
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    raise TypeError(f"a sweep point holds {obj!r} ({type(obj).__name__}); points are plain dicts of strings, "
+                    "numbers, booleans, None, lists and dicts (describe a model by its name, a config by its fields)")
+
+
+def _measure_name(measure: Callable) -> str:
+    name = f"{getattr(measure, '__module__', '?')}.{getattr(measure, '__qualname__', repr(measure))}"
+    if "<lambda>" in name or "<locals>" in name:
+        raise ValueError(f"the measure {name} is not a top-level function: define it at module level so that "
+                         "its name keys the stored results and other processes can import it")
+    return name
+
+
+def point_key(point: dict, measure: Callable, defaults: dict | None = None, versions: dict | None = None) -> str:
+    """sha256 of the measure's name, the point with its defaults filled in, and the versions."""
+    from workbench import __version__
+
+    full = {**(defaults or {}), **point}
+    payload = {"measure": _measure_name(measure), "point": _canonical(full),
+               "versions": _canonical({"workbench": __version__, **(versions or {})}), "format": RECORD_FORMAT}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sweep_dir(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Where sweep `name` stores its records: `<root or results_dir()>/experiments/<name>`."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"a sweep name is one plain folder name, got {name!r}")
+    return Path(root) if root is not None else results_dir() / "experiments" / name
+
+
+def _read(path: Path) -> dict | None:
+    """A stored record, or None when there is none or it cannot be read (then it is recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return record if record.get("format") == RECORD_FORMAT else None
+    except (OSError, ValueError) as e:
+        import warnings
+
+        warnings.warn(f"the stored sweep record {path} cannot be read ({e}); recomputing it", stacklevel=3)
+        return None
+
+
+def _check_result(result, point: dict, measure_name: str) -> dict:
+    if not (isinstance(result, dict) and isinstance(result.get("summary"), dict)
+            and isinstance(result.get("items", []), list)):
+        raise TypeError(f"{measure_name}({point}) must return {{'summary': dict, 'items': list of dicts}}, "
+                        f"got {type(result).__name__}")
+    return result
+
+
+def _timed(measure: Callable, point: dict) -> tuple[dict, float]:
+    """Run one point (in whichever process the backend chose); return its result and wall time."""
+    t0 = time.perf_counter()
+    result = measure(point)
+    return result, time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- backends
+
+def _inprocess(measure, todo, workers, ray_address):
+    for i, point in todo:
+        yield i, _timed(measure, point)
+
+
+def _processes(measure, todo, workers, ray_address):
+    ctx = multiprocessing.get_context("spawn")     # no forked torch state; the measure is imported afresh
+    with cf.ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=ctx) as pool:
+        futures = {pool.submit(_timed, measure, point): i for i, point in todo}
+        for f in cf.as_completed(futures):
+            yield futures[f], f.result()
+
+
+def _ray(measure, todo, workers, ray_address):
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("backend='ray' needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
+    if not ray.is_initialized():
+        kwargs = {"address": ray_address} if ray_address else {"num_cpus": workers or os.cpu_count()}
+        ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+    remote = ray.remote(num_cpus=1)(_timed)
+    refs = {remote.remote(measure, point): i for i, point in todo}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield refs[done[0]], ray.get(done[0])
+
+
+_BACKENDS = {"inprocess": _inprocess, "processes": _processes, "ray": _ray}
+
+
+# ----------------------------------------------------------------------------- the engine
+
+def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str, *,
+              defaults: dict | None = None, versions: dict | None = None, backend: str = "inprocess",
+              workers: int | None = None, ray_address: str | None = None, root: str | os.PathLike | None = None,
+              recompute: bool = False, progress: bool = True) -> list[dict]:
+    """Measure every point not stored yet, store each as it finishes, and return all records in
+    point order (see the module doc).
+
+    A record is {"key", "measure", "point" (with defaults filled in), "versions", "summary",
+    "items", "wall_s", "format"}. `recompute=True` measures every point again (and overwrites).
+    Repeated points are measured once. A measure that raises stops the sweep with the point named;
+    the points finished before it stay stored.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    points = [dict(p) for p in points]
+    if not all(isinstance(p, dict) for p in points):
+        raise TypeError("points must be dicts")
+    folder = sweep_dir(name, root)
+    mname = _measure_name(measure)
+    keys = [point_key(p, measure, defaults, versions) for p in points]
+    from workbench import __version__
+
+    all_versions = {"workbench": __version__, **(versions or {})}
+    records: dict[str, dict] = {}
+    todo, seen = [], set()
+    for i, (p, k) in enumerate(zip(points, keys)):
+        if k in seen:
+            continue
+        seen.add(k)
+        stored = None if recompute else _read(folder / f"{k}.json")
+        if stored is not None:
+            records[k] = stored
+        else:
+            todo.append((i, {**(defaults or {}), **p}))
+    bar = tqdm(total=len(seen), initial=len(seen) - len(todo), desc=name, unit="point", disable=not progress)
+    try:
+        for i, (result, wall) in _BACKENDS[backend](measure, todo, workers, ray_address):
+            point = {**(defaults or {}), **points[i]}
+            result = _check_result(result, point, mname)
+            record = {"key": keys[i], "measure": mname, "point": point, "versions": all_versions,
+                      "summary": result["summary"], "items": result.get("items", []), "wall_s": wall,
+                      "format": RECORD_FORMAT}
+            text = json.dumps(record, indent=1, allow_nan=True, default=_json_default)
+            atomic_write_text(folder / f"{keys[i]}.json", text)
+            records[keys[i]] = json.loads(text)     # what a later run reads back, exactly
+            bar.update(1)
+    finally:
+        bar.close()
+    return [records[k] for k in keys]
+
+
+def _json_default(obj):
+    """Numbers from numpy and torch as plain Python numbers; anything else is an error naming it."""
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    raise TypeError(f"a measure returned {obj!r} ({type(obj).__name__}), which a record cannot store; "
+                    "return plain numbers, strings, lists and dicts")
+
+
+def summary_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per record: the point's fields, then the summary's."""
+    return pd.DataFrame([{**r["point"], **r["summary"]} for r in records])
+
+
+def items_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per item of every record: the point's fields, the item's index in its record, the item's fields."""
+    return pd.DataFrame([{**r["point"], "item": j, **item} for r in records for j, item in enumerate(r["items"])])
+
