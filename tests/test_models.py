@@ -97,3 +97,14 @@ def test_encoder_is_real_fp32_without_caveat():
     with torch.no_grad():
         out = model(**tok("hello world", return_tensors="pt")).last_hidden_state
     assert out.shape[-1] == 384
+
+
+def test_a_truncated_weight_file_is_named(tiny_lm_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "cut"
+    shutil.copytree(tiny_lm_dir, folder)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut \(model\.safetensors\) is damaged or truncated.*save_pretrained"):
+        load_model(str(folder))

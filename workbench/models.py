@@ -213,7 +213,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype: torch.dtype = torch.flo
         raise ValueError(f"unknown model {name_or_path!r}: not a registry name, a local folder or a "
                          f"hub id (owner/name). Known names: {', '.join(REGISTRY)}")
 
-    model, tokenizer = _from_pretrained(str(where), task, dtype, device)
+    try:
+        model, tokenizer = _from_pretrained(str(where), task, dtype, device)
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError" or source == "hub":
+            raise
+        files = sorted(p.name for p in Path(where).glob("*.safetensors"))
+        fix = ("delete the converted folder and load again to rebuild it" if source == "registry"
+               else "save the model again with save_pretrained, or copy the folder again")
+        raise ValueError(f"a weight file in {where} ({', '.join(files)}) is damaged or truncated ({e}); {fix}") from None
     record = ModelRecord(
         name=name_or_path, source=source, path=str(where),
         architecture=(model.config.architectures or [type(model).__name__])[0],
