@@ -271,7 +271,7 @@ def test_resolved_runs_spell_out_every_default():
 
 
 def test_only_a_fresh_task_head_counts_as_the_head():
-    from workbench.finetune import is_task_head
+    from workbench.modules import is_task_head
 
     assert is_task_head("classifier.weight") and is_task_head("score.weight") and is_task_head("roberta.classifier.dense.bias")
     assert not is_task_head("lm_head.weight") and not is_task_head("embed_out.weight")   # pre-trained LM heads

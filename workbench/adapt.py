@@ -46,8 +46,8 @@ import warnings
 import torch
 from torch import nn
 
-from workbench.finetune import HEAD, is_task_head, train
-from workbench.modules import linear_modules, select_modules
+from workbench.finetune import train
+from workbench.modules import HEAD, is_task_head, linear_modules, select_modules
 
 # Every attention and FFN projection of BERT-style encoders and Llama-style decoders; never the
 # pooler, the embeddings or a task head.

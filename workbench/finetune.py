@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -34,19 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.modules import is_task_head
+
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"   # a head: never quantized, never an adapter target
-TASK_HEAD = r"(^|\.)(classifier|score)(\.|$)"                  # a fresh task head: trains under every method
-
-
-def is_task_head(name: str) -> bool:
-    """Whether parameter `name` belongs to a freshly initialized task head (a classifier's
-    `classifier` or `score` layer), which trains under every adaptation method at its own rate.
-    An LM head (`lm_head`, `embed_out`) is pre-trained, often tied to the embeddings, and is not
-    one: it stays frozen unless a method trains everything."""
-    return re.search(TASK_HEAD, name) is not None
-
-
 def lora_finetune(model: nn.Module, tokenizer, corpus: str = "lee", r: int = 8, alpha: int = 16,
                   target_modules: str = LORA_TARGETS, steps: int = 40, lr: float = 1e-3, seqlen: int = 256,
                   batch_size: int = 4, seed: int = 0, progress: bool = True) -> tuple[nn.Module, dict]:

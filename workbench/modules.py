@@ -34,6 +34,20 @@ _COMPONENTS = [
 ]
 
 
+# The one rule for heads, used by quantizers (what they skip) and by adaptation (what trains).
+LM_HEAD = r"(^|\.)(lm_head|embed_out)$"                       # a language model's output layer: quantize_model skips it
+TASK_HEAD = r"(^|\.)(classifier|score)(\.|$)"                 # a freshly initialized task head (module or parameter)
+HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"    # either: never an adapter target, never quantized by adapt
+
+
+def is_task_head(name: str) -> bool:
+    """Whether module or parameter `name` belongs to a freshly initialized task head (a
+    classifier's `classifier` or `score` layer), which trains under every adaptation method at its
+    own rate. An LM head (`lm_head`, `embed_out`) is pre-trained, often tied to the embeddings, and
+    is not one: it stays frozen unless a method trains everything."""
+    return re.search(TASK_HEAD, name) is not None
+
+
 class ModuleInfo(NamedTuple):
     layer: int | None      # transformer block index, None outside the blocks
     component: str         # q k v qkv o gate up down embed head other

@@ -84,11 +84,10 @@ from torch import nn
 
 from workbench.evaluate import perplexity
 from workbench.modules import linear_modules
-from workbench.quant import QuantConfig, choose_qparams, fake_quantize, quantize_model
+from workbench.quant import DEFAULT_SKIP, QuantConfig, choose_qparams, fake_quantize, quantize_model
 
 LIBRARIES = ("hqq", "quanto", "torchao")
 LIBRARY_BITS = {"hqq": (2, 3, 4, 5, 6, 8), "quanto": (2, 4), "torchao": (2, 3, 4, 5, 6, 7, 8)}
-DEFAULT_SKIP = r"lm_head"
 
 
 def _check(library: str, bits: int) -> None:

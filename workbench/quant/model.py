@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.modules import linear_modules, module_info, select_modules, to_linear
+from workbench.modules import LM_HEAD, linear_modules, module_info, select_modules, to_linear
 from workbench.quant import bcq, gptq, rtn  # noqa: F401  (each registers its method)
 from workbench.quant.gptq import collect_hessians
 from workbench.quant.grid import QuantConfig, relative_output_error
@@ -31,7 +31,7 @@ from workbench.quant.rtn import rtn_quantize_weight
 
 
 Spec = QuantConfig | dict[str, "QuantConfig | None"]
-DEFAULT_SKIP = r"(^|\.)(lm_head|embed_out)$"
+DEFAULT_SKIP = LM_HEAD                     # workbench.modules: the one head rule
 
 
 def resolve_spec(model: nn.Module, spec: Spec, skip: str | None = DEFAULT_SKIP) -> dict[str, QuantConfig]:
