@@ -6,17 +6,18 @@ import re
 import pytest
 import torch
 
-from workbench import abilities, data
+from workbench import abilities
+from workbench.abilities import tasks
 from workbench.instruction_prompts import INSTRUCTION_TYPES, instruction_prompts
 
 ALL_GOLD_TASKS = ["wb_icl_arith_1d_add", "wb_icl_arith_2d_sub", "wb_icl_sports", "wb_icl_mmlu",
                   "wb_cot_gsm8k", "wb_direct_gsm8k"] + [
-    f"wb_{kind}_bbh_{t}" for t in data.BBH_TASKS for kind in ("cot", "direct")]
+    f"wb_{kind}_bbh_{t}" for t in tasks.BBH_TASKS for kind in ("cot", "direct")]
 
 
 @pytest.fixture(scope="module")
 def tasks_dir():
-    return data.ability_tasks_dir()
+    return tasks.ability_tasks_dir()
 
 
 def test_task_files_are_valid_for_lm_eval(tasks_dir):
@@ -32,11 +33,11 @@ def test_task_files_are_valid_for_lm_eval(tasks_dir):
     assert set(names) <= known
     built = get_task_dict(["wb_icl_mmlu", "wb_cot_gsm8k", "wb_ifeval"], abilities.task_manager())
     assert {t.config.task for t in built.values()} == {"wb_icl_mmlu", "wb_cot_gsm8k", "wb_ifeval"}
-    assert len(built["wb_icl_mmlu"].eval_docs) == len(data.mmlu_rows()) >= 250
+    assert len(built["wb_icl_mmlu"].eval_docs) == len(tasks.mmlu_rows()) >= 250
 
 
 def test_bbh_rows_follow_the_bbh_format():
-    rows = {t: data.bbh_rows(t) for t in data.BBH_TASKS}
+    rows = {t: tasks.bbh_rows(t) for t in tasks.BBH_TASKS}
     assert {r["target"] for r in rows["sports_understanding"]} == {"yes", "no"}
     assert {r["target"] for r in rows["navigate"]} == {"Yes", "No"}
     assert all(re.fullmatch(r"\([A-F]\)", r["target"]) for r in rows["date_understanding"])
@@ -45,20 +46,20 @@ def test_bbh_rows_follow_the_bbh_format():
     letter = r["target"][1]
     assert f"\n({letter}) " in r["input"] and "Options:\n(A) " in r["input"]
     # exemplars that lm-eval puts in the prompt never appear as test items
-    shots = data._lm_eval_yaml("bbh/cot_fewshot/sports_understanding.yaml")["fewshot_config"]["samples"]
+    shots = tasks._lm_eval_yaml("bbh/cot_fewshot/sports_understanding.yaml")["fewshot_config"]["samples"]
     assert not {s["input"] for s in shots} & {r["input"] for r in rows["sports_understanding"]}
 
 
 def test_direct_exemplars_keep_only_the_answer():
-    rows = data._answer_only([{"question": "q", "target": "3 + 2 = 5. The answer is 5."},
+    rows = tasks._answer_only([{"question": "q", "target": "3 + 2 = 5. The answer is 5."},
                               {"input": "i", "target": "Reasoning. So the answer is (B)."}], "target")
     assert [r["target"] for r in rows] == ["The answer is 5.", "The answer is (B)."]
     with pytest.raises(ValueError, match="without a final answer"):
-        data._answer_only([{"target": "no answer here"}], "target")
+        tasks._answer_only([{"target": "no answer here"}], "target")
 
 
 def test_mmlu_rows_parse():
-    rows = data.mmlu_rows()
+    rows = tasks.mmlu_rows()
     assert len({r["subject"] for r in rows}) >= 50
     assert all(len(r["choices"]) == 4 and r["answer"] in range(4) for r in rows)
 
@@ -350,14 +351,14 @@ def test_a_users_task_folder_runs_and_an_edit_is_scored_afresh(tmp_path, monkeyp
 def test_a_rebuild_keeps_files_it_did_not_write_and_follows_a_moved_home(tmp_path):
     import shutil
 
-    folder = data.build_ability_tasks(tmp_path / "home" / "tasks")
-    assert data._built_for(folder) == str(folder.resolve())
+    folder = tasks.build_ability_tasks(tmp_path / "home" / "tasks")
+    assert tasks._built_for(folder) == str(folder.resolve())
     _user_task(folder / "mine", ["A"])
     (folder / "extra.yaml").write_text("task: extra\n")
     with pytest.warns(UserWarning, match="did not write.*extra.yaml.*mine"):
-        data.build_ability_tasks(folder)
+        tasks.build_ability_tasks(folder)
     assert (folder / "extra.yaml").read_text() == "task: extra\n" and (folder / "mine" / "letters.yaml").exists()
     assert len(list(folder.glob("wb_*.yaml"))) == 22
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "home", moved)
-    assert data._built_for(moved / "tasks") != str((moved / "tasks").resolve())   # so ability_tasks_dir rebuilds it
+    assert tasks._built_for(moved / "tasks") != str((moved / "tasks").resolve())   # so ability_tasks_dir rebuilds it

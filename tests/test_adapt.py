@@ -231,7 +231,7 @@ def test_polarity_split_is_fixed_stratified_and_disjoint():
 def test_ability_task_trains_on_other_items_with_loss_on_the_answer_only():
     import json
 
-    from workbench.data import ability_tasks_dir
+    from workbench.abilities.tasks import ability_tasks_dir
     from workbench.abilities import ability_task
     from workbench.models import load_model
 

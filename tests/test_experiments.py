@@ -135,8 +135,6 @@ def test_perplexity_points_keep_every_window(tiny_lm_dir, tiny_text, tmp_path, m
     """A real measure: the stored windows reproduce the perplexity, and any window re-runs alone."""
     import math
 
-    import torch
-
     from workbench import data, evaluate
     from workbench.models import load_model
 

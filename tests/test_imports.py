@@ -8,7 +8,6 @@ other, which the layout forbids (hqq's rule: the core imports its helpers, never
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 

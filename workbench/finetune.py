@@ -22,7 +22,6 @@ seed: the same call gives the same adapters on CPU.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from dataclasses import dataclass

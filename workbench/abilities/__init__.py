@@ -12,7 +12,7 @@ find which components are most sensitive, and see how much fine-tuning wins back
 Every score comes from lm-eval (`lm_eval.simple_evaluate`) with the model object in memory
 (`HFLM(pretrained=model, tokenizer=tokenizer)`): no second copy is loaded from disk, and lm-eval
 batches generation and uses the KV cache. The local tasks (names `wb_*`, built offline by
-`workbench.data.build_ability_tasks`) are:
+`workbench.abilities.tasks.build_ability_tasks`) are:
 
     icl  wb_icl_arith_{1d_add,1d_sub,1d_mul,2d_add,2d_sub} (BIG-bench arithmetic, generated
          answer, exact match), wb_icl_sports (BIG-bench sports understanding, two choices),
@@ -38,7 +38,6 @@ import hashlib
 import io
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -46,6 +45,8 @@ from typing import NamedTuple
 import pandas as pd
 import torch
 from torch import nn
+
+from workbench.abilities.tasks import ABILITY_TASKS_VERSION, ability_tasks_dir
 
 ABILITIES = ("icl", "cot", "if")
 SHOTS = (0, 1, 3, 5)
@@ -156,7 +157,6 @@ def task_manager(include_path=None):
 def _task_manager(folders: tuple[str, ...], contents: tuple[str, ...]):
     from lm_eval.tasks import TaskManager
 
-    from workbench.data import ability_tasks_dir
 
     ensure_punkt()
     return TaskManager(include_path=[str(ability_tasks_dir()), *folders], verbosity="ERROR")
@@ -204,7 +204,6 @@ def task_table() -> pd.DataFrame:
     """The local `wb_*` tasks: ability, items, output type, default shots, metric and data source."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    from workbench.data import ability_tasks_dir
 
     rows = []
     folder = ability_tasks_dir()
@@ -322,7 +321,6 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
     import lm_eval
 
     from workbench.cache import cached
-    from workbench.data import ABILITY_TASKS_VERSION
 
     if isinstance(tasks, str):
         raise TypeError(f"tasks must be a list of task names, got the string {tasks!r} (which would be read "
@@ -336,7 +334,6 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
     _check_tasks(tasks, include_path)
     from lm_eval.api.model import LM
-    from workbench.data import ability_tasks_dir
 
     if isinstance(model, LM) and model_key is None:
         raise ValueError("an lm-eval LM object has no weights to fingerprint: pass model_key=<a name for it>")
@@ -643,7 +640,6 @@ def snapshot_sweep(name: str, model: nn.Module, tokenizer, record, specs: dict, 
 
     from workbench import __version__
     from workbench.cache import atomic_path, atomic_write_text
-    from workbench.data import ABILITY_TASKS_VERSION
 
     kwargs.pop("progress", None)
     args = {"model": record.name, "specs": [[k, _spec_to_json(v)] for k, v in specs.items()], **kwargs}
