@@ -124,9 +124,18 @@ def _inprocess(measure, todo, workers, ray_address):
         yield i, _timed(measure, point)
 
 
+def _share_cores(threads: int) -> None:
+    """In each worker: torch's threads, so that the workers together use the machine's cores once."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _processes(measure, todo, workers, ray_address):
     ctx = multiprocessing.get_context("spawn")     # no forked torch state; the measure is imported afresh
-    with cf.ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=ctx) as pool:
+    workers = workers or os.cpu_count()
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_share_cores,
+                                initargs=(max(1, (os.cpu_count() or 1) // workers),)) as pool:
         futures = {pool.submit(_timed, measure, point): i for i, point in todo}
         for f in cf.as_completed(futures):
             yield futures[f], f.result()
