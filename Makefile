@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce test unit notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
+.PHONY: all setup assets lab reproduce test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -49,10 +49,15 @@ reproduce: assets
 # scratch and checks it by workbench/reproducibility.py's rule), then nbval: every committed
 # notebook output must equal a fresh execution from an empty results cache (a temporary one),
 # the snapshots aside, so that no stale number can pass.
-test: unit notebooks-test
+# `make unit` needs no asset (offline, about 3 minutes); `make integration` needs them (marked
+# @pytest.mark.integration: real models, corpora and task data; and the browser test).
+test: unit integration notebooks-test
 
-unit: assets
-	$(PY) -m pytest tests -q
+unit: setup
+	$(PY) -m pytest tests -q -m "not integration and not browser"
+
+integration: assets
+	$(PY) -m pytest tests -q -m "integration or browser"
 
 notebooks-test: assets
 	export WORKBENCH_RESULTS=$$(mktemp -d); trap 'rm -rf "$$WORKBENCH_RESULTS"' EXIT; \

@@ -20,6 +20,7 @@ def tasks_dir():
     return tasks.ability_tasks_dir()
 
 
+@pytest.mark.integration
 def test_task_files_are_valid_for_lm_eval(tasks_dir):
     """Every local task has its JSONL and YAML, and lm-eval's TaskManager indexes and builds them."""
     from lm_eval.tasks import get_task_dict
@@ -36,6 +37,7 @@ def test_task_files_are_valid_for_lm_eval(tasks_dir):
     assert len(built["wb_icl_mmlu"].eval_docs) == len(tasks.mmlu_rows()) >= 250
 
 
+@pytest.mark.integration
 def test_bbh_rows_follow_the_bbh_format():
     rows = {t: tasks.bbh_rows(t) for t in tasks.BBH_TASKS}
     assert {r["target"] for r in rows["sports_understanding"]} == {"yes", "no"}
@@ -64,6 +66,7 @@ def test_mmlu_rows_parse():
     assert all(len(r["choices"]) == 4 and r["answer"] in range(4) for r in rows)
 
 
+@pytest.mark.integration
 def test_unknown_task_is_a_clear_error(tiny_lm):
     with pytest.raises(ValueError, match="unknown lm-eval task.*wb_icl_arith_1d_add"):
         abilities.evaluate_tasks(tiny_lm.model, tiny_lm.tokenizer, ["no_such_task"], cache=False)
@@ -125,6 +128,7 @@ class OracleLM:
         return _Oracle()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("wrong", [False, True])
 def test_gold_answers_score_one_and_wrong_answers_zero(wrong):
     res = abilities.evaluate_tasks(OracleLM(wrong), None, ALL_GOLD_TASKS, limit=6, model_key="oracle",
@@ -137,6 +141,7 @@ def test_gold_answers_score_one_and_wrong_answers_zero(wrong):
     assert len(res.samples) >= 6 * len(ALL_GOLD_TASKS)
 
 
+@pytest.mark.integration
 def test_shot_count_reaches_the_prompt():
     for k in (0, 3):
         res = abilities.evaluate_tasks(OracleLM(), None, ["wb_icl_arith_1d_add"], num_fewshot=k, limit=2,
@@ -198,6 +203,7 @@ CASES = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("instruction,kwargs,good,bad", CASES, ids=[c[0] for c in CASES])
 def test_ifeval_checkers_accept_and_reject(instruction, kwargs, good, bad):
     abilities.ensure_punkt()
@@ -208,6 +214,7 @@ def test_ifeval_checkers_accept_and_reject(instruction, kwargs, good, bad):
     assert process_results(doc, [bad])["prompt_level_strict_acc"] is False
 
 
+@pytest.mark.integration
 def test_punkt_model_splits_sentences_offline():
     abilities.ensure_punkt()
     import nltk
@@ -220,6 +227,7 @@ def test_punkt_model_splits_sentences_offline():
 # a real model through HFLM: batched generation with the KV cache, and the quantization specs
 
 
+@pytest.mark.integration
 def test_generation_is_batched_and_uses_the_kv_cache(tiny_lm, monkeypatch):
     calls = []
     original = tiny_lm.model.generate
@@ -236,6 +244,7 @@ def test_generation_is_batched_and_uses_the_kv_cache(tiny_lm, monkeypatch):
     assert res.scores.loc[res.scores.primary, "n"].item() == 6
 
 
+@pytest.mark.integration
 def test_results_are_cached_and_keyed_by_the_model(tiny_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
     kw = dict(limit=2, batch_size=2, max_gen_toks=2)
@@ -330,6 +339,7 @@ def _user_task(folder, answers):
         "metric_list:\n  - metric: exact_match\n")
 
 
+@pytest.mark.integration
 def test_a_users_task_folder_runs_and_an_edit_is_scored_afresh(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path / "results"))
     folder = tmp_path / "my_tasks"
@@ -348,6 +358,7 @@ def test_a_users_task_folder_runs_and_an_edit_is_scored_afresh(tmp_path, monkeyp
         abilities.evaluate_tasks(_AlwaysA(), None, ["user_letters"], model_key="always-A", include_path=tmp_path / "nope")
 
 
+@pytest.mark.integration
 def test_a_rebuild_keeps_files_it_did_not_write_and_follows_a_moved_home(tmp_path):
     import shutil
 

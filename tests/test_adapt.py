@@ -215,6 +215,7 @@ def test_training_is_deterministic(model, task):
     assert a["losses"] == b["losses"] and a["accuracy"] == b["accuracy"]
 
 
+@pytest.mark.integration
 def test_polarity_split_is_fixed_stratified_and_disjoint():
     from workbench.finetune import load_classifier
 
@@ -228,6 +229,7 @@ def test_polarity_split_is_fixed_stratified_and_disjoint():
         classification_task(tokenizer, "sst2")
 
 
+@pytest.mark.integration
 def test_ability_task_trains_on_other_items_with_loss_on_the_answer_only():
     import json
 

@@ -217,6 +217,7 @@ def test_manifest_is_complete_and_pinned():
     assert set(assets.DEFAULT_ASSETS) <= set(assets.MANIFEST)
 
 
+@pytest.mark.integration
 def test_default_assets_on_disk_match_their_pins():
     for name in assets.DEFAULT_ASSETS:
         folder = assets.fetch(name)

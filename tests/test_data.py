@@ -24,6 +24,7 @@ def tokenizer():
 # corpora
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(data.CORPORA))
 def test_corpus_loads_with_plausible_size(name):
     docs = data.load_corpus(name)
@@ -46,12 +47,14 @@ def test_unknown_corpus_lists_known_names():
         data.load_corpus("nope")
 
 
+@pytest.mark.integration
 def test_load_corpus_returns_a_fresh_list():
     docs = data.load_corpus("lee")
     docs.clear()
     assert len(data.load_corpus("lee")) == 293
 
 
+@pytest.mark.integration
 def test_corpus_contents():
     assert data.load_corpus("lee")[0].startswith("Hundreds of people have been forced to vacate their homes")
     botchan = data.load_corpus("botchan")
@@ -68,6 +71,7 @@ def test_corpus_contents():
 # fixed split
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(data.CORPORA))
 def test_split_is_fixed_disjoint_and_covers_corpus(name):
     docs = data.load_corpus(name)
@@ -81,6 +85,7 @@ def test_split_is_fixed_disjoint_and_covers_corpus(name):
     assert data.calibration_text(name) == "\n\n".join(cal)
 
 
+@pytest.mark.integration
 def test_split_defaults_and_bad_name():
     assert data.evaluation_text() == data.evaluation_text("lee")
     assert data.calibration_text() == data.calibration_text("lee")
@@ -129,6 +134,7 @@ def test_clean_wikitext_cases(raw, clean):
     assert data.clean_wikitext(raw) == clean
 
 
+@pytest.mark.integration
 def test_wiki_corpus_has_no_markup():
     docs = data.load_corpus("wiki")
     for d in docs:
@@ -144,6 +150,7 @@ def test_wiki_corpus_has_no_markup():
 # calibration sampler
 
 
+@pytest.mark.integration
 def test_calibration_batch_shape_and_determinism(tokenizer):
     a = data.calibration_batch(tokenizer, "lee", n_samples=16, seqlen=64, seed=0)
     b = data.calibration_batch(tokenizer, "lee", n_samples=16, seqlen=64, seed=0)
@@ -154,6 +161,7 @@ def test_calibration_batch_shape_and_determinism(tokenizer):
     assert data.calibration_batch(tokenizer).shape == (128, 512)
 
 
+@pytest.mark.integration
 def test_calibration_batch_windows_are_slices_of_the_token_stream(tokenizer):
     seqlen = 64
     stream = torch.tensor(tokenizer(data.calibration_text("botchan"), add_special_tokens=False).input_ids)
@@ -165,6 +173,7 @@ def test_calibration_batch_windows_are_slices_of_the_token_stream(tokenizer):
     assert data.evaluation_text("botchan") not in data.calibration_text("botchan")
 
 
+@pytest.mark.integration
 def test_calibration_batch_caches_tokens(tokenizer):
     data.calibration_batch(tokenizer, "lee", n_samples=2, seqlen=8)
     hits = data._cached_tokens.cache_info().hits
@@ -172,6 +181,7 @@ def test_calibration_batch_caches_tokens(tokenizer):
     assert data._cached_tokens.cache_info().hits == hits + 1
 
 
+@pytest.mark.integration
 def test_calibration_batch_errors(tokenizer):
     with pytest.raises(ValueError, match=r"has only \d+ tokens.*lower seqlen or choose a larger corpus"):
         data.calibration_batch(tokenizer, "lee", n_samples=1, seqlen=10_000_000)
@@ -183,6 +193,7 @@ def test_calibration_batch_errors(tokenizer):
         data.calibration_batch(tokenizer, "nope", n_samples=1, seqlen=8)
 
 
+@pytest.mark.integration
 def test_calibration_batch_edge_seqlen(tokenizer):
     n = data._token_stream(tokenizer, "lee").numel()
     batch = data.calibration_batch(tokenizer, "lee", n_samples=3, seqlen=n - 1)  # 2 possible starts
@@ -195,6 +206,7 @@ def test_calibration_batch_edge_seqlen(tokenizer):
 # polarity
 
 
+@pytest.mark.integration
 def test_polarity():
     df = data.load_polarity()
     assert list(df.columns) == ["text", "label"]
@@ -207,6 +219,7 @@ def test_polarity():
     assert any("—" in t for t in df["text"])  # Windows-1252 em dash decoded
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["sports_understanding", "navigate"])
 def test_bigbench_classification_sets(name):
     df = data.classification_data(name)

@@ -7,6 +7,7 @@ from workbench.finetune import lora_finetune
 from workbench.quant import QuantConfig, quantize_model
 
 
+@pytest.mark.integration
 def test_lora_on_a_quantized_base_trains_only_the_adapters(tiny_lm):
     qmodel, _ = quantize_model(tiny_lm.model, QuantConfig(bits=3, group_size=16), progress=False)
     before = {n: p.detach().clone() for n, p in qmodel.named_parameters()}
@@ -26,6 +27,7 @@ def test_lora_on_a_quantized_base_trains_only_the_adapters(tiny_lm):
     assert not torch.allclose(tuned(ids).logits, qmodel(ids).logits)
 
 
+@pytest.mark.integration
 def test_lora_bad_settings_are_clear_errors(tiny_lm):
     with pytest.raises(ValueError, match="rank r"):
         lora_finetune(tiny_lm.model, tiny_lm.tokenizer, r=0, steps=1, progress=False)

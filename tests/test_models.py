@@ -79,6 +79,7 @@ def test_bad_task_is_rejected():
         load_model("smollm2-135m", task="seq2seq")
 
 
+@pytest.mark.integration
 def test_default_model_carries_the_dequantized_caveat():
     model, tok, record = load_model("smollm2-135m")
     assert record.source == "registry" and record.task == "causal-lm"
@@ -90,6 +91,7 @@ def test_default_model_carries_the_dequantized_caveat():
     assert torch.isfinite(logits).all() and logits.shape[-1] == 49152
 
 
+@pytest.mark.integration
 def test_encoder_is_real_fp32_without_caveat():
     model, tok, record = load_model("minilm-l6")
     assert record.task == "encoder" and record.caveat is None

@@ -64,6 +64,7 @@ def smollm():
     return load_model("smollm2-135m")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", [n for n, labels in SAMPLES.items() if labels])
 def test_snapshot_recomputes_from_scratch(name, smollm, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))     # an empty results cache
@@ -81,6 +82,7 @@ def test_snapshot_recomputes_from_scratch(name, smollm, tmp_path, monkeypatch):
              committed.samples[committed.samples.label.isin(labels)], name)
 
 
+@pytest.mark.integration
 def test_lora_snapshot_retrains_to_the_same_perplexity(smollm, tmp_path, monkeypatch):
     from workbench.data import evaluation_text
     from workbench.evaluate import perplexity
@@ -131,6 +133,7 @@ def test_snapshot_sweep_uses_a_matching_snapshot_and_recomputes_otherwise(tiny_l
         abilities.read_snapshot("missing")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(RUN_SAMPLES))
 def test_adaptation_snapshot_reruns_from_scratch(name, tmp_path, monkeypatch):
     from workbench import adapt

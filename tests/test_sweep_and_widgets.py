@@ -9,6 +9,7 @@ from workbench import evaluate
 from workbench.quant import QuantConfig
 
 
+@pytest.mark.integration
 def test_perplexity_sweep_caches_and_recomputes_on_change(tiny_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
     model, tok, record = tiny_lm
