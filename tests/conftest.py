@@ -41,3 +41,13 @@ def tiny_lm(tiny_lm_dir):
 def tiny_text():
     g = torch.Generator().manual_seed(1)
     return " ".join(f"w{i}" for i in torch.randint(0, 62, (300,), generator=g).tolist())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of many tiny tensor ops: on a shared 2-core CPU, thread
+    hand-offs and OpenMP spin-waits cost more than the work (BCQ's tests ran 15x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

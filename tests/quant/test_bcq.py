@@ -8,13 +8,7 @@ from workbench.quant.bcq import BCQLinear, bcq_dequantize, bcq_fit, bcq_quantize
 from workbench.quant import QuantConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny batched ops: on a shared, busy CPU one thread avoids OpenMP spin-waits (15x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weight(out=16, cols=256, seed=0):

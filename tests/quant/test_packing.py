@@ -19,13 +19,7 @@ from workbench.quant.packing import load_quantized, pack_bits, packed_size, save
 from workbench.quant import QuantConfig, quantize_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than the work on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
