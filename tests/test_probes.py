@@ -1,6 +1,5 @@
 """Probes on small tensors with known answers, and on the tiny Llama."""
 
-import copy
 
 import numpy as np
 import pytest

@@ -33,7 +33,6 @@ Definitions (W is [out, in], w its entries, sigma their standard deviation):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 
 import numpy as np
@@ -45,6 +44,7 @@ from tqdm.auto import tqdm
 from workbench.quant.gptq import _check_calibration
 from workbench.modules import check_finite, linear_modules, module_info, select_modules
 from workbench.quant import QuantConfig, Spec, fake_quantize, quantize_model
+from workbench.quant.rtn import as_rtn
 
 LEVEL_BLOCK = 32          # block length for levels_per_block (the GGUF block size)
 INT8_THRESHOLD = 6.0      # LLM.int8 defaults
@@ -93,7 +93,7 @@ def outlier_error_share(w: torch.Tensor, config: QuantConfig, outlier_fraction: 
     """Share of the squared RTN error of `w` under `config` removed by keeping the top
     `outlier_fraction` of weights (by magnitude) in full precision: 1 - err_kept / err_all."""
     base = ((fake_quantize(w, config) - w) ** 2).sum()
-    kept_cfg = dataclasses.replace(config, outlier_fraction=outlier_fraction, outlier_mode="weight")
+    kept_cfg = as_rtn(config, outlier_fraction=outlier_fraction, outlier_mode="weight")
     kept = ((fake_quantize(w, kept_cfg) - w) ** 2).sum()
     return float(1 - kept / base) if base > 0 else 0.0
 

@@ -5,7 +5,7 @@ import torch
 
 from workbench.quant.gptq import (_block_output, _capture_block_inputs, collect_hessians, gptq_quantize_model,
                             gptq_quantize_weight, relative_output_error)
-from workbench.quant import QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, resolve_spec
+from workbench.quant import GPTQConfig, QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, resolve_spec
 
 
 def _correlated(n=512, cols=64, rank=6, out=32, seed=0):
@@ -20,8 +20,8 @@ def _calibration(n=8, seqlen=32, seed=0):
     return torch.randint(0, 64, (n, seqlen), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("cfg", [QuantConfig(bits=3, group_size=16), QuantConfig(bits=3, granularity="channel"),
-                                 QuantConfig(bits=3, group_size=16, act_order=True)])
+@pytest.mark.parametrize("cfg", [GPTQConfig(bits=3, group_size=16), GPTQConfig(bits=3, granularity="channel"),
+                                 GPTQConfig(bits=3, group_size=16, act_order=True)])
 def test_gptq_beats_rtn_on_correlated_inputs(cfg):
     X, H, W = _correlated()
     W_hat, _, _, info = gptq_quantize_weight(W, H, cfg)
@@ -33,15 +33,15 @@ def test_gptq_beats_rtn_on_correlated_inputs(cfg):
 
 
 @pytest.mark.parametrize("cfg", [
-    QuantConfig(bits=4, group_size=16),
-    QuantConfig(bits=4, group_size=16, act_order=True),
-    QuantConfig(bits=4, group_size=16, static_groups=True),
-    QuantConfig(bits=4, group_size=16, act_order=True, static_groups=True),
-    QuantConfig(bits=3, group_size=16, symmetric=True),
-    QuantConfig(bits=4, group_size=16, block_size=12),           # groups start inside blocks and span two
-    QuantConfig(bits=4, group_size=16, mse_clip=True, round_zero=False, zero_in_range=False),
-    QuantConfig(bits=4, granularity="channel", act_order=True),
-    QuantConfig(bits=2, granularity="tensor"),
+    GPTQConfig(bits=4, group_size=16),
+    GPTQConfig(bits=4, group_size=16, act_order=True),
+    GPTQConfig(bits=4, group_size=16, static_groups=True),
+    GPTQConfig(bits=4, group_size=16, act_order=True, static_groups=True),
+    GPTQConfig(bits=3, group_size=16, symmetric=True),
+    GPTQConfig(bits=4, group_size=16, block_size=12),           # groups start inside blocks and span two
+    GPTQConfig(bits=4, group_size=16, mse_clip=True, round_zero=False, zero_in_range=False),
+    GPTQConfig(bits=4, granularity="channel", act_order=True),
+    GPTQConfig(bits=2, granularity="tensor"),
 ], ids=["plain", "act_order", "static", "act_order+static", "symmetric", "block12", "mse_clip", "channel", "tensor"])
 def test_w_hat_lies_exactly_on_the_returned_grid(cfg):
     X, H, W = _correlated(cols=40)                                # 40 = 2 x 16 + 8: a shorter last group
@@ -64,15 +64,15 @@ def test_w_hat_lies_exactly_on_the_returned_grid(cfg):
 
 def test_block_size_does_not_change_the_result():
     _, H, W = _correlated(cols=40)
-    a = gptq_quantize_weight(W, H, QuantConfig(bits=3, group_size=16, block_size=128))
-    b = gptq_quantize_weight(W, H, QuantConfig(bits=3, group_size=16, block_size=12))
+    a = gptq_quantize_weight(W, H, GPTQConfig(bits=3, group_size=16, block_size=128))
+    b = gptq_quantize_weight(W, H, GPTQConfig(bits=3, group_size=16, block_size=12))
     assert torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1])
 
 
 def test_dead_inputs_are_zeroed():
     _, H, W = _correlated(cols=32)
     H[5, :], H[:, 5] = 0, 0
-    W_hat, _, _, info = gptq_quantize_weight(W, H, QuantConfig(bits=4, group_size=16))
+    W_hat, _, _, info = gptq_quantize_weight(W, H, GPTQConfig(bits=4, group_size=16))
     assert torch.isfinite(W_hat).all() and (W_hat[:, 5] == 0).all()
     assert info["dead_inputs"] == 1 and "never active" in info["note"]
 
@@ -84,7 +84,7 @@ def test_indefinite_hessian_is_retried_with_more_damping():
     H = evecs @ torch.diag(evals) @ evecs.T
     H = (H + H.T) / 2
     assert torch.linalg.cholesky_ex(H + 0.01 * H.diagonal().mean() * torch.eye(32)).info != 0
-    W_hat, scale, zero, info = gptq_quantize_weight(W, H, QuantConfig(bits=4, group_size=16, damp=0.01))
+    W_hat, scale, zero, info = gptq_quantize_weight(W, H, GPTQConfig(bits=4, group_size=16, damp=0.01))
     assert torch.isfinite(W_hat).all()
     assert info["damp_retries"] >= 1 and info["damp"] == pytest.approx(0.01 * 10 ** info["damp_retries"])
     assert "damp" in info["note"]
@@ -95,15 +95,15 @@ def test_hopeless_hessians_raise_clear_errors():
     bad = H.clone()
     bad[3, 4] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        gptq_quantize_weight(W, bad, QuantConfig(bits=4))
+        gptq_quantize_weight(W, bad, GPTQConfig(bits=4))
     evals, evecs = torch.linalg.eigh(H)
     evals[0] = -0.9 * evals.sum()                  # needs damp > 9 x 32 inputs: beyond the 4 retries (0.01 -> 100)
     with pytest.raises(ValueError, match="not positive definite.*calibrat.*damp"):
-        gptq_quantize_weight(W, evecs @ torch.diag(evals) @ evecs.T, QuantConfig(bits=4))
+        gptq_quantize_weight(W, evecs @ torch.diag(evals) @ evecs.T, GPTQConfig(bits=4))
     with pytest.raises(ValueError, match="diagonal"):
-        gptq_quantize_weight(W, -H, QuantConfig(bits=4))
+        gptq_quantize_weight(W, -H, GPTQConfig(bits=4))
     with pytest.raises(ValueError, match=r"\[in, in\]"):
-        gptq_quantize_weight(W, H[:10, :10], QuantConfig(bits=4))
+        gptq_quantize_weight(W, H[:10, :10], GPTQConfig(bits=4))
 
 
 def _assert_no_hooks(model):

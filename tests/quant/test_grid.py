@@ -74,7 +74,36 @@ def test_bad_settings_are_clear_errors(kwargs, match):
         QuantConfig(**kwargs)
 
 
-@pytest.mark.parametrize("field", ["symmetric", "round_zero", "zero_in_range", "mse_clip", "act_order", "static_groups"])
-def test_booleans_are_type_checked(field):
+@pytest.mark.parametrize("method, field", [("rtn", "symmetric"), ("rtn", "round_zero"), ("bcq", "zero_in_range"),
+                                           ("rtn", "mse_clip"), ("gptq", "act_order"), ("gptq", "static_groups")])
+def test_booleans_are_type_checked(method, field):
     with pytest.raises(TypeError, match=f"{field} must be True or False, got 'no'"):
-        QuantConfig(**{field: "no"})
+        QuantConfig(method=method, **{field: "no"})
+
+
+def test_each_method_has_its_own_config_and_another_methods_setting_is_named():
+    from workbench.quant import BCQConfig, GPTQConfig, RTNConfig
+
+    assert type(QuantConfig(bits=3)) is RTNConfig and QuantConfig(bits=3) == RTNConfig(bits=3)
+    assert type(QuantConfig(bits=3, method="gptq", act_order=True)) is GPTQConfig
+    assert type(QuantConfig(bits=1, method="bcq")) is BCQConfig and isinstance(BCQConfig(), QuantConfig)
+    with pytest.raises(TypeError, match=r"RTNConfig \(method 'rtn'\) has no setting damp \(gptq's\)"):
+        QuantConfig(bits=3, damp=0.05)
+    with pytest.raises(TypeError, match=r"has no setting outlier_fraction \(rtn's\)"):
+        QuantConfig(bits=3, method="gptq", outlier_fraction=0.01)
+    with pytest.raises(ValueError, match="cannot have method='gptq'"):
+        RTNConfig(method="gptq")
+    for cfg in (QuantConfig(bits=3, outlier_fraction=0.01), QuantConfig(bits=3, method="gptq", damp=0.05),
+                QuantConfig(bits=2, method="bcq", bcq_init="greedy")):
+        assert QuantConfig.from_json(cfg.to_json()) == cfg
+        assert set(cfg.to_json()) == {f for f in cfg.__dataclass_fields__}   # its own fields, no other method's
+
+
+def test_a_config_stored_with_every_methods_fields_reads_back():
+    """Checkpoints and snapshots from before the split hold all 17 fields; other methods' at their defaults."""
+    legacy = dict(bits=3, group_size=128, granularity="group", symmetric=False, round_zero=True, zero_in_range=True,
+                  scale_dtype="float16", mse_clip=False, method="gptq", damp=0.01, act_order=True, static_groups=False,
+                  block_size=128, outlier_fraction=0.0, outlier_mode="weight", bcq_iters=20, bcq_init="uniform")
+    assert QuantConfig.from_json(legacy) == QuantConfig(bits=3, method="gptq", act_order=True)
+    with pytest.raises(ValueError, match=r"cannot hold outlier_fraction=0.1 \(another method's setting\)"):
+        QuantConfig.from_json({**legacy, "outlier_fraction": 0.1})

@@ -2,16 +2,17 @@
 
     from workbench.quant import QuantConfig, quantize_model, save_quantized, load_quantized
     qmodel, report = quantize_model(model, QuantConfig(bits=4, group_size=128))            # RTN
-    qmodel, report = quantize_model(model, QuantConfig(bits=3, method="gptq"), calibration=calib)
+    qmodel, report = quantize_model(model, QuantConfig(bits=3, method="gptq"), calibration=calib)  # a GPTQConfig
     save_quantized(qmodel, "smollm2-w4g128", tokenizer)                                   # real 4-bit files
 
-    grid.py      QuantConfig and the primitives: choose_qparams, quantize, dequantize, QuantizedWeight,
-                 relative_output_error (the one output-error metric)
-    rtn.py       round-to-nearest, with full-precision outliers (by weight or by input channel)
-    gptq.py      GPTQ (Frantar et al. 2023), block by block, with act-order and static groups
-    bcq.py       binary-coding quantization (AlphaTuning's format) and BCQLinear
-    registry.py  method name -> handler; `register_method` adds one
-    model.py     resolve_spec, quantize_model (one loop over the registry), quantize_embeddings
+    grid.py      QuantConfig (the grid's settings, which every method reads) and the primitives:
+                 choose_qparams, quantize, dequantize, QuantizedWeight, relative_output_error
+    rtn.py       RTNConfig; round-to-nearest, with full-precision outliers (by weight or input channel)
+    gptq.py      GPTQConfig; GPTQ (Frantar et al. 2023), block by block, act-order, static groups
+    bcq.py       BCQConfig; binary-coding quantization (AlphaTuning's format) and BCQLinear
+    registry.py  method name -> (config class, handler); `register_method` adds one
+    model.py     resolve_spec, quantize_model (one loop over the registry), quantize_embeddings,
+                 spec_to_json / spec_from_json (a spec as a sweep point's plain data)
     packing.py   bit-packed checkpoints: save_quantized, load_quantized, packed_size
     compare.py   the same grid through hqq, quanto and torchao (imported on its own: optional deps)
 
@@ -21,11 +22,14 @@ Imports run one way: grid <- methods <- model <- packing; nothing here imports a
 from workbench.quant.grid import (QuantConfig, QuantizedWeight, choose_qparams, dequantize, quantize,
                                   relative_output_error)
 from workbench.quant.registry import METHODS, QuantMethod, register_method
-from workbench.quant.rtn import fake_quantize, outlier_mask, rtn_quantize_weight
-from workbench.quant.model import DEFAULT_SKIP, Spec, quantize_embeddings, quantize_model, resolve_spec
+from workbench.quant.rtn import RTNConfig, as_rtn, fake_quantize, outlier_mask, rtn_quantize_weight
+from workbench.quant.gptq import GPTQConfig
+from workbench.quant.bcq import BCQConfig
+from workbench.quant.model import (DEFAULT_SKIP, Spec, quantize_embeddings, quantize_model, resolve_spec,
+                                   spec_from_json, spec_to_json)
 from workbench.quant.packing import load_quantized, packed_size, save_quantized
 
 __all__ = ["QuantConfig", "QuantizedWeight", "choose_qparams", "dequantize", "quantize", "relative_output_error",
-           "METHODS", "QuantMethod", "register_method", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
-           "DEFAULT_SKIP", "Spec", "quantize_embeddings", "quantize_model", "resolve_spec",
+           "METHODS", "QuantMethod", "register_method", "RTNConfig", "GPTQConfig", "BCQConfig", "as_rtn", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
+           "DEFAULT_SKIP", "Spec", "quantize_embeddings", "quantize_model", "resolve_spec", "spec_from_json", "spec_to_json",
            "load_quantized", "packed_size", "save_quantized"]

@@ -52,15 +52,37 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.modules import check_finite, module_info
-from workbench.quant.grid import QuantConfig, QuantizedWeight, choose_qparams, dequantize, relative_output_error
+from workbench.quant.grid import (QuantConfig, QuantizedWeight, _check_bool, choose_qparams, dequantize,
+                                  relative_output_error)
 from workbench.quant.registry import QuantMethod, register_method
 from workbench.quant.rtn import fake_quantize
+
+
+@dataclass(frozen=True)
+class GPTQConfig(QuantConfig):
+    """GPTQ's settings on top of the grid's (QuantConfig's fields)."""
+
+    method: str = "gptq"
+    damp: float = 0.01               # added to H's diagonal, as a fraction of its mean (raised x10 if needed)
+    act_order: bool = False          # quantize the most active input columns first (by diag H)
+    static_groups: bool = False      # every group's scale and zero from the un-permuted W, before the loop
+    block_size: int = 128            # columns between lazy updates of the rest of W (speed only)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("act_order", "static_groups"):
+            _check_bool(self, name)
+        if not 0 < self.damp < 1:
+            raise ValueError(f"damp is a fraction of the mean Hessian diagonal in (0, 1), got {self.damp!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
 
 MAX_DAMP_RETRIES = 4  # damp x10 per retry: 0.01 -> 100 at most
 
@@ -491,4 +513,4 @@ def quantize_modules(model: nn.Module, plan: dict[str, QuantConfig], calibration
                  **{k: r[k] for k in MEASURES if k in r}) for r in rows]
 
 
-register_method(QuantMethod("gptq", quantize_modules, needs_calibration=True, sequential=True))
+register_method(QuantMethod("gptq", quantize_modules, GPTQConfig, needs_calibration=True, sequential=True))

@@ -12,14 +12,16 @@ uses the range [min(w, 0), max(w, 0)] over 2^bits levels with an integer (exactl
 representable) zero point; symmetric centres the same 2^bits levels on zero (zero =
 2^(bits-1), scale = 2·max|w| / (2^bits - 1)).
 
-This file imports no method: the methods (rtn.py, gptq.py, bcq.py) import it, and the model
-loop (model.py) imports them. `QuantizedWeight` is what a packed checkpoint stores for a weight
+`QuantConfig` holds the grid's settings, which every method reads; each method's file adds its
+own settings in a subclass (RTNConfig, GPTQConfig, BCQConfig), and `QuantConfig(method=...)`
+builds that subclass through the registry. This file imports no method: the methods (rtn.py,
+gptq.py, bcq.py) import it, and the model loop (model.py) imports them. `QuantizedWeight` is what a packed checkpoint stores for a weight
 on this grid; `relative_output_error` is the one output-error metric of every report.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -29,58 +31,61 @@ from workbench.quant.registry import METHODS
 MIN_BITS, MAX_BITS = 2, 8
 GRANULARITIES = ("tensor", "channel", "group")
 
-OUTLIER_MODES = ("weight", "channel")
-BCQ_INITS = ("greedy", "uniform")
 
+def _check_bool(config, name: str) -> None:
+    """A boolean setting must be a bool: a string such as 'no' would otherwise count as True."""
+    value = getattr(config, name)
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
+                        "a string such as 'no' would otherwise count as True")
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Settings of one quantizer, shared by every method (method-specific fields say so).
+    """The uniform grid's settings, which every method reads; each method's config (RTNConfig in
+    rtn.py, GPTQConfig in gptq.py, BCQConfig in bcq.py) adds its own fields to these.
 
-    bits: 2..8 (1..8 bit planes for "bcq"). granularity: "group" (one scale per `group_size`
-    inputs of a row), "channel" (one per output row) or "tensor". symmetric: zero fixed at the
-    grid's centre. round_zero: keep the asymmetric zero point an integer (default; False lets
-    it be any real number). zero_in_range: widen each group's range to contain 0 (GPTQ's
-    convention; HQQ and quanto use the plain min..max). scale_dtype: precision at which scales
-    (and real-valued zeros) are kept, so that a packed checkpoint reproduces them exactly.
-    mse_clip: search a shrink factor of the range per group that minimizes the squared
-    error (PreQuant's "MSE" quantizer; GPTQ's uses |w - ŵ|^2.4, see `choose_qparams`). method: "rtn", "gptq" (needs calibration)
-    or "bcq" (binary-coding, AlphaTuning's format). damp, act_order, static_groups, block_size:
-    GPTQ's settings. outlier_fraction: share of weights kept in full precision, chosen by
-    magnitude (outlier_mode="weight") or as whole input channels by calibration activation
-    norm ("channel"). bcq_iters: alternating least-squares rounds of BCQ. bcq_init: "uniform"
-    (default: the symmetric uniform grid alpha_i = s 2^(i-1) whose extreme level is the group's
-    max |w|, so outliers are not clipped) or "greedy" (Xu et al. 2018: peel sign planes off the
-    residual; its levels stop short of the largest weights, which on SmolLM2 at 4 planes and 3
-    ALS rounds gives perplexity 1.4e4 against 64 for "uniform").
+    `QuantConfig(bits=3, method="gptq", act_order=True)` builds the config of the method named
+    (here a GPTQConfig), so a spec never has to import a method's file; a setting the method
+    does not read is an error that names the method it belongs to.
     """
 
-    bits: int = 4
-    group_size: int = 128
-    granularity: str = "group"
-    symmetric: bool = False
-    round_zero: bool = True
-    zero_in_range: bool = True
-    scale_dtype: str = "float16"
-    mse_clip: bool = False
-    method: str = "rtn"
-    damp: float = 0.01
-    act_order: bool = False
-    static_groups: bool = False
-    block_size: int = 128
-    outlier_fraction: float = 0.0
-    outlier_mode: str = "weight"
-    bcq_iters: int = 20
-    bcq_init: str = "uniform"
+    bits: int = 4                    # 2..8 (1..8 binary planes for "bcq")
+    group_size: int = 128            # inputs of a row that share a scale and zero (granularity "group")
+    granularity: str = "group"       # "group", "channel" (one scale per output row) or "tensor"
+    symmetric: bool = False          # zero fixed at the grid's centre
+    round_zero: bool = True          # the asymmetric zero point an integer (False: any real number)
+    zero_in_range: bool = True       # widen each group's range to contain 0 (GPTQ's convention; HQQ and
+                                     # quanto use the plain min..max)
+    scale_dtype: str = "float16"     # precision of scales (and real zeros): a packed checkpoint reproduces them
+    mse_clip: bool = False           # shrink each group's range to minimize the squared error (PreQuant's
+                                     # "MSE" quantizer; GPTQ's own search uses |w - ŵ|^2.4, see choose_qparams)
+    method: str = "rtn"              # the registered method (registry.py) that quantizes with this config
+
+    def __new__(cls, *args, **kwargs):
+        """QuantConfig(...) is the config class of `method` (default "rtn"); a subclass is itself."""
+        if cls is QuantConfig:
+            method = kwargs.get("method", "rtn")
+            if method not in METHODS:
+                raise ValueError(f"unknown quantization method {method!r}; available: {', '.join(METHODS)}")
+            cls = METHODS[method].config
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            owners = {m.name: m.config for m in METHODS.values()}
+            where = [f"{k} ({next((n for n, c in owners.items() if k in {f.name for f in fields(c)}), 'no method')}'s)"
+                     for k in unknown]
+            raise TypeError(f"{cls.__name__} (method {kwargs.get('method', cls.method)!r}) has no setting "
+                            f"{', '.join(where)}; its settings are {', '.join(sorted(allowed))}")
+        return object.__new__(cls)
 
     def __post_init__(self):
-        for name in ("symmetric", "round_zero", "zero_in_range", "mse_clip", "act_order", "static_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
-                                "a string such as 'no' would otherwise count as True")
+        for name in ("symmetric", "round_zero", "zero_in_range", "mse_clip"):
+            _check_bool(self, name)
         if self.method not in METHODS:
             raise ValueError(f"unknown quantization method {self.method!r}; available: {', '.join(METHODS)}")
+        if type(self) is not METHODS[self.method].config:
+            raise ValueError(f"a {type(self).__name__} cannot have method={self.method!r}; use "
+                             f"QuantConfig(method={self.method!r}, ...)")
         lowest = METHODS[self.method].min_bits
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not lowest <= self.bits <= MAX_BITS:
             raise ValueError(f"bits must be an integer from {lowest} to {MAX_BITS} for method {self.method!r}, "
@@ -94,22 +99,32 @@ class QuantConfig:
                              "granularity='channel' for one scale per row")
         if self.scale_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"scale_dtype must be 'float16', 'bfloat16' or 'float32', got {self.scale_dtype!r}")
-        if not 0 < self.damp < 1:
-            raise ValueError(f"damp is a fraction of the mean Hessian diagonal in (0, 1), got {self.damp!r}")
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}")
-        if not 0 <= self.outlier_fraction < 1:
-            raise ValueError(f"outlier_fraction must be in [0, 1), got {self.outlier_fraction!r}")
-        if self.outlier_mode not in OUTLIER_MODES:
-            raise ValueError(f"outlier_mode must be one of {OUTLIER_MODES}, got {self.outlier_mode!r}")
-        if not isinstance(self.bcq_iters, int) or self.bcq_iters < 0:
-            raise ValueError(f"bcq_iters must be a non-negative integer, got {self.bcq_iters!r}")
-        if self.bcq_init not in BCQ_INITS:
-            raise ValueError(f"bcq_init must be one of {BCQ_INITS}, got {self.bcq_init!r}")
+
+    def to_json(self) -> dict:
+        """Every field, as plain data: the grid's and the method's own, so that another method's
+        default (GPTQ's damp for an RTN config) is no part of a sweep's key. `from_json` reads it."""
+        return asdict(self)
+
+    @staticmethod
+    def from_json(fields_: dict) -> "QuantConfig":
+        """The config `to_json` wrote. A dict that also holds other methods' fields at their
+        defaults (what checkpoints and snapshots stored before each method had its own config)
+        is read too; another method's field at any other value is an error that names it."""
+        method = fields_.get("method", "rtn")
+        if method not in METHODS:
+            raise ValueError(f"unknown quantization method {method!r}; available: {', '.join(METHODS)}")
+        own = {f.name for f in fields(METHODS[method].config)}
+        defaults = {f.name: f.default for m in METHODS.values() for f in fields(m.config)}
+        foreign = {k: v for k, v in fields_.items() if k not in own}
+        bad = sorted(k for k, v in foreign.items() if k not in defaults or defaults[k] != v)
+        if bad:
+            raise ValueError(f"a {method} config cannot hold {', '.join(f'{k}={foreign[k]!r}' for k in bad)} "
+                             "(another method's setting)")
+        return QuantConfig(**{k: v for k, v in fields_.items() if k in own})
 
     @property
     def needs_calibration(self) -> bool:
-        return METHODS[self.method].needs_calibration or (self.outlier_fraction > 0 and self.outlier_mode == "channel")
+        return METHODS[self.method].needs_calibration
 
     @property
     def maxq(self) -> int:

@@ -27,7 +27,7 @@ from workbench.quant import bcq, gptq, rtn  # noqa: F401  (each registers its me
 from workbench.quant.gptq import collect_hessians
 from workbench.quant.grid import QuantConfig, relative_output_error
 from workbench.quant.registry import METHODS
-from workbench.quant.rtn import rtn_quantize_weight
+from workbench.quant.rtn import as_rtn, rtn_quantize_weight
 
 
 Spec = QuantConfig | dict[str, "QuantConfig | None"]
@@ -64,7 +64,34 @@ def _row(name: str, cfg: QuantConfig, shape, **measures) -> dict:
                 granularity=cfg.granularity,
                 group_size=cfg.group_len(shape[1]) if cfg.granularity == "group" else None,
                 groups=cfg.describe_groups(shape[1]), symmetric=cfg.symmetric,
-                outlier_fraction=cfg.outlier_fraction, shape=tuple(shape), **measures)
+                outlier_fraction=getattr(cfg, "outlier_fraction", 0.0), shape=tuple(shape), **measures)
+
+
+def spec_to_json(spec) -> dict | None:
+    """A spec as plain data for a sweep point: None (unquantized); a QuantConfig as
+    `QuantConfig.to_json()`; {regex: config or None} as {"patterns": [[regex, config or None], ...]}
+    (order kept: the first match wins); the component spec of `workbench.abilities.component_specs`
+    ({"linears": {...}, "embeddings": config or None}) with its linears in the same form."""
+    if spec is None:
+        return None
+    if isinstance(spec, QuantConfig):
+        return spec.to_json()
+    if isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}:
+        return {"linears": spec_to_json(spec["linears"])["patterns"], "embeddings": spec_to_json(spec["embeddings"])}
+    if isinstance(spec, dict):
+        return {"patterns": [[k, spec_to_json(v)] for k, v in spec.items()]}
+    raise TypeError(f"a spec is None, a QuantConfig or a dict of regex -> QuantConfig/None, got {type(spec).__name__}")
+
+
+def spec_from_json(obj: dict | None):
+    """The spec that `spec_to_json` wrote."""
+    if obj is None:
+        return None
+    if "patterns" in obj:
+        return {k: spec_from_json(v) for k, v in obj["patterns"]}
+    if "linears" in obj:
+        return {"linears": {k: spec_from_json(v) for k, v in obj["linears"]}, "embeddings": spec_from_json(obj["embeddings"])}
+    return QuantConfig.from_json(obj)
 
 
 @torch.no_grad()
@@ -93,9 +120,6 @@ def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | Non
     if need and calibration is None:
         raise ValueError(f"{len(need)} modules (e.g. {need[0]}) use GPTQ or channel outliers, which need "
                          "calibration data: pass calibration=calibration_batch(tokenizer, n_samples=32, seqlen=512)")
-    if any(c.method == "gptq" and c.outlier_fraction > 0 for c in plan.values()):
-        raise ValueError("outlier_fraction is supported with method 'rtn' only; use GPTQ without outliers "
-                         "or RTN with outliers")
     modules = linear_modules(qmodel)
     original = {n: modules[n].weight.detach().clone() for n in plan}
     hessians = {}
@@ -140,12 +164,9 @@ def quantize_embeddings(model: nn.Module, config: QuantConfig, inplace: bool = F
     bits and groups, and the report's note says so. When the output head is tied to the
     embedding (SmolLM2, Gemma) quantizing one quantizes both; an untied head is quantized too.
     """
+    note = f"RTN (embeddings have no activations for {config.method})" if config.method != "rtn" else ""
     if config.method != "rtn":
-        note = f"RTN (embeddings have no activations for {config.method})"
-        config = QuantConfig(bits=config.bits, group_size=config.group_size, granularity=config.granularity,
-                             symmetric=config.symmetric)
-    else:
-        note = ""
+        config = as_rtn(config)
     qmodel = model if inplace else copy.deepcopy(model)
     mats = {}
     emb = qmodel.get_input_embeddings()

@@ -59,7 +59,6 @@ fsynced, so after a power cut the files themselves may be damaged; the checksums
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -324,7 +323,7 @@ def _pack_uniform(name: str, module: nn.Module, qw: QuantizedWeight) -> tuple[di
             raise ValueError(f"{name}: too many weights for int32 outlier indices")
         t[f"{name}.outlier_index"] = idx.to(INDEX_DTYPE)
         t[f"{name}.outlier_value"] = w.reshape(-1)[idx].clone()
-    meta = dict(format="uniform", config=dataclasses.asdict(cfg), shape=list(w.shape),
+    meta = dict(format="uniform", config=cfg.to_json(), shape=list(w.shape),
                 n_groups=scale.shape[1], dtype=_dtype_name(w.dtype), zero=zero_format,
                 n_outliers=0 if idx is None else idx.numel(), tensors=list(t))
     return t, meta
@@ -341,7 +340,7 @@ def _pack_bcq(name: str, module: nn.Module, cfg: QuantConfig) -> tuple[dict, dic
         raise ValueError(f"{name}: BCQ binary planes must hold only -1 and +1")
     t = {f"{name}.binary": pack_bits((binary > 0).to(torch.uint8), 1),
          f"{name}.alpha": _compact(alpha, cfg.scale_dtype)}
-    meta = dict(format="bcq", config=dataclasses.asdict(cfg), shape=list(binary.shape[1:]),
+    meta = dict(format="bcq", config=cfg.to_json(), shape=list(binary.shape[1:]),
                 planes=binary.shape[0], n_groups=alpha.shape[2], group_size=module.group_size,
                 dtype=_dtype_name(alpha.dtype), binary_dtype=_dtype_name(binary.dtype), tensors=list(t))
     return t, meta
@@ -444,7 +443,7 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
 
 def _unpack_uniform(t: dict, name: str, m: dict) -> tuple[torch.Tensor, QuantizedWeight]:
     """The dequantized weight (outliers restored, in its saved dtype) and its QuantizedWeight."""
-    cfg = QuantConfig(**m["config"])
+    cfg = QuantConfig.from_json(m["config"])
     out, cols = m["shape"]
     codes = unpack_bits(t[f"{name}.codes"], cfg.bits, out * cols).view(out, cols)
     scale = t[f"{name}.scale"].float()
@@ -510,7 +509,7 @@ def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) ->
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, layer)
             sd[f"{name}.alpha"], sd[f"{name}.binary"] = alpha, binary
-            quant_state[name] = QuantConfig(**m["config"])
+            quant_state[name] = QuantConfig.from_json(m["config"])
         else:
             raise ValueError(f"{folder}: module {name} has unknown format {m['format']!r}")
     for alias, head in meta["aliases"].items():
@@ -529,7 +528,7 @@ def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) ->
 
 def _ideal_bytes(m: dict) -> int:
     """Bytes a perfect packing of one module needs (see `packed_size`)."""
-    cfg = QuantConfig(**m["config"])
+    cfg = QuantConfig.from_json(m["config"])
     out, cols = m["shape"]
     n_params, s = out * m["n_groups"], _nbytes(cfg.scale_dtype)
     if m["format"] == "bcq":
@@ -566,7 +565,7 @@ def packed_size(folder: str | os.PathLike) -> pd.DataFrame:
     stored = _tensor_bytes(folder / QUANT_FILE)
     rows = []
     for name, m in meta["modules"].items():
-        cfg = QuantConfig(**m["config"])
+        cfg = QuantConfig.from_json(m["config"])
         ideal = _ideal_bytes(m)
         got = sum(stored[k] for k in m["tensors"])
         rows.append(dict(module=name, format=m["format"], bits=cfg.bits, groups=cfg.describe_groups(m["shape"][1]),

@@ -1,12 +1,16 @@
 """The quantization methods by name: a new method is one file that calls `register_method` once.
 
     from workbench.quant.registry import METHODS, QuantMethod, register_method
-    register_method(QuantMethod("mine", quantize_modules=my_handler))   # then QuantConfig(method="mine")
+    @dataclass(frozen=True)
+    class MyConfig(QuantConfig):                     # the grid's fields, and the method's own
+        method: str = "mine"
+        strength: float = 1.0                        # what the field does, where it is declared
+    register_method(QuantMethod("mine", my_handler, MyConfig))   # then QuantConfig(method="mine", strength=2)
 
 A method's handler quantizes its share of a model's linear layers in place:
 
     handler(model, plan, calibration=None, hessians=None, progress=True) -> list of rows
-        plan         {module name: QuantConfig with method=<its name>}
+        plan         {module name: its config (the method's QuantConfig subclass)}
         calibration  token ids [n, seqlen] or None
         hessians     {module name: H [in, in]} of the one-shot methods' layers, when calibrated
         each row     {"module": name, "state": what save_quantized stores for it (a QuantizedWeight
@@ -28,6 +32,7 @@ from typing import Callable
 class QuantMethod:
     name: str                          # the value of QuantConfig.method
     quantize: Callable[..., list]      # the handler described above
+    config: type                       # its config class: a frozen dataclass subclassing grid.QuantConfig
     min_bits: int = 2                  # fewest bits (BCQ: one binary plane)
     needs_calibration: bool = False    # quantize_model refuses to run it without calibration data
     sequential: bool = False           # runs after the one-shot methods, on the partly quantized model

@@ -16,8 +16,41 @@ import time
 import torch
 from torch import nn
 
+from dataclasses import dataclass
+
 from workbench.quant.grid import QuantConfig, QuantizedWeight, _check_weight, choose_qparams, dequantize, quantize
 from workbench.quant.registry import QuantMethod, register_method
+
+OUTLIER_MODES = ("weight", "channel")
+
+
+@dataclass(frozen=True)
+class RTNConfig(QuantConfig):
+    """Round-to-nearest on the grid (QuantConfig's fields), with full-precision outliers if asked."""
+
+    method: str = "rtn"
+    outlier_fraction: float = 0.0    # share of weights kept in full precision, outside the grid
+    outlier_mode: str = "weight"     # "weight": the largest by magnitude (SpQR, PreQuant); "channel": whole
+                                     # input channels by calibration activation norm (LLM.int8; needs calibration)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.outlier_fraction < 1:
+            raise ValueError(f"outlier_fraction must be in [0, 1), got {self.outlier_fraction!r}")
+        if self.outlier_mode not in OUTLIER_MODES:
+            raise ValueError(f"outlier_mode must be one of {OUTLIER_MODES}, got {self.outlier_mode!r}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.outlier_fraction > 0 and self.outlier_mode == "channel"
+
+
+def as_rtn(config: QuantConfig, **settings) -> RTNConfig:
+    """The RTN config on the same grid as `config` (any method's), with RTN `settings` (outliers)."""
+    from dataclasses import fields
+
+    grid = {f.name: getattr(config, f.name) for f in fields(QuantConfig)}
+    return RTNConfig(**{**grid, "method": "rtn", **settings})
 
 
 def outlier_mask(w: torch.Tensor, config: QuantConfig, channel_norms: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -27,7 +60,7 @@ def outlier_mask(w: torch.Tensor, config: QuantConfig, channel_norms: torch.Tens
     PreQuant). "channel": whole input channels, the `outlier_fraction` of them with the largest
     calibration activation norm `channel_norms` [in] (LLM.int8's outlier features).
     """
-    if config.outlier_fraction == 0:
+    if getattr(config, "outlier_fraction", 0.0) == 0:          # another method's config keeps no outliers
         return None
     if config.outlier_mode == "weight":
         k = max(1, round(config.outlier_fraction * w.numel()))
@@ -86,4 +119,4 @@ def quantize_modules(model: nn.Module, plan: dict[str, QuantConfig], calibration
     return rows
 
 
-register_method(QuantMethod("rtn", quantize_modules))
+register_method(QuantMethod("rtn", quantize_modules, RTNConfig))
