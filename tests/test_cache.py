@@ -1,5 +1,3 @@
-from dataclasses import dataclass
-
 import pytest
 
 import workbench
@@ -113,3 +111,24 @@ def test_a_corrupt_entry_is_reported_with_its_path_and_recomputed(cache):
     with pytest.warns(UserWarning, match=f"{path.name}.*cannot be read.*recomputing"):
         assert cache.get_or_compute(parts, lambda: 42) == 42
     assert cache.get_or_compute(parts, lambda: 43) == 42    # the recomputed value was stored again
+
+
+def test_atomic_writes_get_the_usual_permissions_not_the_temporary_files(tmp_path):
+    import os
+    import stat
+
+    from workbench.cache import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        import workbench.cache as cache_module
+
+        old, cache_module._UMASK = cache_module._UMASK, 0o022
+        atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "x").write_text("x")
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644     # mkstemp made it 0600
+        assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755          # mkdtemp made it 0700
+    finally:
+        cache_module._UMASK = old
+        os.umask(mask)
