@@ -57,7 +57,7 @@ unit: setup
 	$(PY) -m pytest tests -q -m "not integration and not browser"
 
 integration: assets
-	$(PY) -m pytest tests -q -m "integration or browser"
+	$(PY) -m pytest tests -q -m "integration or browser" --durations=15
 
 notebooks-test: assets
 	export WORKBENCH_RESULTS=$$(mktemp -d); trap 'rm -rf "$$WORKBENCH_RESULTS"' EXIT; \

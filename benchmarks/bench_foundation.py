@@ -13,7 +13,6 @@ Prints a pandas table; not a test.
 import argparse
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -3,6 +3,7 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 import torch
 
@@ -373,3 +374,62 @@ def test_a_rebuild_keeps_files_it_did_not_write_and_follows_a_moved_home(tmp_pat
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "home", moved)
     assert tasks._built_for(moved / "tasks") != str((moved / "tasks").resolve())   # so ability_tasks_dir rebuilds it
+
+
+@pytest.mark.integration
+def test_ability_sweep_stores_one_point_per_spec_with_its_items(tiny_lm, tmp_path, monkeypatch):
+    from workbench import experiments
+    from workbench.quant import QuantConfig
+
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    calls = []
+    real = abilities.ability_scores
+    monkeypatch.setattr(abilities, "ability_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, tokenizer, record = tiny_lm
+    specs = {"base": None, "W3": QuantConfig(bits=3, group_size=16)}
+    kw = dict(suites={"icl": ["wb_icl_arith_1d_add"]}, shots=[0, 1], limit=2, max_gen_toks=4, perplexity_windows=0,
+              progress=False)
+    res = abilities.ability_sweep(model, tokenizer, record, specs, **kw)
+    assert calls == [1, 1] and len(list((tmp_path / "experiments" / "abilities").glob("*.json"))) == 2
+    assert res.scores.label.unique().tolist() == ["base", "W3"] and res.scores.bits.unique().tolist() == [16, 3]
+    assert len(res.samples) == 2 * 2 * 2 and {"prompt", "response", "score", "doc_id"} <= set(res.samples.columns)
+    again = abilities.ability_sweep(model, tokenizer, record, specs, **kw)
+    assert calls == [1, 1]
+    pd.testing.assert_frame_equal(again.scores, res.scores)
+    # one stored item re-scored alone equals the record (a model loaded afresh by its name)
+    (point,) = [r["point"] for r in experiments.read_sweep("abilities") if r["point"]["spec"] is None]
+    one = abilities.ability_point({**point, "shots": [1]})
+    stored = res.samples[(res.samples.label == "base") & (res.samples.shots == 1)]
+    assert [i["score"] for i in one["items"]] == stored.score.tolist()
+    # LoRA before scoring: adapt.lora on a corpus task; the label and the trainable parameters say so
+    lora = {"task": {"kind": "corpus", "corpus": "lee", "n_train": 4, "seqlen": 32, "seed": 0},
+            "args": {"r": 2, "steps": 2, "batch_size": 2}}
+    tuned = abilities.ability_sweep(model, tokenizer, record, {"W3": specs["W3"]}, lora=lora, **kw)
+    assert tuned.scores.label.unique().tolist() == ["W3 + LoRA"]
+    assert tuned.scores.trainable_params.unique().tolist() == [2 * 2 * (96 + 72 + 72 + 96 + 144 + 144 + 144)]
+    with pytest.raises(ValueError, match="'kind': 'corpus'"):
+        abilities.ability_sweep(model, tokenizer, record, specs, lora={"r": 8}, **kw)
+
+
+@pytest.mark.integration
+def test_the_task_fingerprint_does_not_depend_on_where_the_tasks_or_lm_eval_are(tmp_path, monkeypatch):
+    """The local YAMLs name their data files and lm-eval's task files by absolute path; a snapshot
+    made under another WORKBENCH_HOME and virtual environment (another machine) must still find
+    the same fingerprint, and an edit must not."""
+    from pathlib import Path
+
+    import lm_eval
+
+    expected = abilities.task_folder_fingerprint(tasks.ability_tasks_dir())
+    there = tasks.build_ability_tasks(tmp_path / "elsewhere" / "tasks")
+    assert str(there) in (there / "wb_icl_arith_1d_add.yaml").read_text()      # absolute paths inside
+    assert abilities.task_folder_fingerprint(there) == expected
+    installed, other = str(Path(lm_eval.__file__).parent), str(tmp_path / "venv" / "site-packages" / "lm_eval")
+    for yaml in there.glob("*.yaml"):                                          # lm-eval installed elsewhere
+        yaml.write_text(yaml.read_text().replace(installed, other))
+    assert other in (there / "wb_ifeval.yaml").read_text()
+    monkeypatch.setattr(lm_eval, "__file__", str(Path(other) / "__init__.py"))
+    assert abilities.task_folder_fingerprint(there) == expected
+    with open(there / "wb_icl_arith_1d_add.jsonl", "a") as f:
+        f.write('{"input": "What is 1 plus 1?", "target": "2"}\n')
+    assert abilities.task_folder_fingerprint(there) != expected

@@ -3,23 +3,19 @@ committed number moved by 1% fails it — so the snapshot checks can fail."""
 
 import json
 
-import pandas as pd
 import pytest
 
 from workbench import reproducibility as rep
-from workbench.report import project_dir
-
-SNAPSHOTS = project_dir() / "data" / "snapshots"
+from workbench.experiments import read_snapshot
 
 
 def _committed_perplexity():
-    scores = pd.read_csv(SNAPSHOTS / "abilities_bits_sweep_scores.csv")
-    return scores[scores.metric == "perplexity"].score.tolist()
+    return [s["score"] for r in read_snapshot("abilities_bits_sweep") for s in r["summary"]["scores"]
+            if s["metric"] == "perplexity"]
 
 
 def _committed_losses():
-    result = json.loads((SNAPSHOTS / "adapt_causal_fp.json").read_text())["result"]
-    return {label: run["losses"] for label, run in result.items() if run["losses"]}
+    return {r["point"]["method"]: [i["loss"] for i in r["items"]] for r in read_snapshot("adapt_causal_fp") if r["items"]}
 
 
 def test_last_bit_differences_pass_and_a_one_percent_move_fails_every_evaluation():

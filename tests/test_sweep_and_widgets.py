@@ -10,23 +10,24 @@ from workbench.quant import QuantConfig
 
 
 @pytest.mark.integration
-def test_perplexity_sweep_caches_and_recomputes_on_change(tiny_lm, tmp_path, monkeypatch):
+def test_perplexity_sweep_stores_each_point_and_recomputes_on_change(tiny_lm, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
     model, tok, record = tiny_lm
     calls = []
-    real = evaluate.perplexity
-    monkeypatch.setattr(evaluate, "perplexity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = evaluate.window_nll
+    monkeypatch.setattr(evaluate, "window_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
     specs = {"base": None, "w4": QuantConfig(bits=4, group_size=16)}
     kw = dict(corpus="lee", seqlen=32, max_windows=2, progress=False)
     first = evaluate.perplexity_sweep(model, tok, record, specs, **kw)
-    assert len(calls) == 2
+    assert len(calls) == 2 and len(list((tmp_path / "experiments" / "perplexity").glob("*.json"))) == 2
     again = evaluate.perplexity_sweep(model, tok, record, specs, **kw)
-    assert len(calls) == 2 and again.perplexity.tolist() == first.perplexity.tolist()
+    assert len(calls) == 2 and again.equals(first)
     evaluate.perplexity_sweep(model, tok, record, {"w4": QuantConfig(bits=4, group_size=8)}, **kw)
     evaluate.perplexity_sweep(model, tok, record, {"w4": QuantConfig(bits=4, group_size=16)}, **{**kw, "max_windows": 3})
     assert len(calls) == 4
     assert first.bits.tolist()[1] == 4 and first.quantized_modules.tolist() == [0, 14]
-    assert first.perplexity[0] != first.perplexity[1]
+    assert first.perplexity[0] != first.perplexity[1] and first.tokens.tolist() == [64, 64]
+    assert first.rel_weight_error.isna().tolist() == [True, False]
 
 
 def test_quantizer_explorer_redraws(tiny_lm):

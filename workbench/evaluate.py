@@ -21,6 +21,7 @@ lower-context effects are smaller. Use lm-eval (workbench.abilities) when you ne
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -95,63 +96,48 @@ def perplexity(model: nn.Module, tokenizer, text: str | list[str], seqlen: int =
 
 def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: str = "lee",
                      seqlen: int = 512, max_windows: int | None = None, batch_size: int = 4,
-                     calibration: dict | None = None, progress: bool = True):
-    """Perplexity of `model` quantized by each spec, as a DataFrame; each result cached on disk.
+                     calibration: dict | None = None, name: str = "perplexity", backend: str = "inprocess",
+                     workers: int | None = None, progress: bool = True):
+    """Perplexity of `model` quantized by each spec, as a DataFrame: one point of the sweep
+    `name` (workbench.experiments, measure `perplexity_point`) per spec, stored with every
+    window's NLL as it finishes and read back on the next call.
 
     `specs` maps a label to a quantization spec (`QuantConfig` or {regex: config}) or to None
-    for the unquantized model. `record` is the ModelRecord from `load_model`. `calibration`
-    (e.g. {"corpus": "lee", "n_samples": 16, "seqlen": 512, "seed": 0}) is drawn with
-    `workbench.data.calibration_batch` and handed to `quantize_model` (GPTQ and channel outliers
-    need it; with it the report also measures output error). The model's `record.key`, the
-    spec, the calibration settings, the corpus, `seqlen` and `max_windows` key the cache, so a
-    re-run reads results back and any change recomputes. Columns: label, bits, perplexity, the
-    mean relative weight (and, with calibration, output) error over quantized modules, their
-    number, the quantization time and the evaluated token count.
+    for the unquantized model. `record` is the ModelRecord from `load_model`, and `model` must be
+    what `load_model(record.name)` gives (other processes load that name). `calibration` (e.g.
+    {"n_samples": 16, "seqlen": 512, "seed": 0}) is drawn from `corpus` with
+    `workbench.data.calibration_batch` and handed to `quantize_model` (GPTQ and channel
+    outliers need it; with it the report also measures output error). The weights (record.key),
+    the spec, the calibration, the corpus, `seqlen` and `max_windows` key each point. Columns:
+    label, bits, perplexity, the mean relative weight (and, with calibration, output) error over
+    quantized modules, their number, the quantization time and the evaluated token count.
     """
     import pandas as pd
 
-    from workbench.cache import cached
-    from workbench.data import calibration_batch, evaluation_text
-    from workbench.quant import quantize_model
+    from workbench.experiments import provide, run_sweep
+    from workbench.quant import spec_to_json
 
-    text = evaluation_text(corpus)
-    n_windows = token_windows(tokenizer, text, seqlen, max_windows).shape[0]
-    calib = None
+    provide(("model", "causal-lm", record.name), (model, tokenizer, record))
+    points = [{"model": record.name, "spec": spec_to_json(spec), "corpus": corpus, "seqlen": seqlen,
+               "max_windows": max_windows, "batch_size": batch_size,
+               "calibration": calibration if spec is not None else None} for spec in specs.values()]
+    records = run_sweep(points, perplexity_point, name, defaults=PERPLEXITY_DEFAULTS,
+                        versions={"model": json.loads(json.dumps(record.key, default=str))}, backend=backend,
+                        workers=workers, progress=progress)
     rows = []
-    for label, spec in specs.items():
-        parts = {"what": "perplexity", "model": record.key, "spec": spec, "corpus": corpus,
-                 "split": "evaluation", "seqlen": seqlen, "max_windows": max_windows,
-                 "calibration": calibration if spec is not None else None}
-
-        def compute(spec=spec):
-            nonlocal calib
-            if spec is None:
-                qmodel, report = model, None
-            else:
-                if calibration is not None and calib is None:
-                    calib = calibration_batch(tokenizer, **calibration)
-                t0 = time.perf_counter()
-                qmodel, report = quantize_model(model, spec, calibration=calib, progress=progress)
-                quant_time = time.perf_counter() - t0
-            ppl = perplexity(qmodel, tokenizer, text, seqlen, batch_size, max_windows, progress)
-            if report is None:
-                return {"perplexity": ppl, "rel_weight_error": float("nan"), "rel_output_error": float("nan"),
-                        "quantized_modules": 0, "quantize_time_s": 0.0}
-            out_err = report["rel_output_error"].mean() if "rel_output_error" in report else float("nan")
-            return {"perplexity": ppl, "rel_weight_error": float(report.rel_weight_error.mean()),
-                    "rel_output_error": float(out_err), "quantized_modules": len(report),
-                    "quantize_time_s": quant_time}
-
-        result = cached(parts, compute)
-        bits = getattr(spec, "bits", None)  # None for the unquantized model and mixed specs
-        rows.append({"label": label, "bits": bits, **result, "tokens": n_windows * seqlen})
+    for (label, spec), r in zip(specs.items(), records):
+        summary = r["summary"]
+        rows.append({"label": label, "bits": getattr(spec, "bits", None),   # None: unquantized or mixed
+                     **{k: summary[k] for k in ("perplexity", "rel_weight_error", "rel_output_error",
+                                                "quantized_modules", "quantize_time_s")},
+                     "tokens": summary["n_windows"] * seqlen})
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- a sweep measure
 
 PERPLEXITY_DEFAULTS = {          # every argument of `perplexity_point`, spelled out for its sweep key
-    "spec": None,                # None (unquantized) or QuantConfig fields, e.g. {"bits": 4, "group_size": 128}
+    "spec": None,                # workbench.quant.spec_to_json of the quantization; None: unquantized
     "corpus": "lee",             # workbench.data corpus whose evaluation split is scored
     "seqlen": 512,               # window length in tokens
     "max_windows": None,         # None: the whole evaluation split
@@ -164,36 +150,33 @@ def perplexity_point(point: dict) -> dict:
     """A `workbench.experiments` measure: token perplexity of `point["model"]` quantized by
     `point["spec"]`, with one item per window (its summed NLL and predicted tokens), so that the
     perplexity, an interval over windows or a paired comparison can be recomputed from the
-    record and any window re-run alone. Run it with `defaults=PERPLEXITY_DEFAULTS`; the model is
-    loaded once per process. For a local model folder pass `versions={"model": record.key}`, so
-    that new weights make new keys."""
+    record and any window re-run alone. The summary adds the quantization report's means
+    (rel_weight_error, rel_output_error with calibration), the number of quantized modules and
+    the quantization time. Run it with `defaults=PERPLEXITY_DEFAULTS`; the model is loaded once
+    per process. For a local model folder pass `versions={"model": record.key}`, so that new
+    weights make new keys."""
     from workbench.data import calibration_batch, evaluation_text
-    from workbench.quant import QuantConfig, quantize_model
+    from workbench.experiments import loaded
+    from workbench.models import load_model
+    from workbench.quant import quantize_model, spec_from_json
 
     p = {**PERPLEXITY_DEFAULTS, **point}
-    model, tokenizer = _loaded(p["model"])
+    model, tokenizer, _ = loaded(("model", "causal-lm", p["model"]), lambda: load_model(p["model"]))
+    quant = {"rel_weight_error": float("nan"), "rel_output_error": float("nan"), "quantized_modules": 0,
+             "quantize_time_s": 0.0}
     if p["spec"] is not None:
         calib = calibration_batch(tokenizer, **{"corpus": p["corpus"], **p["calibration"]}) if p["calibration"] else None
-        model, _ = quantize_model(model, QuantConfig(**p["spec"]), calibration=calib, progress=False)
+        t0 = time.perf_counter()
+        model, report = quantize_model(model, spec_from_json(p["spec"]), calibration=calib, progress=False)
+        quant = {"rel_weight_error": float(report.rel_weight_error.mean()),
+                 "rel_output_error": float(report["rel_output_error"].mean()) if "rel_output_error" in report
+                 else float("nan"),
+                 "quantized_modules": len(report), "quantize_time_s": time.perf_counter() - t0}
     windows = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
     check_finite(model, why="its perplexity would be meaningless")
     nll = window_nll(model, windows, batch_size=p["batch_size"], progress=False)
     tokens = windows.shape[0] * (p["seqlen"] - 1)
     mean = nll.sum().item() / tokens
     return {"summary": {"perplexity": math.exp(mean) if mean < 700 else math.inf, "nll_per_token": mean,
-                        "n_windows": windows.shape[0], "tokens": tokens},
+                        "n_windows": windows.shape[0], "tokens": tokens, **quant},
             "items": [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in enumerate(nll.tolist())]}
-
-
-_LOADED: dict[str, tuple] = {}
-
-
-def _loaded(name: str):
-    """(model, tokenizer) of `name`, loaded once per process."""
-    if name not in _LOADED:
-        from workbench.models import load_model
-
-        model, tokenizer, _ = load_model(name)
-        _LOADED.clear()                        # one model at a time in memory
-        _LOADED[name] = (model, tokenizer)
-    return _LOADED[name]

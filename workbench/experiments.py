@@ -25,6 +25,17 @@ Backends: "inprocess" (default), "processes" (a spawn pool of `workers` local pr
 measure must be importable) and "ray" (`pip install -e '.[ray]'`; `ray_address` connects to a
 cluster, otherwise a local Ray is started). Records are written by the driver as results arrive,
 so every backend stores the same files.
+
+Committed snapshots (`snapshot="name"`): a sweep whose records are committed with the repository
+as data/snapshots/<name>.json, for results that take minutes (a notebook's heavy sweeps). A
+point whose key (measure, point with defaults, versions) is in the snapshot is read from it;
+the others are computed, and the file is rewritten with exactly this sweep's records.
+`recompute=None` means $WORKBENCH_RECOMPUTE == "1" (what `make reproduce` sets).
+tests/test_snapshots.py re-runs a sample of every snapshot's points and items.
+
+A measure gets its model or task through `loaded(key, load)`: loaded once per process and
+kept while the same key is asked for, so that a sweep over quantizations of one model loads it
+once per worker; a caller that already holds the object hands it over with `provide`.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from workbench.cache import atomic_write_text, results_dir
+from workbench.report import project_dir
 
 BACKENDS = ("inprocess", "processes", "ray")
 RECORD_FORMAT = 1                          # bump when a record's layout changes
@@ -117,6 +129,58 @@ def _timed(measure: Callable, point: dict) -> tuple[dict, float]:
     return result, time.perf_counter() - t0
 
 
+def read_sweep(name: str, root: str | os.PathLike | None = None) -> list[dict]:
+    """Every record stored for sweep `name` (any points, any run), in no particular order."""
+    return [r for r in (_read(p) for p in sorted(sweep_dir(name, root).glob("*.json"))) if r is not None]
+
+
+def snapshot_path(name: str) -> Path:
+    """data/snapshots/<name>.json of the quant-workbench checkout (see `workbench.report.project_dir`)."""
+    sweep_dir(name)                                       # the same rule for the name
+    return project_dir() / "data" / "snapshots" / f"{name}.json"
+
+
+def read_snapshot(name: str) -> list[dict]:
+    """The records of committed snapshot `name`, in its points' order."""
+    path = snapshot_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"no snapshot {name!r} at {path}; run the notebook that makes it with "
+                                "WORKBENCH_RECOMPUTE=1 (or make reproduce)")
+    stored = json.loads(path.read_text())
+    if stored.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path} is a snapshot of format {stored.get('format')!r}, not {RECORD_FORMAT}; "
+                         "recompute it with WORKBENCH_RECOMPUTE=1")
+    return stored["records"]
+
+
+def _write_snapshot(name: str, records: list[dict]) -> None:
+    text = json.dumps({"format": RECORD_FORMAT, "name": name, "records": records}, indent=1, allow_nan=True) + "\n"
+    path = snapshot_path(name)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+
+
+# ----------------------------------------------------------------------------- objects a measure loads
+
+_LOADED: dict[str, tuple] = {}              # kind -> (key, object): one object of each kind per process
+
+
+def loaded(key: tuple, load: Callable[[], object]):
+    """`load()`'s object for `key` (a tuple whose first element names the kind: ("model", name)),
+    loaded once per process and kept until another key of the same kind is asked for."""
+    kind = key[0]
+    if kind not in _LOADED or _LOADED[kind][0] != key:
+        _LOADED.pop(kind, None)                          # one model in memory at a time
+        _LOADED[kind] = (key, load())
+    return _LOADED[kind][1]
+
+
+def provide(key: tuple, obj) -> None:
+    """Hand an object this process already holds to `loaded` (a notebook's loaded model), so that
+    an in-process sweep does not load it again. It must be what `load()` would give."""
+    _LOADED[key[0]] = (key, obj)
+
+
 # ----------------------------------------------------------------------------- backends
 
 def _inprocess(measure, todo, workers, ray_address):
@@ -165,12 +229,14 @@ _BACKENDS = {"inprocess": _inprocess, "processes": _processes, "ray": _ray}
 def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str, *,
               defaults: dict | None = None, versions: dict | None = None, backend: str = "inprocess",
               workers: int | None = None, ray_address: str | None = None, root: str | os.PathLike | None = None,
-              recompute: bool = False, progress: bool = True) -> list[dict]:
+              recompute: bool | None = None, snapshot: str | None = None, progress: bool = True) -> list[dict]:
     """Measure every point not stored yet, store each as it finishes, and return all records in
     point order (see the module doc).
 
     A record is {"key", "measure", "point" (with defaults filled in), "versions", "summary",
     "items", "wall_s", "format"}. `recompute=True` measures every point again (and overwrites).
+    With `snapshot`, records are read from and written to the committed snapshot of that name
+    (see the module doc); `recompute=None` is then $WORKBENCH_RECOMPUTE == "1", else False.
     Repeated points are measured once. A measure that raises stops the sweep with the point named;
     the points finished before it stay stored.
     """
@@ -185,18 +251,24 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
     from workbench import __version__
 
     all_versions = {"workbench": __version__, **(versions or {})}
+    if recompute is None:
+        recompute = snapshot is not None and os.environ.get("WORKBENCH_RECOMPUTE") == "1"
+    committed = {}
+    if snapshot is not None and not recompute and snapshot_path(snapshot).exists():
+        committed = {r["key"]: r for r in read_snapshot(snapshot)}
     records: dict[str, dict] = {}
     todo, seen = [], set()
     for i, (p, k) in enumerate(zip(points, keys)):
         if k in seen:
             continue
         seen.add(k)
-        stored = None if recompute else _read(folder / f"{k}.json")
+        stored = None if recompute else committed.get(k) or _read(folder / f"{k}.json")
         if stored is not None:
             records[k] = stored
         else:
             todo.append((i, {**(defaults or {}), **p}))
-    bar = tqdm(total=len(seen), initial=len(seen) - len(todo), desc=name, unit="point", disable=not progress)
+    quiet = not progress or os.environ.get("TQDM_DISABLE", "0").lower() not in ("", "0", "false")   # make's runs
+    bar = tqdm(total=len(seen), initial=len(seen) - len(todo), desc=name, unit="point", disable=quiet)
     try:
         for i, (result, wall) in _BACKENDS[backend](measure, todo, workers, ray_address):
             point = {**(defaults or {}), **points[i]}
@@ -210,6 +282,8 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
             bar.update(1)
     finally:
         bar.close()
+    if snapshot is not None:
+        _write_snapshot(snapshot, [records[k] for k in dict.fromkeys(keys)])
     return [records[k] for k in keys]
 
 

@@ -2,7 +2,7 @@
 
     from workbench.abilities import ability_scores, ability_sweep, bits_sweep_specs
     res = ability_scores(model, tokenizer, limit=20)          # res.scores, res.samples (DataFrames)
-    res = ability_sweep(model, tokenizer, record, bits_sweep_specs(), limit=20,
+    res = ability_sweep(model, tokenizer, record, bits_sweep_specs(), limit=20, name="bits",
                         calibration={"corpus": "lee", "n_samples": 8, "seqlen": 256, "seed": 0})
 
 The study reproduced is Liu et al., "Do Emergent Abilities Exist in Quantized Large Language
@@ -134,14 +134,32 @@ def _user_task_folders(include_path) -> tuple[str, ...]:
 
 def task_folder_fingerprint(folder: str | os.PathLike) -> str:
     """sha256 over the relative path and content of every file under an lm-eval task folder
-    (hidden files left out): editing a YAML, a data file or a `utils.py` changes it."""
+    (hidden files left out): editing a YAML, a data file or a `utils.py` changes it. Where the
+    folder itself is, and where lm-eval is installed, are no part of it: the local YAMLs name
+    their data file and the lm-eval task file they include by absolute path, and are hashed with
+    those two paths taken out, so the same tasks built under another WORKBENCH_HOME or virtual
+    environment, or on another machine, have the same fingerprint (what a committed snapshot
+    records; lm-eval's version is recorded beside it)."""
+    import lm_eval
+
     from workbench.cache import file_sha256
 
     root, h = Path(folder), hashlib.sha256()
+    installed = Path(lm_eval.__file__).parent
+    places = [(str(p).encode(), tag) for p, tag in ((root, b"<task folder>"), (root.resolve(), b"<task folder>"),
+                                                   (installed, b"<lm_eval>"), (installed.resolve(), b"<lm_eval>"))]
+    places.sort(key=lambda pt: -len(pt[0]))                      # the longer path first (one may hold the other)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root)
         if not any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            h.update(f"{rel.as_posix()}\0{file_sha256(path)}\n".encode())
+            if path.suffix in (".yaml", ".yml"):
+                text = path.read_bytes()
+                for where, tag in places:
+                    text = text.replace(where, tag)
+                digest = hashlib.sha256(text).hexdigest()
+            else:
+                digest = file_sha256(path)
+            h.update(f"{rel.as_posix()}\0{digest}\n".encode())
     return h.hexdigest()
 
 
@@ -335,15 +353,8 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
     _check_tasks(tasks, include_path)
     from lm_eval.api.model import LM
 
-    if isinstance(model, LM) and model_key is None:
+    if isinstance(model, LM) and model_key is None and cache:
         raise ValueError("an lm-eval LM object has no weights to fingerprint: pass model_key=<a name for it>")
-    parts = {"what": "abilities", "model": model_key or model_fingerprint(model), "tasks": tasks,
-             "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
-             "chat": bool(apply_chat_template), "max_gen_toks": max_gen_toks, "seed": seed,
-             "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION,
-             "task_contents": [task_folder_fingerprint(ability_tasks_dir())]
-                              + [task_folder_fingerprint(f) for f in _user_task_folders(include_path)]}
-
     def compute():
         import datasets
         from lm_eval.models.huggingface import HFLM
@@ -353,8 +364,7 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
         if isinstance(model, LM):
             lm = model
         else:
-            lm = HFLM(pretrained=model._get() if isinstance(model, _Deferred) else model,
-                      tokenizer=tokenizer, batch_size=batch_size)
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         with quiet:
             out = lm_eval.simple_evaluate(
@@ -368,26 +378,34 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
 
     if not cache:
         return compute()
+    parts = {"what": "abilities", "model": model_key or model_fingerprint(model), "tasks": tasks,
+             "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
+             "chat": bool(apply_chat_template), "max_gen_toks": max_gen_toks, "seed": seed,
+             "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION,
+             "task_contents": [task_folder_fingerprint(ability_tasks_dir())]
+                              + [task_folder_fingerprint(f) for f in _user_task_folders(include_path)]}
     return cached(parts, compute)
 
 
 def ability_scores(model: nn.Module, tokenizer, suites: dict | None = None, shots=SHOTS,
                    limit: int | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
                    chat_for_instructions: bool = True, model_key: str | None = None,
-                   progress: bool = True) -> AbilityResult:
+                   cache: bool = True, progress: bool = True) -> AbilityResult:
     """All three abilities of `model`: ICL tasks at each k in `shots`, CoT tasks, instruction following.
 
     `suites` maps ability -> task names (default SUITES; a missing ability is skipped).
     CoT tasks use their own exemplar count; instruction following is zero-shot and, when the
     tokenizer has a chat template and `chat_for_instructions`, wrapped in it (instruction-tuned
-    models are meant to be prompted so). Each group is cached separately (see `evaluate_tasks`).
+    models are meant to be prompted so). Each group is cached separately (see `evaluate_tasks`)
+    unless `cache=False` (a sweep's measure: the sweep stores its records itself).
     """
     suites = SUITES if suites is None else suites
     bad = set(suites) - set(ABILITIES)
     if bad:
         raise ValueError(f"unknown abilities {sorted(bad)}; choose from {ABILITIES}")
-    key = model_key or model_fingerprint(model)
-    common = dict(limit=limit, batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=key, progress=progress)
+    key = model_key or (model_fingerprint(model) if cache else None)
+    common = dict(limit=limit, batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=key, cache=cache,
+                  progress=progress)
     parts = []
     if suites.get("icl"):
         for k in shots:
@@ -490,184 +508,149 @@ def _spec_method(spec) -> str:
     return methods.pop() if len(methods) == 1 else "mixed"
 
 
+ABILITY_DEFAULTS = {                # every argument of `ability_point`, spelled out for its sweep key
+    "spec": None,                   # workbench.quant.spec_to_json of the quantization; None: unquantized
+    "suites": {k: list(v) for k, v in SUITES.items()},   # ability -> lm-eval task names
+    "shots": list(SHOTS),           # in-context examples for the ICL tasks
+    "limit": None,                  # first n items of each task (None: all)
+    "calibration": None,            # calibration_batch arguments, when the spec needs them (GPTQ)
+    "lora": None,                   # LoRA before scoring: {"task": a corpus task as workbench.adapt.sweeps
+                                    # describes it, "args": workbench.adapt.lora's arguments}
+    "batch_size": 16,               # lm-eval batch (does not change the scores)
+    "max_gen_toks": None,           # generation cap (None: each task's own)
+    "perplexity_windows": 2,        # 512-token windows of lee's evaluation split scored (0: none)
+}
+
+
+def ability_point(point: dict) -> dict:
+    """The `workbench.experiments` measure of an ability sweep: `point["model"]` (a name, loaded
+    once per process) quantized by `point["spec"]`, LoRA-trained if `point["lora"]`, scored by
+    `ability_scores` and, with `perplexity_windows`, by its perplexity. The summary holds the
+    score rows ("scores") and the LoRA run's record ("lora": trainable_params, losses, ...); the
+    items are the scored lm-eval items (prompt, response, score, ...), so any one can be re-run."""
+    from workbench.data import calibration_batch, evaluation_text
+    from workbench.evaluate import perplexity
+    from workbench.experiments import loaded
+    from workbench.models import load_model
+    from workbench.quant import spec_from_json
+
+    p = {**ABILITY_DEFAULTS, **point}
+    model, tokenizer, _ = loaded(("model", "causal-lm", p["model"]), lambda: load_model(p["model"]))
+    calib = calibration_batch(tokenizer, **p["calibration"]) if p["calibration"] else None
+    qmodel, _ = quantize_for_spec(model, spec_from_json(p["spec"]), calib)
+    lora = None
+    if p["lora"]:
+        from workbench.adapt import lora as train_lora
+        from workbench.finetune import corpus_task
+
+        task = {k: v for k, v in p["lora"]["task"].items() if k != "kind"}
+        qmodel, lora = train_lora(qmodel, corpus_task(tokenizer, **task), **p["lora"]["args"])
+    res = ability_scores(qmodel, tokenizer, suites=p["suites"], shots=p["shots"], limit=p["limit"],
+                         batch_size=p["batch_size"], max_gen_toks=p["max_gen_toks"], cache=False, progress=False)
+    scores = res.scores
+    if p["perplexity_windows"]:
+        ppl = perplexity(qmodel, tokenizer, evaluation_text("lee"), 512, max_windows=p["perplexity_windows"],
+                         progress=False)
+        scores = pd.concat([scores, pd.DataFrame([{
+            "task": "perplexity", "ability": "lm", "shots": None, "metric": "perplexity", "filter": "none",
+            "score": ppl, "stderr": float("nan"), "n": p["perplexity_windows"], "primary": True}])],
+            ignore_index=True)
+    return {"summary": {"scores": _rows(scores), "lora": lora}, "items": _rows(res.samples)}
+
+
+def _rows(df: pd.DataFrame) -> list[dict]:
+    """DataFrame rows as plain dicts, numbers exact: numpy scalars as Python's, NaN as None."""
+    import math
+
+    def plain(v):
+        if hasattr(v, "item") and not isinstance(v, (str, list, dict)):
+            v = v.item()
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return [{k: plain(v) for k, v in row.items()} for row in df.to_dict("records")]
+
+
 def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict | None = None,
                   shots=SHOTS, limit: int | None = None, calibration: dict | None = None,
                   lora: dict | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
-                  perplexity_windows: int | None = 2, progress: bool = True) -> AbilityResult:
-    """Ability scores of `model` quantized by each spec (see `ability_scores`), cached per spec.
+                  perplexity_windows: int | None = 2, name: str = "abilities", snapshot: bool = False,
+                  recompute: bool | None = None, backend: str = "inprocess", workers: int | None = None,
+                  progress: bool = True) -> AbilityResult:
+    """Ability scores of `model` quantized by each spec (see `ability_scores`): one point of the
+    sweep `name` (workbench.experiments) per spec, stored as it finishes and read back later.
 
     `specs` maps a label to None (unquantized), a `quantize_model` spec or a component spec
     (`component_specs`). `calibration` settings (e.g. {"corpus": "lee", "n_samples": 8,
     "seqlen": 256, "seed": 0}) are drawn with `calibration_batch` when a spec needs them (GPTQ).
-    With `lora` (keyword arguments of `workbench.finetune.lora_finetune`, e.g. {"steps": 40}),
-    each quantized model is fine-tuned with LoRA before it is scored; labels get " + LoRA" and
-    the scores a `trainable_params` column. With `perplexity_windows`, each model's perplexity
-    on that many 512-token windows of the lee evaluation split is added as a task "perplexity"
-    (a continuous measure that still moves when every ability score is at zero). A cache hit
-    skips quantization and training entirely. Scores and samples carry `label`, `bits` (16 for
-    the unquantized model) and `method` columns.
+    With `lora` ({"task": {"kind": "corpus", "corpus": "lee", "n_train": 40, "seqlen": 128,
+    "seed": 0}, "args": {"r": 8, "steps": 10, "batch_size": 4, ...}}), each quantized model is
+    fine-tuned by `workbench.adapt.lora` on that corpus task before it is scored; labels get
+    " + LoRA" and the scores a `trainable_params` column. With `perplexity_windows`, each
+    model's perplexity on that many 512-token windows of the lee evaluation split is added as a
+    task "perplexity" (a continuous measure that still moves when every ability score is at
+    zero). With `snapshot=True` the records are the committed data/snapshots/<name>.json.
+    `model` must be what `load_model(record.name)` gives (the measure loads that name in other
+    processes). Scores and samples carry `label`, `bits` (16 for the unquantized model) and
+    `method` columns.
     """
-    from tqdm.auto import tqdm
+    from workbench import adapt
+    from workbench.experiments import provide, run_sweep
+    from workbench.quant import spec_to_json
 
-    from workbench.cache import cached
-    from workbench.data import calibration_batch, evaluation_text
-    from workbench.evaluate import perplexity
-    from workbench.finetune import lora_finetune
-
-    calib = None
-    all_scores, all_samples = [], []
-    for label, spec in tqdm(specs.items(), desc="ability sweep", disable=not progress):
+    if lora is not None:
+        if set(lora) != {"task", "args"} or lora["task"].get("kind") != "corpus":
+            raise ValueError("lora is {'task': {'kind': 'corpus', 'corpus': 'lee', 'n_train': 40, 'seqlen': 128, "
+                             f"'seed': 0}}, 'args': keyword arguments of workbench.adapt.lora}}, got {lora!r}")
+        lora = {"task": lora["task"], "args": adapt.resolve_runs({"lora": ("lora", lora["args"])})["lora"][1]}
+    points = []
+    for label, spec in specs.items():
         needs = spec is not None and any(c.needs_calibration for c in _configs(spec))
         if needs and calibration is None:
             raise ValueError(f"spec {label!r} uses GPTQ, which needs calibration: pass "
                              "calibration={'corpus': 'lee', 'n_samples': 8, 'seqlen': 256, 'seed': 0}")
-        key = {"model": record.key, "spec": spec, "calibration": calibration if needs else None,
-               "lora": lora}
-        state = {}
-
-        def build(spec=spec, needs=needs):
-            nonlocal calib
-            if "model" not in state:
-                if needs and calib is None:
-                    calib = calibration_batch(tokenizer, **calibration)
-                qmodel, _ = quantize_for_spec(model, spec, calib if needs else None)
-                if lora is not None:
-                    qmodel, state["lora"] = lora_finetune(qmodel, tokenizer, progress=False, **lora)
-                state["model"] = qmodel
-            return state["model"]
-
-        lora_record = cached({"what": "lora", **key}, lambda: (build(), state["lora"])[1]) if lora else None
-        model_key = hashlib.sha256(repr(sorted(key.items(), key=str)).encode()).hexdigest()
-        res = ability_scores(_Deferred(build), tokenizer, suites=suites, shots=shots, limit=limit,
-                             batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=model_key,
-                             progress=progress)
-        scores, samples = res.scores.copy(), res.samples.copy()
-        if perplexity_windows:
-            parts = {"what": "perplexity", "model": record.key, "spec": spec, "corpus": "lee",
-                     "split": "evaluation", "seqlen": 512, "max_windows": perplexity_windows,
-                     "calibration": key["calibration"]}
-            if lora is not None:
-                parts["lora"] = lora
-            ppl = cached(parts, lambda: perplexity(build(), tokenizer, evaluation_text("lee"), 512,
-                                                   max_windows=perplexity_windows, progress=False))
-            scores = pd.concat([scores, pd.DataFrame([{
-                "task": "perplexity", "ability": "lm", "shots": None, "metric": "perplexity",
-                "filter": "none", "score": ppl, "stderr": float("nan"), "n": perplexity_windows,
-                "primary": True}])], ignore_index=True)
-        name = f"{label} + LoRA" if lora is not None else label
-        for df in (scores, samples):
-            df.insert(0, "label", name)
-            df.insert(1, "bits", _spec_bits(spec))
-            df.insert(2, "method", _spec_method(spec))
-        if lora_record is not None:
-            scores["trainable_params"] = lora_record["trainable_params"]
-        all_scores.append(scores)
-        all_samples.append(samples)
-    return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
+        points.append({"model": record.name, "spec": spec_to_json(spec), "calibration": calibration if needs else None,
+                       "suites": {k: list(v) for k, v in (SUITES if suites is None else suites).items()},
+                       "shots": list(shots), "limit": limit, "lora": lora, "batch_size": batch_size,
+                       "max_gen_toks": max_gen_toks, "perplexity_windows": perplexity_windows or 0})
+    provide(("model", "causal-lm", record.name), (model, tokenizer, record))
+    records = run_sweep(points, ability_point, name, defaults=ABILITY_DEFAULTS, versions=sweep_versions(record),
+                        backend=backend, workers=workers, recompute=recompute, snapshot=name if snapshot else None,
+                        progress=progress)
+    return ability_frames(records, list(specs))
 
 
-# -----------------------------------------------------------------------------
-# committed snapshots: heavy sweeps rendered from the repository, a sample re-verified by the tests
-
-SNAPSHOT_DIR = ("data", "snapshots")
-
-
-def _spec_to_json(spec):
-    """A spec (None, QuantConfig or {pattern: QuantConfig or None}) as plain JSON."""
-    import dataclasses
-
-    from workbench.quant import QuantConfig
-
-    if spec is None:
-        return None
-    if isinstance(spec, QuantConfig):
-        return {"QuantConfig": dataclasses.asdict(spec)}
-    return {"patterns": [[k, _spec_to_json(v)] for k, v in spec.items()]}
-
-
-def _spec_from_json(obj):
-    from workbench.quant import QuantConfig
-
-    if obj is None:
-        return None
-    if "QuantConfig" in obj:
-        return QuantConfig(**obj["QuantConfig"])
-    return {k: _spec_from_json(v) for k, v in obj["patterns"]}
-
-
-def snapshot_paths(name: str) -> dict:
-    """The files of snapshot `name`: data/snapshots/<name>.json (what it was computed from) and
-    <name>_scores.csv, <name>_samples.csv."""
-    from workbench.report import project_dir
-
-    folder = project_dir().joinpath(*SNAPSHOT_DIR)
-    return {"meta": folder / f"{name}.json", "scores": folder / f"{name}_scores.csv",
-            "samples": folder / f"{name}_samples.csv"}
-
-
-def read_snapshot(name: str) -> tuple[dict, AbilityResult]:
-    """(arguments, AbilityResult) of a committed snapshot; the arguments as `ability_sweep` takes
-    them (model name, specs, suites, shots, ...), for re-running any part of it."""
-    import json
-
-    paths = snapshot_paths(name)
-    if not paths["meta"].exists():
-        raise FileNotFoundError(f"no snapshot {name!r} in {paths['meta'].parent}; run the notebook that "
-                                "makes it with WORKBENCH_RECOMPUTE=1 (or make reproduce)")
-    meta = json.loads(paths["meta"].read_text())
-    args = dict(meta["args"])
-    args["specs"] = {k: _spec_from_json(v) for k, v in args["specs"]}
-    res = AbilityResult(pd.read_csv(paths["scores"], keep_default_na=False, na_values=[""]),
-                        pd.read_csv(paths["samples"], keep_default_na=False, na_values=[""]))
-    return args, res
-
-
-def snapshot_sweep(name: str, model: nn.Module, tokenizer, record, specs: dict, recompute: bool | None = None,
-                   **kwargs) -> AbilityResult:
-    """`ability_sweep(model, tokenizer, record, specs, **kwargs)`, or its committed snapshot.
-
-    A sweep that takes minutes is committed with the repository as data/snapshots/<name>_*.csv
-    plus <name>.json, which records every argument (and the workbench, lm-eval and task-file
-    versions). The snapshot is used only when all of them are exactly those of this call;
-    otherwise, or with `recompute=True` (default: $WORKBENCH_RECOMPUTE == "1"), the sweep runs
-    (through the results cache) and the snapshot is rewritten, files first and the .json last,
-    each atomically. Either way the frames returned are the ones read back from the CSVs, so a
-    notebook shows the same thing both ways. tests/test_snapshots.py recomputes a sample of
-    every committed snapshot from scratch and compares."""
+def sweep_versions(record) -> dict:
+    """What besides a point decides its scores: the weights, lm-eval, the task files, and the libraries."""
+    import importlib.metadata as md
     import json
 
     import lm_eval
 
-    from workbench import __version__
-    from workbench.cache import atomic_path, atomic_write_text
-
-    kwargs.pop("progress", None)
-    args = {"model": record.name, "specs": [[k, _spec_to_json(v)] for k, v in specs.items()], **kwargs}
-    versions = {"workbench": __version__, "lm_eval": lm_eval.__version__, "tasks": ABILITY_TASKS_VERSION,
-                "model_key": json.loads(json.dumps(record.key, default=str))}
-    meta = {"args": args, "versions": versions}
-    blob = json.dumps(meta, sort_keys=True, indent=1, default=str)
-    paths = snapshot_paths(name)
-    if recompute is None:
-        recompute = os.environ.get("WORKBENCH_RECOMPUTE") == "1"
-    fresh = paths["meta"].exists() and paths["meta"].read_text() == blob + "\n"
-    if recompute or not fresh or not (paths["scores"].exists() and paths["samples"].exists()):
-        res = ability_sweep(model, tokenizer, record, specs, progress=False, **kwargs)
-        for part in ("scores", "samples"):
-            with atomic_path(paths[part]) as tmp:
-                getattr(res, part).to_csv(tmp, index=False)
-        atomic_write_text(paths["meta"], blob + "\n")
-    return read_snapshot(name)[1]
+    return {"model": json.loads(json.dumps(record.key, default=str)), "lm_eval": lm_eval.__version__,
+            "tasks": ABILITY_TASKS_VERSION, "task_contents": task_folder_fingerprint(ability_tasks_dir()),
+            **{p: md.version(p) for p in ("torch", "transformers", "peft")}}
 
 
-class _Deferred:
-    """Stands in for a model until an attribute is needed (lm-eval touches it only on a cache miss)."""
+def ability_frames(records: list[dict], labels: list[str] | None = None) -> AbilityResult:
+    """AbilityResult(scores, samples) of ability-sweep records, with label (default: "point <i>";
+    " + LoRA" added for LoRA points), bits and method columns first, and `trainable_params` for LoRA."""
+    from workbench.quant import spec_from_json
 
-    def __init__(self, get_model):
-        object.__setattr__(self, "_get", get_model)
-
-    def __getattr__(self, name):
-        return getattr(self._get(), name)
+    labels = labels or [f"point {i}" for i in range(len(records))]
+    all_scores, all_samples = [], []
+    for label, r in zip(labels, records):
+        spec = spec_from_json(r["point"]["spec"])
+        lora = r["summary"]["lora"]
+        scores, samples = pd.DataFrame(r["summary"]["scores"]), pd.DataFrame(r["items"])
+        for df in (scores, samples):
+            df.insert(0, "label", f"{label} + LoRA" if lora else label)
+            df.insert(1, "bits", _spec_bits(spec))
+            df.insert(2, "method", _spec_method(spec))
+        if lora:
+            scores["trainable_params"] = lora["trainable_params"]
+        all_scores.append(scores)
+        all_samples.append(samples)
+    return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
 
 
 # -----------------------------------------------------------------------------

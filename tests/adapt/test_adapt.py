@@ -250,17 +250,20 @@ def test_ability_task_trains_on_other_items_with_loss_on_the_answer_only():
         ability_task(tokenizer, "wb_icl_arith_1d_add", limit=50, n_train=60)
 
 
-def test_run_methods_and_results_table(model, task):
-    runs = {"probe": ("head_only", dict(steps=STEPS, lr=1e-2)), "none": ("unadapted", {}),
-            "W4": ("unadapted", dict(bits=4, group_size=16))}
-    records = adapt.run_methods(model, task, runs)
+def test_results_table_has_one_row_per_run(model, task):
+    runs = adapt.resolve_runs({"probe": ("head_only", dict(steps=STEPS, lr=1e-2)), "none": ("unadapted", {}),
+                               "W4": ("unadapted", dict(bits=4, group_size=16))})
+    records = {label: adapt.METHODS[method](model, task, **kwargs)[1] for label, (method, kwargs) in runs.items()}
     table = adapt.results_table(records, n_params=sum(p.numel() for p in model.parameters()))
     assert list(table.label) == ["probe", "none", "W4"] and list(table.bits) == [16, 16, 4]
     assert table.adapted_params.tolist() == [0, 0, 0] and table.final_loss.isna().tolist() == [False, True, True]
+
+
+def test_unknown_methods_and_arguments_are_named_before_anything_trains():
     with pytest.raises(ValueError, match="unknown method 'qalora'"):
-        adapt.run_methods(model, task, {"x": ("qalora", {})})
+        adapt.resolve_runs({"x": ("qalora", {})})
     with pytest.raises(ValueError, match="prequant has no argument budgett; it takes bits, "):
-        adapt.run_methods(model, task, {"x": ("prequant", dict(budgett=0.1))})
+        adapt.resolve_runs({"x": ("prequant", dict(budgett=0.1))})
 
 
 def test_resolved_runs_spell_out_every_default():

@@ -8,12 +8,14 @@
     record["trainable_params"], record["accuracy"]
 
 Every method takes a model (unchanged: it works on a copy) and a task (`n_train`,
-`loss(model, idx)` and `accuracy(model)`, see workbench.finetune), trains with
+`loss(model, idx)` and, if it can be scored, `accuracy(model)`; see workbench.finetune), trains with
 `finetune.train`, and returns (adapted model, record). The record always holds method,
 trainable_params (everything that trained, the task head included), head_params (the head's
 share of them: a classifier head is new and must train under every method, always at
 `head_lr`, default HEAD_LR, while `lr` is the rate of what the method adapts), total_params,
-accuracy (held-out), losses (per step) and time_s, plus what the method chose.
+accuracy (held-out; None on a task without one, such as a CorpusTask), losses (per step) and
+time_s, plus what the method chose. `workbench.adapt.sweeps` runs a set of methods as a
+resumable sweep (workbench.experiments), its records committable as a snapshot.
 
     unadapted          no training, optionally RTN-quantized first (the reference)
     head_only          only the task head (a linear probe: the floor)
@@ -109,7 +111,8 @@ def _record(method: str, model: nn.Module, tuned: nn.Module, task, losses: list[
     the adapters or a BCQ model's packed planes), `tuned` the adapted one that is scored."""
     return dict(method=method, trainable_params=trainable, head_params=head,
                 total_params=sum(p.numel() for p in model.parameters()),
-                accuracy=task.accuracy(tuned), losses=losses, time_s=time.perf_counter() - t0, **extra)
+                accuracy=task.accuracy(tuned) if hasattr(task, "accuracy") else None, losses=losses,
+                time_s=time.perf_counter() - t0, **extra)
 
 
 def _trainable(model: nn.Module) -> int:
@@ -482,20 +485,6 @@ def resolve_runs(runs: dict) -> dict:
                              f"it takes {', '.join(p.name for p in params)}")
         resolved[label] = (method, {p.name: kwargs.get(p.name, p.default) for p in params})
     return resolved
-
-
-def run_methods(model: nn.Module, task, runs: dict, progress: bool = False) -> dict:
-    """Run each method of `runs` ({label: (method name in this module, keyword arguments)}, plain
-    data so that a snapshot can record and replay it; checked by `resolve_runs` before anything
-    trains) on `model` and `task`; return {label: record}. The adapted models are dropped: only
-    the records are kept."""
-    from tqdm.auto import tqdm
-
-    runs = resolve_runs(runs)
-    records = {}
-    for label, (method, kwargs) in tqdm(runs.items(), desc="methods", disable=not progress):
-        records[label] = METHODS[method](model, task, **kwargs)[1]
-    return records
 
 
 def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
