@@ -31,7 +31,7 @@
 
 # %% [markdown]
 # ## Parameters
-# The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches; change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell recomputes them through the results cache and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`).
+# The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches. Each model is one point of a sweep (`workbench.experiments`): its arguments with every default, its scores and every scored item. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell computes the points that do not match, each stored as it finishes, and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`).
 
 # %%
 MODEL = "smollm2-135m"
@@ -44,7 +44,8 @@ SUITES = {"icl": ["wb_icl_arith_1d_add"],
           "cot": ["wb_cot_bbh_sports_understanding", "wb_direct_bbh_sports_understanding"],
           "if": ["wb_ifeval"]}
 CALIBRATION = {"corpus": "lee", "n_samples": 8, "seqlen": 256, "seed": 0}    # GPTQ
-LORA = {"r": 8, "alpha": 16, "steps": 10, "lr": 1e-3, "seqlen": 128, "batch_size": 4, "corpus": "lee"}
+LORA = {"task": {"kind": "corpus", "corpus": "lee", "n_train": 40, "seqlen": 128, "seed": 0},   # 40 windows of 128 tokens
+        "args": {"r": 8, "steps": 10, "lr": 1e-3, "batch_size": 4}}                              # workbench.adapt.lora
 LORA_ON = ["RTN W3", "RTN W2"]
 
 # %%
@@ -76,13 +77,14 @@ tasks[tasks.task.isin(sum(SUITES.values(), []))]
 
 # %% [markdown]
 # ## 1. The bits sweep
-# Each model is quantized (group size 128; GPTQ with act-order and 8 × 256 calibration tokens, here at 3 bits only, where the methods differ) and scored on every task; results are cached on disk, keyed by the model, the quantization and every evaluation setting, so a re-run reads them back.
+# Each model is quantized (group size 128; GPTQ with act-order and 8 × 256 calibration tokens, here at 3 bits only, where the methods differ) and scored on every task; each model's record is stored, keyed by the model, the quantization and every evaluation setting, so a re-run reads it back.
 
 # %%
 specs = {**abilities.bits_sweep_specs(BITS, ["rtn"]), **abilities.bits_sweep_specs(GPTQ_BITS, ["gptq"])}
 t = time.perf_counter()
-sweep = abilities.snapshot_sweep("abilities_bits_sweep", model, tokenizer, record, specs, suites=SUITES, shots=SHOTS,
-                                 limit=LIMIT, calibration=CALIBRATION, max_gen_toks=MAX_GEN_TOKS)
+sweep = abilities.ability_sweep(model, tokenizer, record, specs, suites=SUITES, shots=SHOTS, limit=LIMIT,
+                                calibration=CALIBRATION, max_gen_toks=MAX_GEN_TOKS, name="abilities_bits_sweep",
+                                snapshot=True)
 print(f"{len(specs)} models, {time.perf_counter() - t:.0f} s")
 table = abilities.ability_table(sweep.scores)
 save_table(table, "abilities_bits_sweep")
@@ -118,13 +120,13 @@ pick.assign(prompt=pick.prompt.str.extract(r"user\n(.*?)<\|im_end", expand=False
 
 # %% [markdown]
 # ## 3. Winning it back: LoRA on the quantized model
-# LoRA adapters (rank 8 on every attention and FFN projection, through `peft`) are trained on the quantized model for a few steps of next-token loss on the calibration split of the news corpus; the quantized weights stay frozen. Then every ability is scored again.
+# LoRA adapters (`workbench.adapt.lora`: rank 8 on every attention and FFN projection, through `peft`) are trained on the quantized model for a few steps of next-token loss on 40 windows of the calibration split of the news corpus (`finetune.corpus_task`); the quantized weights stay frozen. Then every ability is scored again.
 
 # %%
 t = time.perf_counter()
-tuned = abilities.snapshot_sweep("abilities_lora", model, tokenizer, record, {k: specs[k] for k in LORA_ON},
-                                 suites=SUITES, shots=SHOTS, limit=LIMIT, calibration=CALIBRATION, lora=LORA,
-                                 max_gen_toks=MAX_GEN_TOKS)
+tuned = abilities.ability_sweep(model, tokenizer, record, {k: specs[k] for k in LORA_ON}, suites=SUITES, shots=SHOTS,
+                                limit=LIMIT, calibration=CALIBRATION, lora=LORA, max_gen_toks=MAX_GEN_TOKS,
+                                name="abilities_lora", snapshot=True)
 print(f"{len(LORA_ON)} models fine-tuned and scored, {time.perf_counter() - t:.0f} s")
 both = pd.concat([table, abilities.ability_table(tuned.scores)], ignore_index=True)
 both = both[both.label.isin(["base", *LORA_ON, *[f"{k} + LoRA" for k in LORA_ON]])]
@@ -148,6 +150,6 @@ won_back
 # * **Chain of thought**: the base answers 3 of 6 sports questions right with reasoning (chance on a yes/no task) and 4 of 6 without. With CoT the score falls to 0 at 3 bits with either method: the 3-bit models' generations stop at once (a blank line) or wander off without a final "So the answer is ...", so lm-eval's answer extraction finds nothing (see the widget). This model cannot test the paper's CoT finding; a 7B hub model can.
 # * **Instruction following**: 0 to 2 of 6 prompts at every width, too few to rank the widths.
 # * **Perplexity** orders the widths cleanly: 29.2 (base), 29.3 (W8), 36.4 (W4), 137 (RTN W3), 72 (GPTQ W3), 3.3 million (RTN W2).
-# * **LoRA** (rank 8 on every projection: 2.44M trainable parameters, 1.8% of the model; 10 steps of 4 × 128 tokens) wins back about half of the 3-bit perplexity loss (137 → 60; 0.54 of the log-perplexity loss) and 0.40 of the 2-bit loss (3.3 million → 30,000), but **none of the lost ability scores came back** at this training budget: a better language model is not yet a model that does arithmetic in context again.
+# * **LoRA** (rank 8 on every projection: 2.44M trainable parameters, 1.8% of the model; 10 steps of 4 × 128 tokens drawn from 40 windows) wins back about half of the 3-bit perplexity loss (137 → 61; 0.52 of the log-perplexity loss) and 0.43 of the 2-bit loss (3.3 million → 23,000), but **none of the lost in-context or chain-of-thought scores came back** at this training budget: a better language model is not yet a model that does arithmetic in context again. (RTN W3 + LoRA follows 2 of 6 instructions where RTN W3 follows 1 and the base none: one prompt, noise at this size.)
 #
 # Run it larger: `LIMIT = 100` (or None for every item), `GPTQ_BITS = [8, 4, 3, 2]`, more tasks per ability (`abilities.SUITES`), more LoRA steps, and a hub model with `abilities.HUB_SUITES`.

@@ -28,7 +28,7 @@
 
 # %% [markdown]
 # ## Parameters
-# The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches; change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell recomputes them through the results cache and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`).
+# The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches. Each model is one point of a sweep (`workbench.experiments`): its arguments with every default, its scores and every scored item. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell computes the points that do not match, each stored as it finishes, and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`).
 
 # %%
 MODEL = "smollm2-135m"
@@ -76,8 +76,8 @@ sizes
 # %%
 specs = {"base": None, **abilities.component_specs(bits=BITS, method=METHOD)}
 t = time.perf_counter()
-res = abilities.snapshot_sweep(f"component_sensitivity_w{BITS}", model, tokenizer, record, specs, suites=SUITES,
-                               shots=SHOTS, limit=LIMIT, max_gen_toks=MAX_GEN_TOKS)
+res = abilities.ability_sweep(model, tokenizer, record, specs, suites=SUITES, shots=SHOTS, limit=LIMIT,
+                              max_gen_toks=MAX_GEN_TOKS, name=f"component_sensitivity_w{BITS}", snapshot=True)
 print(f"{len(specs)} models, {time.perf_counter() - t:.0f} s")
 table = abilities.ability_table(res.scores).drop(columns=["bits", "method"])
 save_table(table, f"component_sensitivity_w{BITS}")

@@ -34,7 +34,7 @@
 
 # %% [markdown]
 # ## Parameters
-# Every run below trains for real; together they take several minutes on 2 cores, so their records are committed as a snapshot (`data/snapshots/adapt_*.json`, with the exact runs, model and library versions that produced them) and read from there when all of those match. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`) and the runs are recomputed and the snapshot rewritten; `make test` re-runs a sample of them from scratch and checks the numbers (`tests/test_snapshots.py`).
+# Every run below trains for real; together they take several minutes on 2 cores, so each run is a point of a sweep (`workbench.adapt.sweeps`, on the engine of `workbench.experiments`) whose records are committed as a snapshot (`data/snapshots/adapt_*.json`: each run's arguments with every default, the model and library versions, its record and its per-step losses) and read from there when all of those match. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`) and the runs are recomputed and the snapshot rewritten; `make test` re-runs a sample of them from scratch and checks the numbers (`tests/test_snapshots.py`).
 
 # %%
 ENCODER = "minilm-l6"                 # all-MiniLM-L6-v2, 22.7M parameters, fp32
@@ -62,18 +62,17 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from workbench import adapt, probes
-from workbench.abilities import ability_task
-from workbench.finetune import classification_task, load_classifier
-from workbench.models import load_model
+from workbench.adapt import sweeps
 from workbench.plots import accuracy_vs_params
-from workbench.report import project_dir, save_table, snapshot
+from workbench.report import project_dir, save_table
 from workbench.widgets import adaptation_explorer
 
 pd.set_option("display.float_format", "{:.3g}".format)
 pd.set_option("display.width", 160)
 FIG = project_dir() / "figures"
-model, tokenizer, record = load_classifier(ENCODER, seed=SEED)
-task = classification_task(tokenizer, DATASET, seed=SEED)
+encoder_task = {"kind": "classification", "dataset": DATASET, "seed": SEED}   # plain data: a sweep point's task
+model, tokenizer, record = sweeps.load_model_for(ENCODER, encoder_task)        # load_classifier, head seeded
+task = sweeps.task_for(ENCODER, encoder_task)                                 # classification_task
 n_params = sum(p.numel() for p in model.parameters())
 print(record.name, f"{n_params / 1e6:.1f}M parameters with the head;", f"{task.n_train} training and {len(task.dev_labels)} held-out sentences")
 
@@ -99,10 +98,7 @@ for b in BITS:
     for budget in (BUDGETS if b == BITS[0] else [BUDGET]):
         runs[f"PreQuant W{b} {budget:.1%}"] = ("prequant", dict(bits=b, budget=budget, **kw))
     runs[f"AlphaTuning W{b}"] = ("alphatuning", dict(bits=b, **kw))
-runs = adapt.resolve_runs(runs)                               # every default spelled out: the snapshot's key
-records = snapshot("adapt_encoder", {"model": record.key, "dataset": DATASET, "seed": SEED, "runs": runs},
-                   lambda: adapt.run_methods(model, task, runs))
-records = {label: records[label] for label in runs}          # in the order of `runs`
+records = sweeps.run_methods(ENCODER, encoder_task, runs, name="adapt_encoder", snapshot=True)   # {label: record}
 results = adapt.results_table(records, n_params=n_params)
 save_table(results, "adapt_encoder")
 results
@@ -122,7 +118,7 @@ plt.show()
 # * **The L1 ticket**: under the penalty 45.5% of the projection weights moved at all, and the largest 1% of the changes carry 13.6% of the total change. Keeping only those gives 0.567, against 0.617 with every change kept. At this budget the change is not concentrated enough for a 1% ticket.
 # * **Stable-rank LoRA** (LoRA r8's parameter count, ranks following the stable rank) reaches 0.65 against uniform LoRA's 0.70. **Time-aware**, with the adapters joining after 20 head-only steps, it reaches 0.60: its adapters get 40 steps instead of 60 and its loss ends at 0.19 rather than 0.002, so at this step budget the warm-up costs more than it gives.
 # * **DSEE** reaches 0.617; magnitude-pruning half of every merged projection afterwards gives 0.70. That gap is within the noise, but pruning half the weights did not hurt here.
-# * The `time_s` column is each run's wall time when the snapshot was made, on 2 cores (30–50 s for 60 steps, quantization and scoring included). The first run, the head only, shared the machine with other work for part of its time; `make benchmark-adapt` gives clean timings.
+# * The `time_s` column is each run's wall time when the snapshot was made, on 2 cores, quantization and scoring included. Tests ran on the same cores for part of that time, so its spread (12 s to 240 s for 60 steps) says more about the machine than about the methods; `make benchmark-adapt` gives clean timings.
 
 # %% [markdown]
 # ## 2. What the methods chose
@@ -151,18 +147,17 @@ chosen[["kurtosis", "max_over_std", "stable_rank", "prequant weights", "stable-r
 # The same comparison on a second, larger labelled set from the assets: BIG-bench `navigate` (a sequence of steps and turns; does it end where it started?), 700 training and 300 held-out items, so one item is 0.33 points and the standard error near 60% about ±2.8 points. A subset of the methods, at the default budgets. (BIG-bench `sports_understanding`, the other binary set in `data.CLASSIFICATION_SETS`, is beyond this encoder: head-only and full fine-tuning both stay near chance on it.)
 
 # %%
-bb_task = classification_task(tokenizer, BIGBENCH_SET, seed=SEED)
-bb_runs = adapt.resolve_runs({
+bb_task_desc = {"kind": "classification", "dataset": BIGBENCH_SET, "seed": SEED}
+bb_task = sweeps.task_for(ENCODER, bb_task_desc)
+bb_runs = {
     "head only": ("head_only", kw),
     "full": ("full_finetune", kw),
     f"LoRA r{R}": ("lora", dict(r=R, **kw)),
     f"QLoRA W{BITS[0]} r{R}": ("qlora", dict(bits=BITS[0], r=R, **kw)),
     f"PreQuant W{BITS[0]} {BUDGET:.1%}": ("prequant", dict(bits=BITS[0], budget=BUDGET, **kw)),
     f"AlphaTuning W{BITS[0]}": ("alphatuning", dict(bits=BITS[0], **kw)),
-})
-bb_records = snapshot("adapt_navigate", {"model": record.key, "dataset": BIGBENCH_SET, "seed": SEED, "runs": bb_runs},
-                      lambda: adapt.run_methods(model, bb_task, bb_runs))
-bb_records = {label: bb_records[label] for label in bb_runs}
+}
+bb_records = sweeps.run_methods(ENCODER, bb_task_desc, bb_runs, name="adapt_navigate", snapshot=True)
 bb_results = adapt.results_table(bb_records, n_params=n_params)
 save_table(bb_results, "adapt_navigate")
 print(f"{bb_task.n_train} training and {len(bb_task.dev_labels)} held-out items")
@@ -186,8 +181,8 @@ adaptation_explorer(records, n_params=n_params)
 # The same functions on the bundled causal model: `CAUSAL_TASK` through the abilities machinery of notebook 04 (`abilities.ability_task`). The first `CAUSAL_LIMIT` items are scored by lm-eval with `CAUSAL_SHOTS` in-context examples; the other `CAUSAL_TRAIN` items are the training set, prompt and answer in the task's own format (no examples in front), loss on the answer tokens. The model is RTN-quantized to each of `CAUSAL_BITS` first; the LM head is tied to the embeddings and stays frozen, so these methods train nothing else. LoRA on the unquantized model is the reference for what this much training can do; the full-precision variants of section 1 (full fine-tuning, stable-rank LoRA, the L1 ticket, DSEE) follow, from their own snapshot.
 
 # %%
-lm, lm_tokenizer, lm_record = load_model(CAUSAL)
-lm_task = ability_task(lm_tokenizer, CAUSAL_TASK, limit=CAUSAL_LIMIT, n_train=CAUSAL_TRAIN, num_fewshot=CAUSAL_SHOTS)
+lm_task = {"kind": "ability", "name": CAUSAL_TASK, "limit": CAUSAL_LIMIT, "n_train": CAUSAL_TRAIN, "shots": CAUSAL_SHOTS}
+lm, lm_tokenizer, lm_record = sweeps.load_model_for(CAUSAL, lm_task)          # load_model
 ckw = dict(steps=CAUSAL_STEPS, seed=SEED)
 causal_runs = {"unquantized": ("unadapted", {}), f"LoRA r{R}": ("lora", dict(r=R, **ckw))}
 for b in CAUSAL_BITS:
@@ -196,21 +191,14 @@ for b in CAUSAL_BITS:
     causal_runs[f"PreQuant W{b}"] = ("prequant", dict(bits=b, budget=BUDGET / 10, **ckw))
     causal_runs[f"AlphaTuning W{b}"] = ("alphatuning", dict(bits=b, **ckw))
 causal_runs[f"QLoRA W{CAUSAL_BITS[-1]}, {3 * CAUSAL_STEPS} steps"] = ("qlora", dict(bits=CAUSAL_BITS[-1], r=R, steps=3 * CAUSAL_STEPS, seed=SEED))
-causal_runs = adapt.resolve_runs(causal_runs)
-causal = snapshot("adapt_causal", {"model": lm_record.key, "task": CAUSAL_TASK, "limit": CAUSAL_LIMIT,
-                                   "n_train": CAUSAL_TRAIN, "shots": CAUSAL_SHOTS, "runs": causal_runs},
-                  lambda: adapt.run_methods(lm, lm_task, causal_runs))
-causal = {label: causal[label] for label in causal_runs}
-causal_fp_runs = adapt.resolve_runs({                         # the full-precision variants, as on the encoder
+causal = sweeps.run_methods(CAUSAL, lm_task, causal_runs, name="adapt_causal", snapshot=True)
+causal_fp_runs = {                                            # the full-precision variants, as on the encoder
     "full": ("full_finetune", ckw),
     f"stable-rank LoRA r{R}": ("stable_rank_lora", dict(r=R, **ckw)),
     "L1 ticket": ("l1_ticket", dict(ticket=BUDGET, **ckw)),
     "DSEE": ("dsee", dict(r=R // 2, budget=BUDGET / 2, **ckw)),
-})
-causal_fp = snapshot("adapt_causal_fp", {"model": lm_record.key, "task": CAUSAL_TASK, "limit": CAUSAL_LIMIT,
-                                         "n_train": CAUSAL_TRAIN, "shots": CAUSAL_SHOTS, "runs": causal_fp_runs},
-                     lambda: adapt.run_methods(lm, lm_task, causal_fp_runs))
-causal.update({label: causal_fp[label] for label in causal_fp_runs})
+}
+causal.update(sweeps.run_methods(CAUSAL, lm_task, causal_fp_runs, name="adapt_causal_fp", snapshot=True))
 causal_results = adapt.results_table(causal, n_params=lm_record.n_params)
 save_table(causal_results, "adapt_causal")
 causal_results
@@ -221,7 +209,7 @@ causal_results
 # * 20 steps of LoRA on the 60 other additions teach the unquantized model the task completely (1.00): the reference for what this training can do. The other full-precision methods nearly all do too: full fine-tuning 0.975, stable-rank LoRA 1.00, DSEE 0.975. The L1 run reaches 0.85 with changes on 30% of the projection weights; its 1% ticket carries 12% of the change and scores 0.55, no better than the untrained model.
 # * **At 4 bits**, **QLoRA** with the same 2.4M adapter parameters reaches 0.825: more than the unquantized model had, though not the 1.00 of LoRA on full precision. **PreQuant**'s 0.1% of outliers (106k weights) gets to 0.175, its training loss only falls from 1.78 to 1.12 (mean of the last 5 steps). **AlphaTuning** starts from a worse binary-coding model (loss 2.47), trains to 0.69 and scores 0.025.
 # * **At 3 bits** (relative weight error 22%) nothing recovers in 20 steps: QLoRA 0.075, PreQuant 0.10, AlphaTuning 0.00, against RTN's 0.10. Given three times the steps, QLoRA's training loss falls below 0.001 but it scores 0.25. It has learned the 60 training additions, not addition.
-# * The adapted runs took 50–120 s each on 2 cores (`time_s`), scoring included: the snapshots hold them and `make test` re-runs the RTN W3 and stable-rank LoRA rows.
+# * The adapted runs took 35–90 s each on 2 cores (`time_s`), scoring included: the snapshots hold them and `make test` re-runs the RTN W3 and stable-rank LoRA rows.
 
 # %% [markdown]
 # ## What these small models and data can and cannot say
@@ -235,5 +223,6 @@ causal_results
 #   from datasets import load_dataset                                         # GLUE SST-2 from the hub
 #   sst2 = load_dataset("glue", "sst2")["train"].to_pandas().rename(columns={"sentence": "text"})
 #   task = classification_task(tokenizer, sst2[["text", "label"]], dev_fraction=0.1)
+#   tuned, rec = adapt.lora(model, task, r=8, steps=500)                      # each method, called directly
 #   ```
 #   Then raise `STEPS` (and set `BIGBENCH_SET` to another set, or drop that section). For the causal setting, set `CAUSAL = "meta-llama/Llama-2-7b-hf"` and `CAUSAL_TASK` to any lm-eval task whose documents you can load (e.g. `"arc_easy"`, `"gsm8k"`).
