@@ -1,0 +1,85 @@
+"""workbench/stats.py: intervals against published values, tests against hand-computed ones, and
+clear errors for inputs that would give a meaningless number."""
+
+import math
+
+import numpy as np
+import pytest
+
+from workbench import stats
+
+
+@pytest.mark.parametrize("k, n, low, high", [(81, 263, 0.2553, 0.3662),    # Newcombe (1998), Table I
+                                             (15, 148, 0.0624, 0.1605),
+                                             (0, 20, 0.0, 0.1611),
+                                             (1, 29, 0.0061, 0.1718)])
+def test_wilson_matches_newcombes_table(k, n, low, high):
+    p, lo, hi = stats.wilson_interval(k, n)
+    assert p == k / n and lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_narrows_with_n_and_widens_with_confidence():
+    w = [stats.wilson_interval(n // 2, n) for n in (10, 100, 1000)]
+    widths = [hi - lo for _, lo, hi in w]
+    assert widths[0] > widths[1] > widths[2]
+    assert stats.wilson_interval(5, 10, 0.99)[2] > stats.wilson_interval(5, 10, 0.95)[2]
+
+
+@pytest.mark.parametrize("args, match", [((3, 0), "n must be a positive"), ((11, 10), "successes must be"),
+                                         ((2.5, 10), "successes must be"), ((5, 10, 1.5), "confidence")])
+def test_wilson_bad_inputs_are_named(args, match):
+    with pytest.raises(ValueError, match=match):
+        stats.wilson_interval(*args)
+
+
+def test_mcnemar_is_the_exact_binomial_tail_of_the_discordant_items():
+    a = [1] * 10 + [0] * 2 + [1] * 20 + [0] * 8       # 10 items only a got right, 2 only b, 28 concordant
+    b = [0] * 10 + [1] * 2 + [1] * 20 + [0] * 8
+    r = stats.mcnemar_test(a, b)
+    assert (r["n"], r["a_only"], r["b_only"]) == (40, 10, 2)
+    assert r["p_value"] == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)          # 0.0386
+    assert r["difference"] == pytest.approx(8 / 40)
+    assert stats.mcnemar_test(b, a)["p_value"] == r["p_value"]
+    assert stats.mcnemar_test(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="same items"):
+        stats.mcnemar_test(a, b[:-1])
+    with pytest.raises(ValueError, match="0/1"):
+        stats.mcnemar_test([0.5] * 40, b)
+
+
+def test_bootstrap_interval_is_seeded_and_near_the_normal_one():
+    x = np.random.default_rng(1).normal(10, 2, size=400)
+    est, lo, hi = stats.bootstrap_interval(x)
+    assert est == pytest.approx(x.mean()) and (lo, hi) == stats.bootstrap_interval(x)[1:]
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1) and lo < est < hi
+    assert stats.bootstrap_interval([3.0, 3.0, 3.0]) == (3.0, 3.0, 3.0)
+    assert stats.bootstrap_interval(x, statistic=np.median)[0] == pytest.approx(np.median(x))
+    with pytest.raises(ValueError, match="at least 2 finite"):
+        stats.bootstrap_interval([1.0, float("nan")])
+
+
+def test_perplexity_interval_is_a_ratio_of_sums_over_windows():
+    rng = np.random.default_rng(0)
+    nll = rng.normal(3.3, 0.2, size=50) * 511                   # 50 windows of 511 predicted tokens
+    ppl, lo, hi = stats.perplexity_interval(nll, 511)
+    assert ppl == pytest.approx(math.exp(nll.sum() / (50 * 511))) and lo < ppl < hi
+    short = stats.perplexity_interval(nll[:5], 511)
+    assert short[2] - short[1] > hi - lo                         # 5 windows say less than 50
+    with pytest.raises(ValueError, match="at least 2 windows"):
+        stats.perplexity_interval(nll[:1], 511)
+    with pytest.raises(ValueError, match="positive token count"):
+        stats.perplexity_interval(nll[:3], [511, 0, 511])
+
+
+def test_paired_bootstrap_sees_a_consistent_small_difference():
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 1, size=200)
+    r = stats.paired_bootstrap(base + 0.3 + rng.normal(0, 0.1, size=200), base)
+    assert r["difference"] == pytest.approx(0.3, abs=0.05) and r["low"] > 0 and r["p_value"] < 0.01
+    same = stats.paired_bootstrap(base, base)
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    noise = stats.paired_bootstrap(base, rng.normal(0, 1, size=200))
+    assert noise["p_value"] > 0.01
+    with pytest.raises(ValueError, match="paired"):
+        stats.paired_bootstrap(base, base[:-1])

@@ -1,0 +1,122 @@
+"""Intervals and paired tests for the numbers the workbench reports (stdlib and numpy only).
+
+    from workbench.stats import wilson_interval, bootstrap_interval, perplexity_interval, mcnemar_test
+    wilson_interval(22, 40)                    # (0.55, 0.398, 0.693): estimate and its 95% interval
+    perplexity_interval(nll, tokens)           # per-window NLL sums and token counts -> (ppl, low, high)
+    mcnemar_test(base_correct, quant_correct)  # the same items scored by two models: exact, two-sided
+    paired_bootstrap(a, b)                     # mean difference of paired values, its interval and p
+
+Accuracies get Wilson score intervals (Wilson 1927; good coverage at small n and near 0 or 1,
+where the normal approximation fails). Perplexity and any other mean get percentile bootstrap
+intervals over the units that were scored independently (windows, items, seeds), resampled with
+a seeded generator, so the same records give the same interval. "A beats B" on the same items
+is a paired question: exact McNemar on the discordant items for 0/1 outcomes, the paired
+bootstrap of the differences otherwise. Every function returns plain floats.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Callable, Sequence
+
+import numpy as np
+
+
+def _z(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(successes / n, low, high): the Wilson score interval of a proportion."""
+    if isinstance(n, bool) or int(n) != n or n < 1:
+        raise ValueError(f"n must be a positive whole number of items, got {n!r}")
+    if int(successes) != successes or not 0 <= successes <= n:
+        raise ValueError(f"successes must be a whole number from 0 to n={n}, got {successes!r}")
+    z, p = _z(confidence), successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _resample(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Indices [n_resamples, n] drawn with replacement from a seeded generator."""
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be at least 100 for a 95% interval, got {n_resamples}")
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray], float] = np.mean,
+                       confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(statistic(values), low, high): the percentile bootstrap interval of `statistic` (default:
+    the mean) over independently scored units (items, windows, seeds)."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) < 2 or not np.isfinite(x).all():
+        raise ValueError(f"values must be at least 2 finite numbers, got {len(np.atleast_1d(x))} "
+                         f"({'with NaN or inf' if x.size and not np.isfinite(x).all() else 'too few'})")
+    _z(confidence)
+    idx = _resample(len(x), n_resamples, seed)
+    stats = np.apply_along_axis(statistic, 1, x[idx]) if statistic is not np.mean else x[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return float(statistic(x)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def perplexity_interval(nll: Sequence[float], tokens: Sequence[int] | int, confidence: float = 0.95,
+                        n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """(perplexity, low, high) from per-window summed NLLs (nats) and predicted-token counts (one
+    count or one per window): exp(sum nll / sum tokens), bootstrapped over windows (a ratio of
+    sums, so longer windows weigh more). These are the items of `evaluate.perplexity_point`."""
+    nll = np.asarray(nll, dtype=float)
+    tok = np.broadcast_to(np.asarray(tokens, dtype=float), nll.shape)
+    if nll.ndim != 1 or len(nll) < 2:
+        raise ValueError(f"need the NLL of at least 2 windows for an interval, got {nll.size}")
+    if not (np.isfinite(nll).all() and (tok > 0).all()):
+        raise ValueError("every window needs a finite NLL and a positive token count")
+    _z(confidence)
+    idx = _resample(len(nll), n_resamples, seed)
+    ratios = nll[idx].sum(axis=1) / tok[idx].sum(axis=1)
+    alpha = (1 - confidence) / 2
+    return (math.exp(nll.sum() / tok.sum()), math.exp(float(np.quantile(ratios, alpha))),
+            math.exp(float(np.quantile(ratios, 1 - alpha))))
+
+
+def _binary(x, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim != 1 or not np.isin(a, (0.0, 1.0)).all():
+        raise ValueError(f"{name} must be a list of 0/1 (or False/True) outcomes, one per item")
+    return a.astype(bool)
+
+
+def mcnemar_test(a: Sequence[int | bool], b: Sequence[int | bool]) -> dict:
+    """Exact two-sided McNemar test of two models' 0/1 outcomes on the same items (item i of `a`
+    and of `b` is the same item): only the discordant items count; under the null each is as
+    likely to favour either model, so the p-value is a two-sided binomial(n_discordant, 1/2) tail.
+    Returns {"n", "a_only" (items only `a` got right), "b_only", "p_value", "difference" (mean a - mean b)}."""
+    a, b = _binary(a, "a"), _binary(b, "b")
+    if len(a) != len(b) or len(a) == 0:
+        raise ValueError(f"a and b must score the same items: got {len(a)} and {len(b)} outcomes")
+    a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
+    m, k = a_only + b_only, min(a_only, b_only)
+    p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
+    return {"n": len(a), "a_only": a_only, "b_only": b_only, "p_value": p,
+            "difference": float(a.mean() - b.mean())}
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,
+                     seed: int = 0) -> dict:
+    """Mean of a - b over paired units (the same items, windows or seeds), its percentile bootstrap
+    interval, and a two-sided bootstrap p-value for "no difference" (twice the share of resampled
+    means on the other side of zero). Returns {"n", "difference", "low", "high", "p_value"}."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must be paired: got shapes {a.shape} and {b.shape}")
+    d = a - b
+    est, low, high = bootstrap_interval(d, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    if not d.any():
+        return {"n": len(d), "difference": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+    means = d[_resample(len(d), n_resamples, seed)].mean(axis=1)
+    p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
+    return {"n": len(d), "difference": est, "low": low, "high": high, "p_value": float(p)}
