@@ -4,6 +4,7 @@ clear errors for inputs that would give a meaningless number."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from workbench import stats
@@ -83,3 +84,45 @@ def test_paired_bootstrap_sees_a_consistent_small_difference():
     assert noise["p_value"] > 0.01
     with pytest.raises(ValueError, match="paired"):
         stats.paired_bootstrap(base, base[:-1])
+
+
+def test_summarize_uses_wilson_for_outcomes_and_the_bootstrap_for_means():
+    s = stats.summarize([1, 0, 1, 1, float("nan")])
+    assert s["n"] == 4 and (s["estimate"], s["low"], s["high"]) == pytest.approx(stats.wilson_interval(3, 4))
+    m = stats.summarize([0.5, 1.0, 0.0, 0.5, 1.0])                    # items averaged over draws
+    assert m["estimate"] == pytest.approx(0.6) and m["low"] < 0.6 < m["high"]
+    assert stats.summarize([])["n"] == 0
+    assert stats.majority_share(["no", "yes", "no", "no"]) == 0.75
+
+
+def test_interval_table_has_one_row_per_group_with_n_and_interval():
+    df = pd.DataFrame({"model": ["a"] * 40 + ["b"] * 40, "score": [1] * 22 + [0] * 18 + [1] * 5 + [0] * 35})
+    t = stats.interval_table(df, "model")
+    assert list(t.columns) == ["model", "n", "estimate", "low", "high"] and list(t.model) == ["a", "b"]
+    assert t.n.tolist() == [40, 40] and t.estimate.tolist() == [0.55, 0.125]
+    assert t.high[1] < t.low[0]                                         # 22/40 vs 5/40: the intervals part
+    with pytest.raises(ValueError, match="not in the table"):
+        stats.interval_table(df, "label")
+
+
+def test_perplexity_table_pools_windows_by_group():
+    rng = np.random.default_rng(1)
+    w = pd.DataFrame({"corpus": ["lee"] * 20 + ["wiki"] * 30, "nll": rng.normal(3.0, 0.1, 50) * 511, "tokens": 511})
+    t = stats.perplexity_table(w, "corpus")
+    assert t.windows.tolist() == [20, 30] and t.tokens.tolist() == [20 * 511, 30 * 511]
+    lee = w[w.corpus == "lee"]
+    assert t.perplexity[0] == pytest.approx(math.exp(lee.nll.sum() / lee.tokens.sum()))
+    assert (t.low < t.perplexity).all() and (t.perplexity < t.high).all()
+
+
+def test_verdicts_follow_the_test_and_the_margin():
+    lost = {"difference": 0.3, "low": 0.15, "high": 0.45, "p_value": 0.001}
+    kept = {"difference": 0.0, "low": -0.02, "high": 0.03, "p_value": 0.9}
+    wide = {"difference": 0.05, "low": -0.1, "high": 0.2, "p_value": 0.4}
+    gained = {"difference": -0.2, "low": -0.3, "high": -0.1, "p_value": 0.002}
+    assert [stats.keeps_verdict(t, margin=0.05) for t in (lost, kept, wide)] == \
+        ["contradicts", "agrees", "cannot test here"]
+    assert [stats.loses_verdict(t) for t in (lost, kept, gained)] == ["agrees", "cannot test here", "contradicts"]
+    assert stats.above_baseline(0.3, 0.25) and not stats.above_baseline(0.2, 0.25)
+    with pytest.raises(ValueError, match="margin"):
+        stats.keeps_verdict(kept, margin=0)

@@ -64,6 +64,24 @@ def test_plots_return_figures_and_save(tmp_path):
     weight_histogram(w, w.round(), path=tmp_path / "h.png")
     group_size_curve(df, hue="method", path=tmp_path / "g.png")
     assert (tmp_path / "h.png").exists() and (tmp_path / "g.png").exists()
+    # with intervals: error bars per method, and the uniform-guessing line labelled with the vocabulary
+    fig = perplexity_vs_bits(df.assign(low=df.perplexity * 0.9, high=df.perplexity * 1.1), baseline=29, uniform=49152)
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2                                       # one errorbar container per method
+    assert any("49,152" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_interval_cells_reads_estimate_and_interval_per_cell():
+    import pandas as pd
+
+    from workbench.report import interval_cells
+
+    long = pd.DataFrame({"label": ["base", "base", "W4", "W4"], "column": ["icl", "perplexity", "icl", "perplexity"],
+                         "n": [300, 28, 300, 28], "estimate": [0.55, 29.21, 0.125, 36.4],
+                         "low": [0.4, 28.0, 0.05, 35.0], "high": [0.69, 30.5, 0.2, 38.1]})
+    wide = interval_cells(long)
+    assert list(wide.index) == ["base", "W4"] and list(wide.columns) == ["icl (n=300)", "perplexity (n=28)"]
+    assert wide.loc["base", "icl (n=300)"] == "0.55 [0.40, 0.69]" and wide.loc["W4", "perplexity (n=28)"] == "36.4 [35, 38.1]"
 
 
 def _records():

@@ -27,14 +27,23 @@ def _save(fig, path) -> None:
 
 
 def perplexity_vs_bits(df: pd.DataFrame, hue: str = "method", baseline: float | None = None,
-                       title: str = "", path=None):
-    """Perplexity (log scale) against bits, one line per `hue` value; a dashed unquantized baseline."""
+                       uniform: float | None = None, title: str = "", path=None):
+    """Perplexity (log scale) against bits, one line per `hue` value, with error bars where `df`
+    has `low`/`high` (e.g. `stats.perplexity_table`); a dashed unquantized baseline; with
+    `uniform` (the vocabulary size) a line at uniform guessing: a model above it has lost more
+    than all it knew, and its rank among such models means nothing."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for name, part in df.dropna(subset=["bits"]).groupby(hue, sort=False):
         part = part.sort_values("bits")
-        ax.plot(part.bits, part.perplexity, "o-", label=str(name))
+        if {"low", "high"} <= set(part.columns) and part[["low", "high"]].notna().all().all():
+            ax.errorbar(part.bits, part.perplexity, yerr=[part.perplexity - part.low, part.high - part.perplexity],
+                        fmt="o-", capsize=2, ms=4, label=str(name))
+        else:
+            ax.plot(part.bits, part.perplexity, "o-", label=str(name))
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1, label="unquantized")
+    if uniform is not None:
+        ax.axhline(uniform, color="C3", ls=":", lw=1, label=f"uniform guessing ({uniform:,.0f})")
     ax.set(xlabel="bits per weight", ylabel="perplexity", yscale="log", title=title)
     ax.set_xticks(sorted(df.bits.dropna().unique()))
     ax.invert_xaxis()

@@ -48,3 +48,22 @@ def write_png(fig, path, dpi: int = 120) -> Path:
 def save_figure(fig, name: str, dpi: int = 120) -> Path:
     """Write a matplotlib figure to figures/<name>.png and return the path."""
     return write_png(fig, project_dir() / "figures" / f"{name}.png", dpi)
+
+
+def interval_cells(intervals: pd.DataFrame, index: str = "label", columns: str = "column",
+                   digits: int = 3) -> pd.DataFrame:
+    """A wide table for reading: one row per `index`, one column per `columns` value, each cell
+    "estimate [low, high]" (scores to 2 decimals, larger numbers to `digits` significant figures;
+    n in the column header when every row has the same n), from a long
+    table with estimate, low, high and n (e.g. `abilities.ability_intervals`)."""
+    def fmt(x):        # scores (at most 1) to 2 decimals, other numbers (perplexity) to `digits` figures
+        return f"{x:.2f}" if abs(x) <= 1 else f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+
+    cells = intervals.assign(cell=[f"{fmt(e)} [{fmt(lo)}, {fmt(hi)}]" if pd.notna(lo) else fmt(e)
+                                   for e, lo, hi in zip(intervals.estimate, intervals.low, intervals.high)])
+    wide = cells.pivot(index=index, columns=columns, values="cell")
+    wide = wide.loc[list(dict.fromkeys(intervals[index])), list(dict.fromkeys(intervals[columns]))]
+    n = intervals.groupby(columns, sort=False).n.agg(lambda v: int(v.iloc[0]) if v.nunique() == 1 else None)
+    wide.columns = [f"{c} (n={n[c]})" if n[c] is not None else c for c in wide.columns]
+    wide.columns.name = None
+    return wide

@@ -120,3 +120,94 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
     means = d[_resample(len(d), n_resamples, seed)].mean(axis=1)
     p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
     return {"n": len(d), "difference": est, "low": low, "high": high, "p_value": float(p)}
+
+
+# -----------------------------------------------------------------------------
+# tables: one row per group, with n, the estimate and its interval
+
+
+def majority_share(labels: Sequence) -> float:
+    """Share of the most common label: the accuracy of always answering it (the majority baseline)."""
+    values, counts = np.unique(np.asarray(list(labels), dtype=object).astype(str), return_counts=True)
+    if len(values) == 0:
+        raise ValueError("majority_share needs at least one label")
+    return float(counts.max() / counts.sum())
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """{"n", "estimate", "low", "high"} of per-item scores: the Wilson interval when every score is
+    0 or 1 (an accuracy), the bootstrap interval of the mean otherwise; NaN scores are dropped."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return {"n": 0, "estimate": float("nan"), "low": float("nan"), "high": float("nan")}
+    if np.isin(x, (0.0, 1.0)).all():
+        est, low, high = wilson_interval(int(x.sum()), len(x), confidence)
+    elif len(x) == 1 or (x == x[0]).all():
+        est = low = high = float(x[0])
+    else:
+        est, low, high = bootstrap_interval(x, confidence=confidence)
+    return {"n": len(x), "estimate": est, "low": low, "high": high}
+
+
+def interval_table(df, by: str | list[str], value: str = "score", confidence: float = 0.95):
+    """One row per group of `df` (a pandas DataFrame of per-item scores) with n, the estimate and
+    its 95% interval of column `value` (see `summarize`), groups in order of appearance."""
+    import pandas as pd
+
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in [*by, value] if c not in df.columns]
+    if missing:
+        raise ValueError(f"interval_table: columns {missing} not in the table (it has {list(df.columns)})")
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **summarize(part[value], confidence)}
+            for key, part in df.groupby(by, sort=False, dropna=False)]
+    return pd.DataFrame(rows, columns=[*by, "n", "estimate", "low", "high"])
+
+
+def perplexity_table(windows, by: str | list[str], confidence: float = 0.95):
+    """One row per group of per-window records (columns `nll`, summed over the window's predicted
+    tokens, and `tokens`) with windows, tokens, the perplexity and its bootstrap 95% interval."""
+    import pandas as pd
+
+    by = [by] if isinstance(by, str) else list(by)
+    rows = []
+    for key, part in windows.groupby(by, sort=False, dropna=False):
+        ppl, low, high = (perplexity_interval(part["nll"], part["tokens"], confidence) if len(part) > 1
+                          else (math.exp(part["nll"].sum() / part["tokens"].sum()),) + (float("nan"),) * 2)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "windows": len(part),
+                     "tokens": int(part["tokens"].sum()), "perplexity": ppl, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=[*by, "windows", "tokens", "perplexity", "low", "high"])
+
+
+# -----------------------------------------------------------------------------
+# verdicts for a findings table
+
+
+def keeps_verdict(test: dict, margin: float, alpha: float = 0.05) -> str:
+    """Verdict on a claim "the change keeps the score" from a paired test of before (a) against
+    after (b) (`difference` = a - b, its interval `low`..`high`, `p_value`): "contradicts" when
+    the loss is significant at `alpha`; "agrees" when the whole interval lies below a loss of
+    `margin` (the largest loss that still counts as keeping it; an equivalence reading); "cannot
+    test here" when neither: the experiment cannot tell a loss of `margin` from none."""
+    if not 0 < margin:
+        raise ValueError(f"margin must be a positive score difference (e.g. 0.05), got {margin!r}")
+    if test["p_value"] < alpha and test["difference"] > 0:
+        return "contradicts"
+    if test["high"] < margin:
+        return "agrees"
+    return "cannot test here"
+
+
+def loses_verdict(test: dict, alpha: float = 0.05) -> str:
+    """Verdict on a claim "the change loses the score" from the same paired test: "agrees" when
+    the loss is significant at `alpha`, "contradicts" when the score is significantly higher
+    after, "cannot test here" otherwise."""
+    if test["p_value"] < alpha:
+        return "agrees" if test["difference"] > 0 else "contradicts"
+    return "cannot test here"
+
+
+def above_baseline(low: float, baseline: float) -> bool:
+    """Whether a score's 95% interval lies wholly above a baseline (chance or majority class):
+    only then does the model show the ability at all, and only then can a loss of it be tested."""
+    return bool(low > baseline)
