@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
+.PHONY: all setup assets lab reproduce reproduce-clean test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -37,13 +37,18 @@ LAB_ARGS ?=
 lab: assets
 	$(PY) -m jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
-# Execute every notebook in place from a cold results cache; figures/, data/results/ and the
-# committed snapshots of the heavy sweeps (data/snapshots/) are rewritten.
+# Execute every notebook in place, recomputing every result instead of reading the committed
+# snapshots; figures/, data/results/ and data/snapshots/ are rewritten. Results are stored in
+# REPRODUCE_RESULTS as each sweep point finishes, so a stopped `make reproduce` resumes where it
+# stopped (several sittings); `make reproduce-clean` starts over.
+REPRODUCE_RESULTS ?= $${WORKBENCH_HOME:-$$HOME/.cache/workbench}/reproduce
 reproduce: assets
-	rm -rf "$${WORKBENCH_RESULTS:-$${WORKBENCH_HOME:-$$HOME/.cache/workbench}/results}"
-	for nb in $(NOTEBOOKS); do \
-	  WORKBENCH_RECOMPUTE=1 $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=3600 "$$nb" || exit 1; done
+	for nb in $(NOTEBOOKS); do echo "== $$nb"; \
+	  WORKBENCH_RESULTS="$(REPRODUCE_RESULTS)" WORKBENCH_RECOMPUTE=1 $(PY) -m jupyter nbconvert --to notebook \
+	    --execute --inplace --ExecutePreprocessor.timeout=14400 "$$nb" || exit 1; done
+
+reproduce-clean:
+	rm -rf "$(REPRODUCE_RESULTS)"
 
 # Unit tests (tests/test_snapshots.py recomputes a sample of every committed snapshot from
 # scratch and checks it by workbench/reproducibility.py's rule), then nbval: every committed

@@ -175,16 +175,23 @@ def test_a_committed_snapshot_is_read_then_rewritten_with_exactly_the_sweeps_rec
                       progress=False)
     assert len(list(calls.iterdir())) == 4 and mixed[:2] == first[1:]
     assert [r["point"]["x"] for r in experiments.read_snapshot("demo")] == [1, 2, 3]
-    # WORKBENCH_RECOMPUTE=1 (make reproduce) measures every point again
+    # WORKBENCH_RECOMPUTE=1 (make reproduce) passes over the snapshot: every point not in the
+    # results store is measured, and a second (resumed) reproduction measures nothing again
     monkeypatch.setenv("WORKBENCH_RECOMPUTE", "1")
-    run_sweep(POINTS[1:4], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "empty", snapshot="demo",
+    run_sweep(POINTS[1:4], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "reproduce", snapshot="demo",
               progress=False)
     assert len(list(calls.iterdir())) == 7
+    run_sweep(POINTS[1:4], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "reproduce", snapshot="demo",
+              progress=False)
+    assert len(list(calls.iterdir())) == 7
+    run_sweep(POINTS[1:4], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "reproduce", snapshot="demo",
+              recompute=True, progress=False)                  # recompute=True: everything again
+    assert len(list(calls.iterdir())) == 10
     # another default or version makes another key: the snapshot is not used for it
     monkeypatch.delenv("WORKBENCH_RECOMPUTE")
     run_sweep(POINTS[1:2], toy_measure, "toy", defaults={**DEFAULTS, "offset": 1.5}, root=tmp_path / "other",
               snapshot="demo", progress=False)
-    assert len(list(calls.iterdir())) == 8
+    assert len(list(calls.iterdir())) == 11
     # a snapshot of another format is a clear error, not a silent recompute
     path.write_text(json.dumps({"format": 0, "records": []}))
     with pytest.raises(ValueError, match="WORKBENCH_RECOMPUTE=1"):

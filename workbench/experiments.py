@@ -30,7 +30,9 @@ Committed snapshots (`snapshot="name"`): a sweep whose records are committed wit
 as data/snapshots/<name>.json, for results that take minutes (a notebook's heavy sweeps). A
 point whose key (measure, point with defaults, versions) is in the snapshot is read from it;
 the others are computed, and the file is rewritten with exactly this sweep's records.
-`recompute=None` means $WORKBENCH_RECOMPUTE == "1" (what `make reproduce` sets).
+With $WORKBENCH_RECOMPUTE == "1" (what `make reproduce` sets) the committed snapshot is not
+read: every point comes from the results store or is measured, so a `make reproduce` that was
+stopped resumes where it stopped. `recompute=True` measures every point again.
 tests/test_snapshots.py re-runs a sample of every snapshot's points and items.
 
 A measure gets its model or task through `loaded(key, load)`: loaded once per process and
@@ -236,7 +238,8 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
     A record is {"key", "measure", "point" (with defaults filled in), "versions", "summary",
     "items", "wall_s", "format"}. `recompute=True` measures every point again (and overwrites).
     With `snapshot`, records are read from and written to the committed snapshot of that name
-    (see the module doc); `recompute=None` is then $WORKBENCH_RECOMPUTE == "1", else False.
+    (see the module doc); with `recompute=None` and $WORKBENCH_RECOMPUTE == "1" the committed
+    snapshot is passed over, the results store still read (a stopped reproduction resumes).
     Repeated points are measured once. A measure that raises stops the sweep with the point named;
     the points finished before it stay stored.
     """
@@ -251,10 +254,10 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
     from workbench import __version__
 
     all_versions = {"workbench": __version__, **(versions or {})}
-    if recompute is None:
-        recompute = snapshot is not None and os.environ.get("WORKBENCH_RECOMPUTE") == "1"
+    skip_committed = bool(recompute) or (recompute is None and os.environ.get("WORKBENCH_RECOMPUTE") == "1")
+    recompute = bool(recompute)
     committed = {}
-    if snapshot is not None and not recompute and snapshot_path(snapshot).exists():
+    if snapshot is not None and not skip_committed and snapshot_path(snapshot).exists():
         committed = {r["key"]: r for r in read_snapshot(snapshot)}
     records: dict[str, dict] = {}
     todo, seen = [], set()
