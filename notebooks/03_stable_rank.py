@@ -54,7 +54,7 @@ for kind, m in models.items():
 
 # %% [markdown]
 # ## 1. Stable rank of every matrix
-# The singular values of every matrix, including SmolLM2's 49152 × 576 embedding, from the eigenvalues of its float32 Gram matrix (`probes.singular_values`; `exact=True` runs float64 SVDs instead, several times slower, for the same stable rank to six digits).
+# The singular values of every matrix, including SmolLM2's 49152 × 576 embedding, from the eigenvalues of its float64 Gram matrix (`probes.singular_values`; `exact=True` runs float64 SVDs instead, several times slower, for the same values).
 
 # %%
 spectra, seconds = {}, {}

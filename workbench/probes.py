@@ -232,14 +232,15 @@ def outlier_features(channel_stats: pd.DataFrame, hidden_size: int, threshold: f
 def singular_values(w: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """Singular values of a matrix [out, in], descending, as float64 [min(out, in)].
 
-    Default (fast): square roots of the eigenvalues of the float32 Gram matrix WᵀW (or WWᵀ),
-    about 5x faster than an SVD on a CPU; singular values below ~1e-3 sigma_max are not resolved,
-    which moves stable rank by < 1e-6 and effective rank by < 1e-4 (relative) on SmolLM2's
-    matrices. `exact=True`: a float64 SVD."""
+    Default (fast): square roots of the eigenvalues of the float64 Gram matrix WᵀW (or WWᵀ),
+    several times faster than an SVD on a CPU; singular values below ~1e-7 sigma_max are not
+    resolved. (A float32 Gram matrix was faster still, but its small eigenvalues, and with them
+    the effective rank, moved by 1e-5 from one CPU to another: a notebook's fourth digit.)
+    `exact=True`: a float64 SVD."""
     w = w.detach()
     if exact:
         return torch.linalg.svdvals(w.double())
-    w = w.float()
+    w = w.double()
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T                              # [k, k], k = min(out, in)
     return torch.linalg.eigvalsh(gram).clamp(min=0).sqrt().flip(0).double()
 
