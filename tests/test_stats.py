@@ -78,6 +78,9 @@ def test_paired_bootstrap_sees_a_consistent_small_difference():
     base = rng.normal(0, 1, size=200)
     r = stats.paired_bootstrap(base + 0.3 + rng.normal(0, 0.1, size=200), base)
     assert r["difference"] == pytest.approx(0.3, abs=0.05) and r["low"] > 0 and r["p_value"] < 0.01
+    # no resample crosses zero: the p-value is the smallest the resamples can show, never 0
+    assert r["p_value"] == pytest.approx(2 / 10_001)
+    assert stats.paired_bootstrap(base + 0.3, base, n_resamples=999)["p_value"] == pytest.approx(2 / 1000)
     same = stats.paired_bootstrap(base, base)
     assert same["difference"] == 0 and same["p_value"] == 1.0
     noise = stats.paired_bootstrap(base, rng.normal(0, 1, size=200))
@@ -120,9 +123,66 @@ def test_verdicts_follow_the_test_and_the_margin():
     kept = {"difference": 0.0, "low": -0.02, "high": 0.03, "p_value": 0.9}
     wide = {"difference": 0.05, "low": -0.1, "high": 0.2, "p_value": 0.4}
     gained = {"difference": -0.2, "low": -0.3, "high": -0.1, "p_value": 0.002}
-    assert [stats.keeps_verdict(t, margin=0.05) for t in (lost, kept, wide)] == \
-        ["contradicts", "agrees", "cannot test here"]
+    tiny = {"difference": 0.01, "low": 0.005, "high": 0.015, "p_value": 0.001}     # real, but below the margin
+    assert [stats.keeps_verdict(t, margin=0.05) for t in (lost, kept, wide, tiny)] == \
+        ["contradicts", "agrees", "cannot test here", "agrees"]
     assert [stats.loses_verdict(t) for t in (lost, kept, gained)] == ["agrees", "cannot test here", "contradicts"]
     assert stats.above_baseline(0.3, 0.25) and not stats.above_baseline(0.2, 0.25)
     with pytest.raises(ValueError, match="margin"):
         stats.keeps_verdict(kept, margin=0)
+
+
+def test_paired_windows_compares_two_models_window_by_window():
+    import pandas as pd
+
+    base = pd.DataFrame({"label": "base", "corpus": "lee", "window": [2, 0, 1], "nll": [1000.0, 1100.0, 1200.0],
+                         "tokens": 511})
+    worse = base.assign(label="W3", nll=base.nll + [30.0, 50.0, 40.0])
+    broken = base.assign(label="W2", nll=base.nll * 1e3)            # per-token NLL past 700: perplexity inf
+    w = pd.concat([base, worse, broken])
+    t = stats.paired_windows(w, "W3", "base", "lee")
+    assert t["n"] == 3 and t["difference"] == pytest.approx(40 / 511) and t["low"] > 0 and t["p_value"] < 0.5
+    assert t["b_score"] == pytest.approx(math.exp(3300 / 1533)) and t["column"] == "perplexity lee"
+    assert stats.paired_windows(w, "W2", "base", "lee")["a_score"] == math.inf
+    with pytest.raises(ValueError, match="same windows.*labels present"):
+        stats.paired_windows(w, "W4", "base", "lee")
+
+
+def test_correlation_test_reads_a_trend_within_strata_and_not_the_one_between_them():
+    rng = np.random.default_rng(0)
+    n = 60
+    x = rng.normal(size=n)
+    y = 0.8 * x + rng.normal(scale=0.6, size=n)
+    t = stats.correlation_test(x, y)
+    assert t["n"] == n and 0.5 < t["r"] < 0.95 and t["low"] > 0.3 and t["p_value"] < 0.001
+    assert t["r"] == pytest.approx(float(pd.Series(x).corr(pd.Series(y), method="spearman")), abs=1e-9)
+    noise = stats.correlation_test(x, rng.normal(size=n))
+    assert noise["low"] < 0 < noise["high"] and noise["p_value"] > 0.01
+    # two strata far apart in both x and y, no trend inside either: the pooled correlation is
+    # strong, the within-strata one is not
+    group = np.repeat(["attention", "ffn"], 1000)      # the within-strata r then has a standard error of 0.022
+    xs, ys = rng.normal(size=2000) + 10 * (group == "ffn"), rng.normal(size=2000) + 10 * (group == "ffn")
+    assert stats.correlation_test(xs, ys, n_resamples=1000)["r"] > 0.7
+    within = stats.correlation_test(xs, ys, strata=group, n_resamples=1000)
+    assert within["within_strata"] and abs(within["r"]) < 0.11
+    # a trend inside each stratum is found, with a p-value that shuffles only within strata
+    trend = stats.correlation_test(xs, ys + 0.5 * (xs - 10 * (group == "ffn")), strata=group, n_resamples=1000)
+    assert trend["r"] > 0.3 and trend["p_value"] < 0.001
+    with pytest.raises(ValueError, match="at least 4 units"):
+        stats.correlation_test([1, 2, np.nan], [1, 2, 3])
+    with pytest.raises(ValueError, match="method"):
+        stats.correlation_test(x, y, method="kendall")
+
+
+def test_correlation_test_gives_ties_their_average_rank():
+    x = np.arange(12.0)
+    t = stats.correlation_test(x, -x, n_resamples=2000)
+    # every resample repeats points, and with tied ranks averaged it is still perfectly monotone
+    assert t["r"] == pytest.approx(-1.0) and t["low"] == pytest.approx(-1.0) and t["high"] == pytest.approx(-1.0)
+    # y constant within each stratum: nothing to correlate inside them, a clear error
+    with pytest.raises(ValueError, match="does not vary within any stratum"):
+        stats.correlation_test(x, np.repeat([0.0, 1.0], 6), strata=np.repeat(["a", "b"], 6))
+    # heavy ties in y (a 0/1 outcome): the average-rank Spearman equals pandas'
+    y = (x % 3 == 0).astype(float)
+    assert stats.correlation_test(x, y, n_resamples=200)["r"] == pytest.approx(
+        float(pd.Series(x).corr(pd.Series(y), method="spearman")), abs=1e-12)

@@ -109,7 +109,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
                      seed: int = 0) -> dict:
     """Mean of a - b over paired units (the same items, windows or seeds), its percentile bootstrap
     interval, and a two-sided bootstrap p-value for "no difference" (twice the share of resampled
-    means on the other side of zero). Returns {"n", "difference", "low", "high", "p_value"}."""
+    means on the other side of zero, counted as (k + 1) / (n_resamples + 1) so that it is never 0:
+    with 10,000 resamples the smallest p is 2e-4). Returns {"n", "difference", "low", "high", "p_value"}."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"a and b must be paired: got shapes {a.shape} and {b.shape}")
@@ -118,8 +119,100 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
     if not d.any():
         return {"n": len(d), "difference": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
     means = d[_resample(len(d), n_resamples, seed)].mean(axis=1)
-    p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
+    k = min((means <= 0).sum(), (means >= 0).sum())
+    p = min(1.0, 2 * (k + 1) / (n_resamples + 1))
     return {"n": len(d), "difference": est, "low": low, "high": high, "p_value": float(p)}
+
+
+def _within(values: np.ndarray, strata: np.ndarray, rank: bool) -> np.ndarray:
+    """`values` ([..., n]) ranked (scaled to (0, 1)) if `rank`, then centred within each stratum
+    of `strata` ([n]): what is left is each unit's position inside its own stratum."""
+    import pandas as pd
+
+    out = values.astype(float).copy()
+    for s in np.unique(strata):
+        m = strata == s
+        v = out[..., m]
+        if rank:          # average ranks: ties (every bootstrap resample repeats units) share their rank
+            v = pd.DataFrame(v.reshape(-1, m.sum())).rank(axis=1).to_numpy().reshape(v.shape) / (m.sum() + 1.0)
+        out[..., m] = v - v.mean(axis=-1, keepdims=True)
+    return out
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=-1, keepdims=True)
+    y = y - y.mean(axis=-1, keepdims=True)
+    den = np.sqrt((x * x).sum(axis=-1) * (y * y).sum(axis=-1))
+    return np.where(den > 0, (x * y).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+def correlation_test(x: Sequence[float], y: Sequence[float], method: str = "spearman", strata: Sequence | None = None,
+                     confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Correlation of `x` and `y` over units (e.g. weight matrices), its percentile bootstrap
+    interval (units resampled, within their stratum when `strata` is given) and a two-sided
+    permutation p-value ((k + 1) / (n_resamples + 1), `y` shuffled within strata). With `strata`
+    (e.g. each matrix's component) the correlation is taken *within* strata: x and y are ranked
+    (Spearman) and centred inside each stratum and pooled, so that a trend that only separates
+    the strata (one component has both higher x and higher y) does not count. Units with a NaN
+    or infinite value are dropped. Returns {"n", "r", "low", "high", "p_value", "method",
+    "within_strata"}."""
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    g = np.zeros(len(x), dtype=int) if strata is None else np.unique(np.asarray(strata, dtype=str), return_inverse=True)[1]
+    if not (x.shape == y.shape == g.shape) or x.ndim != 1:
+        raise ValueError(f"x, y and strata must be paired 1-d sequences: got shapes {x.shape}, {y.shape}, {g.shape}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y, g = x[keep], y[keep], g[keep]
+    if len(x) < 4:
+        raise ValueError(f"a correlation needs at least 4 units with finite values, got {len(x)}")
+    rank = method == "spearman"
+    r = float(_pearson_rows(_within(x, g, rank), _within(y, g, rank)))
+    if not math.isfinite(r):
+        raise ValueError("no correlation to test: x or y does not vary" + (" within any stratum" if strata is not None
+                                                                             else ""))
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(np.flatnonzero(g == s), size=(n_resamples, (g == s).sum()))
+                          for s in np.unique(g)], axis=1)                                   # [B, n], strata kept
+    gb = np.concatenate([np.full((g == s).sum(), s) for s in np.unique(g)])
+    boots = _pearson_rows(_within(x[idx], gb, rank), _within(y[idx], gb, rank))
+    boots = boots[np.isfinite(boots)]
+    alpha = (1 - confidence) / 2
+    low, high = (float(q) for q in np.quantile(boots, [alpha, 1 - alpha]))
+    perm = np.stack([rng.permutation(len(y)) for _ in range(n_resamples)])                  # [B, n]
+    for s in np.unique(g):                       # shuffle y only among the units of one stratum
+        m = np.flatnonzero(g == s)
+        perm[:, m] = m[rng.permuted(np.tile(np.arange(len(m)), (n_resamples, 1)), axis=1)]
+    xr, yr = _within(x, g, rank), _within(y, g, rank)
+    null = _pearson_rows(np.broadcast_to(xr, perm.shape), yr[perm])
+    k = int((np.abs(null) >= abs(r) - 1e-12).sum())
+    return {"n": len(x), "r": r, "low": low, "high": high, "p_value": min(1.0, (k + 1) / (n_resamples + 1)),
+            "method": method, "within_strata": strata is not None}
+
+
+def paired_windows(windows, a: str, b: str, corpus: str, confidence: float = 0.95) -> dict:
+    """Does model `a` predict `corpus` differently from model `b`, window by window? `windows` is
+    a DataFrame of per-window records (label, corpus, window, nll summed over the window's
+    tokens, tokens), e.g. from `evaluate.perplexity_sweep(..., return_windows=True)` or an
+    ability sweep. The paired bootstrap over windows of the per-token NLL difference a - b
+    (positive: `a` is worse; exp of it is the perplexity ratio). Returns {"column", "a", "b",
+    "n", "a_score", "b_score" (perplexities), "difference" (nats per token), "low", "high",
+    "p_value", "test"}."""
+    w = windows[windows.corpus == corpus]
+    wa, wb = (w[w.label == x].set_index("window").sort_index() for x in (a, b))
+    if not len(wa) or not len(wb) or not wa.index.equals(wb.index):
+        raise ValueError(f"{a!r} and {b!r} need the same windows of {corpus!r} (got {len(wa)} and {len(wb)}; "
+                         f"labels present: {sorted(set(w.label))})")
+    x, y = (wa.nll / wa.tokens).to_numpy(), (wb.nll / wb.tokens).to_numpy()
+    boot = paired_bootstrap(x, y, confidence=confidence)
+
+    def ppl(part):
+        mean = part.nll.sum() / part.tokens.sum()
+        return math.exp(mean) if mean < 700 else math.inf
+
+    return {"column": f"perplexity {corpus}", "a": a, "b": b, "n": len(x), "a_score": ppl(wa), "b_score": ppl(wb),
+            "difference": boot["difference"], "low": boot["low"], "high": boot["high"], "p_value": boot["p_value"],
+            "test": "paired bootstrap over windows"}
 
 
 # -----------------------------------------------------------------------------
@@ -185,16 +278,17 @@ def perplexity_table(windows, by: str | list[str], confidence: float = 0.95):
 
 def keeps_verdict(test: dict, margin: float, alpha: float = 0.05) -> str:
     """Verdict on a claim "the change keeps the score" from a paired test of before (a) against
-    after (b) (`difference` = a - b, its interval `low`..`high`, `p_value`): "contradicts" when
-    the loss is significant at `alpha`; "agrees" when the whole interval lies below a loss of
-    `margin` (the largest loss that still counts as keeping it; an equivalence reading); "cannot
-    test here" when neither: the experiment cannot tell a loss of `margin` from none."""
+    after (b) (`difference` = a - b, the loss, its interval `low`..`high`, `p_value`): "agrees"
+    when the whole interval lies below a loss of `margin` (the largest loss that still counts as
+    keeping it; an equivalence reading, so a loss too small to matter agrees even when it is
+    significant); otherwise "contradicts" when the loss is significant at `alpha`; "cannot test
+    here" when neither: the experiment cannot tell a loss of `margin` from none."""
     if not 0 < margin:
         raise ValueError(f"margin must be a positive score difference (e.g. 0.05), got {margin!r}")
-    if test["p_value"] < alpha and test["difference"] > 0:
-        return "contradicts"
     if test["high"] < margin:
         return "agrees"
+    if test["p_value"] < alpha and test["difference"] > 0:
+        return "contradicts"
     return "cannot test here"
 
 
