@@ -1,7 +1,24 @@
-"""Shared fixtures: a tiny randomly initialised causal LM saved like any Hugging Face folder."""
+"""Shared fixtures: a tiny randomly initialised causal LM saved like any Hugging Face folder; the
+seed of this run's sample of snapshot items (printed in the header; WORKBENCH_SAMPLE_SEED repeats it)."""
+
+import os
+import random
 
 import pytest
 import torch
+
+SAMPLE_SEED = int(os.environ.get("WORKBENCH_SAMPLE_SEED") or random.SystemRandom().randrange(2 ** 31))
+
+
+def pytest_report_header(config):
+    return (f"snapshot sample seed: {SAMPLE_SEED} (a new sample each run; "
+            f"WORKBENCH_SAMPLE_SEED={SAMPLE_SEED} repeats this one)")
+
+
+@pytest.fixture
+def sample_rng(request):
+    """A generator seeded by this run's sample seed and the test's name (each test its own draw)."""
+    return random.Random(f"{SAMPLE_SEED}/{request.node.name}")
 
 
 def _word_tokenizer():

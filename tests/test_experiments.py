@@ -1,6 +1,7 @@
 """workbench/experiments.py: stored per point, keyed by every default, resumable after SIGKILL,
 the same records in-process, in local processes and on a local Ray."""
 
+import gzip
 import json
 import os
 import signal
@@ -162,7 +163,8 @@ def test_a_committed_snapshot_is_read_then_rewritten_with_exactly_the_sweeps_rec
     store = tmp_path / "store"
     first = run_sweep(POINTS[:3], toy_measure, "toy", defaults=DEFAULTS, root=store, snapshot="demo", progress=False)
     path = experiments.snapshot_path("demo")
-    assert path == tmp_path / "project" / "data" / "snapshots" / "demo.json"
+    assert path == tmp_path / "project" / "data" / "snapshots" / "demo.json.gz"
+    written = path.read_bytes()
     assert _strip(experiments.read_snapshot("demo")) == _strip(first) and len(list(calls.iterdir())) == 3
 
     # a fresh clone: no stored records, only the committed snapshot -> nothing is computed
@@ -192,8 +194,16 @@ def test_a_committed_snapshot_is_read_then_rewritten_with_exactly_the_sweeps_rec
     run_sweep(POINTS[1:2], toy_measure, "toy", defaults={**DEFAULTS, "offset": 1.5}, root=tmp_path / "other",
               snapshot="demo", progress=False)
     assert len(list(calls.iterdir())) == 11
+    # the same records give the same bytes (no time stamp in the gzip header), and a snapshot in
+    # the plain JSON of earlier versions is read, then replaced by the gzipped one
+    legacy = path.with_suffix("")
+    legacy.write_text(json.dumps({"format": experiments.RECORD_FORMAT, "records": first}))
+    path.unlink()
+    assert run_sweep(POINTS[:3], toy_measure, "toy", defaults=DEFAULTS, root=tmp_path / "empty", snapshot="demo",
+                     progress=False) == first and len(list(calls.iterdir())) == 11
+    assert path.read_bytes() == written and not legacy.exists()
     # a snapshot of another format is a clear error, not a silent recompute
-    path.write_text(json.dumps({"format": 0, "records": []}))
+    path.write_bytes(gzip.compress(json.dumps({"format": 0, "records": []}).encode()))
     with pytest.raises(ValueError, match="WORKBENCH_RECOMPUTE=1"):
         experiments.read_snapshot("demo")
     with pytest.raises(FileNotFoundError, match="make reproduce"):

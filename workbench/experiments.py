@@ -27,7 +27,7 @@ cluster, otherwise a local Ray is started). Records are written by the driver as
 so every backend stores the same files.
 
 Committed snapshots (`snapshot="name"`): a sweep whose records are committed with the repository
-as data/snapshots/<name>.json, for results that take minutes (a notebook's heavy sweeps). A
+as data/snapshots/<name>.json.gz, for results that take minutes (a notebook's heavy sweeps). A
 point whose key (measure, point with defaults, versions) is in the snapshot is read from it;
 the others are computed, and the file is rewritten with exactly this sweep's records.
 With $WORKBENCH_RECOMPUTE == "1" (what `make reproduce` sets) the committed snapshot is not
@@ -43,6 +43,7 @@ once per worker; a caller that already holds the object hands it over with `prov
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gzip
 import hashlib
 import json
 import multiprocessing
@@ -54,7 +55,7 @@ from typing import Callable, Iterable
 import pandas as pd
 from tqdm.auto import tqdm
 
-from workbench.cache import atomic_write_text, results_dir
+from workbench.cache import atomic_write_bytes, atomic_write_text, results_dir
 from workbench.report import project_dir
 
 BACKENDS = ("inprocess", "processes", "ray")
@@ -137,29 +138,47 @@ def read_sweep(name: str, root: str | os.PathLike | None = None) -> list[dict]:
 
 
 def snapshot_path(name: str) -> Path:
-    """data/snapshots/<name>.json of the quant-workbench checkout (see `workbench.report.project_dir`)."""
+    """data/snapshots/<name>.json.gz of the quant-workbench checkout (see `workbench.report.project_dir`).
+
+    Gzipped: item-level records repeat their prompts and generations, and compress about 15×.
+    """
     sweep_dir(name)                                       # the same rule for the name
-    return project_dir() / "data" / "snapshots" / f"{name}.json"
+    return project_dir() / "data" / "snapshots" / f"{name}.json.gz"
+
+
+def _legacy_path(name: str) -> Path:
+    return snapshot_path(name).with_suffix("")            # <name>.json, as written before gzip
 
 
 def read_snapshot(name: str) -> list[dict]:
     """The records of committed snapshot `name`, in its points' order."""
     path = snapshot_path(name)
-    if not path.exists():
+    if path.exists():
+        stored = json.loads(gzip.decompress(path.read_bytes()))
+    elif _legacy_path(name).exists():
+        path = _legacy_path(name)
+        stored = json.loads(path.read_text())
+    else:
         raise FileNotFoundError(f"no snapshot {name!r} at {path}; run the notebook that makes it with "
                                 "WORKBENCH_RECOMPUTE=1 (or make reproduce)")
-    stored = json.loads(path.read_text())
     if stored.get("format") != RECORD_FORMAT:
         raise ValueError(f"{path} is a snapshot of format {stored.get('format')!r}, not {RECORD_FORMAT}; "
                          "recompute it with WORKBENCH_RECOMPUTE=1")
     return stored["records"]
 
 
+def snapshot_exists(name: str) -> bool:
+    """Whether snapshot `name` is committed (gzipped, or as the plain JSON of earlier versions)."""
+    return snapshot_path(name).exists() or _legacy_path(name).exists()
+
+
 def _write_snapshot(name: str, records: list[dict]) -> None:
     text = json.dumps({"format": RECORD_FORMAT, "name": name, "records": records}, indent=1, allow_nan=True) + "\n"
     path = snapshot_path(name)
-    if not path.exists() or path.read_text() != text:
-        atomic_write_text(path, text)
+    if not path.exists() or gzip.decompress(path.read_bytes()).decode() != text:
+        # mtime=0 and no file name in the header: the same records give the same bytes
+        atomic_write_bytes(path, gzip.compress(text.encode(), compresslevel=9, mtime=0))
+    _legacy_path(name).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- objects a measure loads
@@ -257,7 +276,7 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
     skip_committed = bool(recompute) or (recompute is None and os.environ.get("WORKBENCH_RECOMPUTE") == "1")
     recompute = bool(recompute)
     committed = {}
-    if snapshot is not None and not skip_committed and snapshot_path(snapshot).exists():
+    if snapshot is not None and not skip_committed and snapshot_exists(snapshot):
         committed = {r["key"]: r for r in read_snapshot(snapshot)}
     records: dict[str, dict] = {}
     todo, seen = [], set()
