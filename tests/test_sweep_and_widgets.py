@@ -2,6 +2,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import math
+
 import pytest
 import torch
 
@@ -28,6 +30,22 @@ def test_perplexity_sweep_stores_each_point_and_recomputes_on_change(tiny_lm, tm
     assert first.bits.tolist()[1] == 4 and first.quantized_modules.tolist() == [0, 14]
     assert first.perplexity[0] != first.perplexity[1] and first.tokens.tolist() == [64, 64]
     assert first.rel_weight_error.isna().tolist() == [True, False]
+    # an interval over windows, the windows themselves for paired tests, and any window re-run alone
+    assert first.windows.tolist() == [2, 2] and (first.low <= first.perplexity).all() and (first.perplexity <= first.high).all()
+    table, windows = evaluate.perplexity_sweep(model, tok, record, specs, return_windows=True, **kw)
+    assert table.equals(first) and len(calls) == 4
+    assert windows.label.tolist() == ["base", "base", "w4", "w4"] and windows.window.tolist() == [0, 1, 0, 1]
+    w4 = windows[windows.label == "w4"]
+    assert first.perplexity[1] == pytest.approx(math.exp(w4.nll.sum() / w4.tokens.sum()), rel=1e-9)
+    from workbench.experiments import read_sweep
+
+    point = next(r["point"] for r in read_sweep("perplexity")
+                 if r["point"]["spec"] is not None and r["point"]["max_windows"] == 2
+                 and r["point"]["spec"].get("group_size") == 16)
+    again = evaluate.rerun_windows(point, [1])
+    assert [w["window"] for w in again] == [1] and again[0]["nll"] == pytest.approx(w4.nll.iloc[1], rel=1e-5)
+    with pytest.raises(ValueError, match="outside the 2 windows"):
+        evaluate.rerun_windows(point, [5])
 
 
 def test_quantizer_explorer_redraws(tiny_lm):

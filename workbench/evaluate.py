@@ -97,7 +97,8 @@ def perplexity(model: nn.Module, tokenizer, text: str | list[str], seqlen: int =
 def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: str = "lee",
                      seqlen: int = 512, max_windows: int | None = None, batch_size: int = 4,
                      calibration: dict | None = None, name: str = "perplexity", backend: str = "inprocess",
-                     workers: int | None = None, progress: bool = True):
+                     workers: int | None = None, snapshot: bool = False, return_windows: bool = False,
+                     progress: bool = True):
     """Perplexity of `model` quantized by each spec, as a DataFrame: one point of the sweep
     `name` (workbench.experiments, measure `perplexity_point`) per spec, stored with every
     window's NLL as it finishes and read back on the next call.
@@ -109,8 +110,12 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
     `workbench.data.calibration_batch` and handed to `quantize_model` (GPTQ and channel
     outliers need it; with it the report also measures output error). The weights (record.key),
     the spec, the calibration, the corpus, `seqlen` and `max_windows` key each point. Columns:
-    label, bits, perplexity, the mean relative weight (and, with calibration, output) error over
-    quantized modules, their number, the quantization time and the evaluated token count.
+    label, bits, perplexity with its 95% bootstrap interval over windows (low, high; NaN with one
+    window, inf when the perplexity overflows), the mean relative weight (and, with calibration, output) error over quantized
+    modules, their number, the quantization time, the windows and the evaluated token count.
+    With `snapshot=True` the records are the committed snapshot data/snapshots/<name>.json.gz
+    (see workbench.experiments). With `return_windows=True` it returns (table, windows): one row
+    per window (label, corpus, window, nll, tokens), for paired tests (`stats.paired_windows`).
     """
     import pandas as pd
 
@@ -123,15 +128,46 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
                "calibration": calibration if spec is not None else None} for spec in specs.values()]
     records = run_sweep(points, perplexity_point, name, defaults=PERPLEXITY_DEFAULTS,
                         versions={"model": json.loads(json.dumps(record.key, default=str))}, backend=backend,
-                        workers=workers, progress=progress)
-    rows = []
+                        workers=workers, snapshot=name if snapshot else None, progress=progress)
+    from workbench.stats import perplexity_interval
+
+    rows, windows = [], []
     for (label, spec), r in zip(specs.items(), records):
-        summary = r["summary"]
+        summary, items = r["summary"], r["items"]
+        low, high = (perplexity_interval([i["nll"] for i in items], [i["tokens"] for i in items])[1:]
+                     if len(items) > 1 and math.isfinite(summary["perplexity"])
+                     else (math.inf, math.inf) if math.isinf(summary["perplexity"]) else (float("nan"),) * 2)
         rows.append({"label": label, "bits": getattr(spec, "bits", None),   # None: unquantized or mixed
-                     **{k: summary[k] for k in ("perplexity", "rel_weight_error", "rel_output_error",
+                     "perplexity": summary["perplexity"], "low": low, "high": high,
+                     **{k: summary[k] for k in ("rel_weight_error", "rel_output_error",
                                                 "quantized_modules", "quantize_time_s")},
-                     "tokens": summary["n_windows"] * seqlen})
-    return pd.DataFrame(rows)
+                     "windows": summary["n_windows"], "tokens": summary["n_windows"] * seqlen})
+        windows += [{"label": label, "corpus": corpus, **i} for i in items]
+    table = pd.DataFrame(rows)
+    if return_windows:
+        return table, pd.DataFrame(windows, columns=["label", "corpus", "window", "nll", "tokens"])
+    return table
+
+
+def rerun_windows(point: dict, windows: list[int]) -> list[dict]:
+    """Re-score some windows of a `perplexity_point` record from scratch: the model rebuilt and
+    quantized as the point says, the NLL of each numbered window recomputed alone. Returns
+    items in the record's format ({"window", "nll", "tokens"}), in window order."""
+    from workbench.data import calibration_batch, evaluation_text
+    from workbench.models import load_model
+    from workbench.quant import quantize_model, spec_from_json
+
+    p = {**PERPLEXITY_DEFAULTS, **point}
+    model, tokenizer, _ = load_model(p["model"])
+    if p["spec"] is not None:
+        calib = calibration_batch(tokenizer, **{"corpus": p["corpus"], **p["calibration"]}) if p["calibration"] else None
+        model, _ = quantize_model(model, spec_from_json(p["spec"]), calibration=calib, progress=False)
+    seqs = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
+    index = sorted(int(w) for w in windows)
+    if index and not 0 <= index[0] <= index[-1] < len(seqs):
+        raise ValueError(f"windows {index} outside the {len(seqs)} windows of {p['corpus']!r}")
+    nll = window_nll(model, seqs[index], batch_size=p["batch_size"], progress=False)
+    return [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in zip(index, nll.tolist())]
 
 
 # ----------------------------------------------------------------------------- a sweep measure
