@@ -27,12 +27,16 @@ def _save(fig, path) -> None:
 
 
 def perplexity_vs_bits(df: pd.DataFrame, hue: str = "method", baseline: float | None = None,
-                       uniform: float | None = None, title: str = "", path=None):
+                       uniform: float | None = None, title: str = "", ax=None, path=None):
     """Perplexity (log scale) against bits, one line per `hue` value, with error bars where `df`
     has `low`/`high` (e.g. `stats.perplexity_table`); a dashed unquantized baseline; with
     `uniform` (the vocabulary size) a line at uniform guessing: a model above it has lost more
-    than all it knew, and its rank among such models means nothing."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    than all it knew, and its rank among such models means nothing. Draws into `ax` when given
+    (one panel of a larger figure), and returns the figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+    else:
+        fig = ax.figure
     for name, part in df.dropna(subset=["bits"]).groupby(hue, sort=False):
         part = part.sort_values("bits")
         if {"low", "high"} <= set(part.columns) and part[["low", "high"]].notna().all().all():
@@ -80,7 +84,8 @@ def group_size_curve(df: pd.DataFrame, x: str = "group_size", y: str = "perplexi
         ax.plot(part[x], part[y], "o-", label=str(name) if hue else None)
     ax.set(xscale="log", xlabel=x.replace("_", " "), ylabel=y.replace("_", " "), title=title)
     ax.set_xticks(sorted(df[x].unique()))
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())     # a log axis labels its minor ticks too
     if hue:
         ax.legend(fontsize=8)
     _save(fig, path)
@@ -104,6 +109,32 @@ def layer_component_heatmap(df: pd.DataFrame, value: str, title: str = "", log: 
                 annot_kws=dict(fontsize=6), cbar_kws=dict(label=value.replace("_", " ")))
     ax.set(title=title or value.replace("_", " "), xlabel="component", ylabel="layer")
     fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def activation_depth(per_module: dict[str, pd.DataFrame], value: str = "abs_max", threshold: float | None = 6.0,
+                     ylabel: str = "max |input activation|", path=None):
+    """One panel per model ({name: `probes.activation_stats` per-module frame}): `value` of each
+    component's input against layer (log y), a component in the same colour in every panel and
+    one legend for all of them; a dotted line at `threshold` (LLM.int8's outlier magnitude, 6).
+    Modules outside the blocks (no layer) are left out; q, k and v read the same input, so
+    their lines coincide."""
+    present = set().union(*(set(df.dropna(subset=["layer"]).component) for df in per_module.values()))
+    comps = [c for c in COMPONENT_ORDER if c in present] + sorted(present - set(COMPONENT_ORDER))
+    colours = dict(zip(comps, sns.color_palette("colorblind", max(len(comps), 10))))
+    fig, axes = plt.subplots(1, len(per_module), figsize=(4.6 * len(per_module) + 1.2, 3.4), squeeze=False)
+    for ax, (name, df) in zip(axes[0], per_module.items()):
+        for comp, part in df.dropna(subset=["layer"]).groupby("component", sort=False):
+            ax.plot(part.layer, part[value], "o-", ms=3, color=colours[comp], label=comp)
+        if threshold is not None:
+            ax.axhline(threshold, color="gray", ls=":", lw=1)
+        ax.set(yscale="log", xlabel="layer", ylabel=ylabel, title=name)
+    handles = [matplotlib.lines.Line2D([], [], color=colours[c], marker="o", ms=3, label=c) for c in comps]
+    if threshold is not None:
+        handles.append(matplotlib.lines.Line2D([], [], color="gray", ls=":", lw=1, label=f"|x| = {threshold:g}"))
+    fig.tight_layout(rect=(0, 0, 1 - 1.1 / fig.get_figwidth(), 1))
+    fig.legend(handles=handles, fontsize=8, loc="upper right", title="component", title_fontsize=8)
     _save(fig, path)
     return fig
 
@@ -165,27 +196,42 @@ def scatter_trend(df: pd.DataFrame, x: str, y: str, hue: str | None = "component
     return fig
 
 
-def abilities_vs_bits(table: pd.DataFrame, columns: list[str], methods: list[str] | None = None,
+def abilities_vs_bits(intervals: pd.DataFrame, columns: list[str], methods: list[str] | None = None,
                       title: str = "", path=None):
-    """The paper's figure: score against bits, one line per ability column, one panel per method.
+    """The paper's figure: score against bits, one line per ability column with its 95% interval
+    as error bars, one panel per method, and each column's majority-class baseline as a dotted
+    line of the same colour (where it has one).
 
-    `table` is `abilities.ability_table` output (one row per label, with bits and method); the
-    unquantized row (bits 16) starts every method's line.
+    `intervals` is `abilities.ability_intervals` output (one row per label and column, with bits,
+    method, estimate, low, high, majority); the unquantized row (bits 16) starts every method's line.
     """
-    methods = methods or [m for m in table.method.unique() if m not in ("none", "mixed")]
-    base = table[table.bits == 16]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.6), sharey=True, squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        part = pd.concat([base, table[table.method == method]]).sort_values("bits")
-        for col in columns:
-            ax.plot(part.bits, part[col], "o-", label=col)
+    methods = methods or [m for m in intervals.method.unique() if m not in ("none", "mixed")]
+    part_all = intervals[intervals.column.isin(columns)]
+    base = part_all[part_all.bits == 16]
+    colours = dict(zip(columns, sns.color_palette("colorblind", len(columns))))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.8), sharey=True, squeeze=False)
+    for i, (ax, method) in enumerate(zip(axes[0], methods)):
+        part = pd.concat([base, part_all[part_all.method == method]])
+        for j, col in enumerate(columns):
+            c = part[part.column == col].sort_values("bits")
+            if c.empty:
+                continue
+            x = c.bits * (1 + 0.025 * (j - (len(columns) - 1) / 2))      # dodge the error bars apart
+            ax.errorbar(x, c.estimate, yerr=[c.estimate - c.low, c.high - c.estimate], fmt="o-", ms=4, capsize=2,
+                        color=colours[col], label=col)
+            if c.majority.notna().any():
+                ax.axhline(float(c.majority.dropna().iloc[0]), color=colours[col], ls=":", lw=1)
+        ticks = sorted(part.bits.unique())
         ax.set(xlabel="bits per weight", title=f"{method.upper()}", xscale="log")
-        ax.set_xticks(sorted(part.bits.unique()))
-        ax.set_xticklabels([str(int(b)) for b in sorted(part.bits.unique())])
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(int(b)) for b in ticks])
         ax.minorticks_off()
         ax.invert_xaxis()
-    axes[0][0].set_ylabel("score")
-    axes[0][-1].legend(fontsize=8, loc="best")
+    axes[0][0].set_ylabel("score (95% interval)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles.append(matplotlib.lines.Line2D([], [], color="gray", ls=":", lw=1))
+    labels.append("majority-class baseline")
+    fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -193,20 +239,30 @@ def abilities_vs_bits(table: pd.DataFrame, columns: list[str], methods: list[str
     return fig
 
 
-def component_bars(table: pd.DataFrame, columns: list[str], base_label: str = "base", log: tuple = ("perplexity",),
+def component_bars(intervals: pd.DataFrame, columns: list[str], base_label: str = "base",
                    title: str = "", path=None):
-    """One panel per score column: a bar per label (e.g. "only attention", "all but ffn"), in table order,
-    and the `base_label` row as a dashed line. Columns named in `log` get a log axis."""
-    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 0.32 * len(table) + 1.6), squeeze=False)
-    part = table[table.label != base_label]
+    """One panel per score column: a bar per label (e.g. "only attention", "all but ffn"), in table
+    order, with its 95% interval; the `base_label` row as a dashed line and, where the column has
+    one, the majority-class baseline as a dotted line. Perplexity columns get a log axis.
+    `intervals` is `abilities.ability_intervals` output (label, column, estimate, low, high, majority)."""
+    labels = [x for x in dict.fromkeys(intervals.label) if x != base_label]
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 0.32 * len(labels) + 1.8), squeeze=False,
+                             sharey=True)
     for ax, col in zip(axes[0], columns):
-        ax.barh(part.label, part[col], color=sns.color_palette()[0])
-        if (table.label == base_label).any():
-            ax.axvline(float(table.loc[table.label == base_label, col].iloc[0]), color="gray", ls="--", lw=1,
-                       label="unquantized")
-            ax.legend(fontsize=8)
-        ax.set(xlabel=col, xscale="log" if col in log else "linear")
-        ax.invert_yaxis()
+        part = intervals[intervals.column == col].set_index("label")
+        if part.empty:
+            ax.set_visible(False)
+            continue
+        bars = part.loc[[x for x in labels if x in part.index]]
+        ax.barh(bars.index, bars.estimate, color=sns.color_palette()[0],
+                xerr=[bars.estimate - bars.low, bars.high - bars.estimate], error_kw=dict(lw=1, capsize=2))
+        if base_label in part.index:
+            ax.axvline(float(part.loc[base_label, "estimate"]), color="gray", ls="--", lw=1, label=base_label)
+        if "majority" in part and part.majority.notna().any():
+            ax.axvline(float(part.majority.dropna().iloc[0]), color="C3", ls=":", lw=1, label="majority class")
+        ax.set(xlabel=col, xscale="log" if col.startswith("perplexity") else "linear")
+        ax.legend(fontsize=7)
+    axes[0][0].invert_yaxis()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
