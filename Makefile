@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce reproduce-clean test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
+.PHONY: all setup assets lab reproduce reproduce-clean report test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -46,6 +46,11 @@ reproduce: assets
 	for nb in $(NOTEBOOKS); do echo "== $$nb"; \
 	  WORKBENCH_RESULTS="$(REPRODUCE_RESULTS)" WORKBENCH_RECOMPUTE=1 $(PY) -m jupyter nbconvert --to notebook \
 	    --execute --inplace --ExecutePreprocessor.timeout=14400 "$$nb" || exit 1; done
+	$(PY) -m workbench.report_page
+
+# report/index.html: every notebook's findings table and figures on one page (from the executed notebooks)
+report:
+	$(PY) -m workbench.report_page
 
 reproduce-clean:
 	rm -rf "$(REPRODUCE_RESULTS)"
