@@ -18,35 +18,43 @@
 #
 # Liu et al., *Do Emergent Abilities Exist in Quantized Large Language Models: An Empirical Study* (LREC-COLING 2024), asked whether the abilities that appear only in large models survive low-bit weights: **in-context learning** (ICL), **chain-of-thought reasoning** (CoT) and **instruction following** (IF). Their answer, on LLaMA models of 7B–65B parameters: 4-bit weights keep all three, 2-bit weights lose them, and the loss can be partly won back by fine-tuning the quantized model.
 #
-# This notebook runs the same study with the same machinery on the bundled SmolLM2-135M-Instruct:
-# 1. the three abilities at 16/8/4/3/2 bits with RTN and GPTQ,
-# 2. example generations side by side (widget),
-# 3. LoRA fine-tuning of the 3- and 2-bit models, and how much of each ability it wins back.
+# This notebook runs the same study with the same machinery on the bundled SmolLM2-135M-Instruct, sized so that its answers carry a conclusion:
+# 1. the abilities at 16/8/4/3/2 bits with RTN and GPTQ, every item of each task, each score with its 95% interval and the majority-class baseline, each quantized model tested against the base on the same items;
+# 2. whether a 135M model has any chain of thought to lose;
+# 3. example generations side by side (widget);
+# 4. LoRA fine-tuning of the 3-bit model over three seeds, with the same LoRA on the unquantized model as the control;
+# 5. a findings table: the paper's claims against what this model shows.
 #
-# Every score comes from **lm-eval** with the model object handed to it (`HFLM(pretrained=model)`): lm-eval builds the prompts, batches generation with the KV cache, extracts the answers and scores them. The tasks are built offline from pinned PyPI packages (`workbench.abilities.tasks.build_ability_tasks`; all of them in `abilities.task_table()`). To fit the test budget this notebook scores one task per ability on 6 items each: BIG-bench 1-digit addition at k = 0, 1, 3, 5 shots (ICL), BIG-bench Hard sports understanding with lm-eval's 3 CoT exemplars and with the same exemplars cut to their answers (CoT), and the IFEval-style prompts written for this project, scored by lm-eval's IFEval checkers (IF). `abilities.SUITES` adds MMLU, GSM8K (8-shot CoT) and more BBH tasks; they cost more time per item, mostly in their long prompts.
-#
-# **What a 135M model can show.** The abilities the paper studies *emerge* with scale; a 135M model has little of them to lose, and 6 items per task make every score coarse (one item is 0.17). The point here is the machinery and the shape of the curves; perplexity on held-out text is added as a continuous measure that still moves when every ability score sits at zero. Point `MODEL` at a hub model (e.g. `"meta-llama/Llama-2-7b-hf"`) and `SUITES` at lm-eval's own tasks (`abilities.HUB_SUITES`: `mmlu`, `gsm8k_cot`, `bbh_cot_fewshot`, `ifeval`) to run the paper's study; raise `LIMIT` for tighter estimates.
+# Every score comes from **lm-eval** with the model object handed to it (`HFLM(pretrained=model)`): lm-eval builds the prompts, batches generation with the KV cache, extracts the answers and scores them. The tasks are built offline from pinned PyPI packages (`workbench.abilities.tasks.build_ability_tasks`; all of them in `abilities.task_table()`). ICL is BIG-bench's 1-digit addition, subtraction and multiplication (100 items each) at k = 0, 1, 3, 5 shots, each k > 0 over three draws of exemplars (a k-shot score depends on which examples were drawn); IF is the 124 IFEval-style prompts written for this project, scored by lm-eval's IFEval checkers, generating up to the task's own 256 tokens.
 #
 # *Caveat:* SmolLM2's "16-bit" baseline here is a dequantized 4-bit GGUF checkpoint (see notebook 00), so 8- and 4-bit re-quantization start from weights already on a 4-bit grid.
 
 # %% [markdown]
 # ## Parameters
-# The sweeps below take minutes, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them) and shown from there when every argument matches. Each model is one point of a sweep (`workbench.experiments`): its arguments with every default, its scores and every scored item. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell computes the points that do not match, each stored as it finishes, and rewrites the snapshot. `make test` recomputes a sample of every snapshot from scratch and checks it against the committed numbers (`tests/test_snapshots.py`).
+# The sweeps below take about an hour on 2 CPU cores, so their results are committed with the repository (`data/snapshots/`, with the exact arguments and versions that produced them and every scored item) and shown from there when every argument matches. Each model is one point of a sweep (`workbench.experiments`). Change any parameter (or set `WORKBENCH_RECOMPUTE=1`, as `make reproduce` does) and the cell computes the points that do not match, each stored as it finishes, and rewrites the snapshot. `make test` re-scores a random sample of every snapshot's items and windows from scratch and checks them against the records (`tests/test_snapshots.py`).
 
 # %%
 MODEL = "smollm2-135m"
 BITS = [8, 4, 3, 2]                        # RTN
-GPTQ_BITS = [3]                            # where the methods differ; [8, 4, 3, 2] for the full sweep (~1 min per model)
+GPTQ_BITS = [4, 3]                         # GPTQ (act-order), where RTN and GPTQ can differ
 SHOTS = [0, 1, 3, 5]                       # ICL shot counts
-LIMIT = 6                                  # items per task: tiny, so that the notebook fits the test budget
-MAX_GEN_TOKS = 48                          # longest generation (CoT, instructions)
-SUITES = {"icl": ["wb_icl_arith_1d_add"],
-          "cot": ["wb_cot_bbh_sports_understanding", "wb_direct_bbh_sports_understanding"],
+FEWSHOT_SEEDS = [0, 1, 2]                  # exemplar draws for each k > 0
+LIMIT = None                               # items per task: None = every item
+MAX_GEN_TOKS = None                        # None = each task's own (8 tokens for arithmetic, 256 for IF and CoT)
+SUITES = {"icl": ["wb_icl_arith_1d_add", "wb_icl_arith_1d_sub", "wb_icl_arith_1d_mul"],
           "if": ["wb_ifeval"]}
-CALIBRATION = {"corpus": "lee", "n_samples": 8, "seqlen": 256, "seed": 0}    # GPTQ
-LORA = {"task": {"kind": "corpus", "corpus": "lee", "n_train": 40, "seqlen": 128, "seed": 0},   # 40 windows of 128 tokens
-        "args": {"r": 8, "steps": 10, "lr": 1e-3, "batch_size": 4}}                              # workbench.adapt.lora
-LORA_ON = ["RTN W3", "RTN W2"]
+COT_SUITES = {"cot": ["wb_cot_bbh_sports_understanding", "wb_direct_bbh_sports_understanding"]}
+COT_LIMIT = 200                            # items of the CoT probe (base model only, see section 2)
+PERPLEXITY = ["lee", "botchan"]            # whole held-out splits: news and prose
+CALIBRATION = {"corpus": "lee", "n_samples": 32, "seqlen": 512, "seed": 0}    # GPTQ
+LORA_SEEDS = [0, 1, 2]
+LORA = [{"task": {"kind": "corpus", "corpus": "lee", "n_train": 40, "seqlen": 128, "seed": 0},   # 40 windows of 128 tokens
+         "args": {"r": 8, "steps": 10, "lr": 1e-3, "batch_size": 4, "seed": s}}                  # workbench.adapt.lora
+        for s in LORA_SEEDS]
+LORA_ON = ["base", "RTN W3"]               # the unquantized model is the control
+LORA_SHOTS = [0, 5]                        # the tuned models' ICL shot counts (k = 1, 3 would add 60% to their ICL time)
+LORA_SUITES = {"icl": SUITES["icl"]}       # what the tuned models are scored on (see section 4)
+MARGIN = 0.05                              # a loss below this counts as "kept" in the findings table
 
 # %%
 import time
@@ -54,14 +62,14 @@ import time
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from workbench import abilities
+from workbench import abilities, stats
 from workbench.models import load_model
 from workbench.plots import abilities_vs_bits
-from workbench.report import project_dir, save_table
+from workbench.report import interval_cells, project_dir, save_table
 from workbench.widgets import generations_explorer
 
 pd.set_option("display.float_format", "{:.3g}".format)
-pd.set_option("display.width", 160)
+pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 80)
 FIG = project_dir() / "figures"
 model, tokenizer, record = load_model(MODEL)
@@ -69,87 +77,178 @@ print(record.name, f"{record.n_params / 1e6:.1f}M parameters;", record.caveat or
 
 # %% [markdown]
 # ## The tasks
-# Every local task, with the number of items it holds (the notebook scores the first `LIMIT` of each, a fixed random sample: the items were shuffled once with a fixed seed when the task files were built).
+# Every local task with the number of items it holds; the sweep scores all of them (`LIMIT = None`).
 
 # %%
 tasks = abilities.task_table()
-tasks[tasks.task.isin(sum(SUITES.values(), []))]
+tasks[tasks.task.isin(sum(SUITES.values(), []) + sum(COT_SUITES.values(), []))]
 
 # %% [markdown]
 # ## 1. The bits sweep
-# Each model is quantized (group size 128; GPTQ with act-order and 8 × 256 calibration tokens, here at 3 bits only, where the methods differ) and scored on every task; each model's record is stored, keyed by the model, the quantization and every evaluation setting, so a re-run reads it back.
+# Each model is quantized (group size 128; GPTQ with act-order and 32 × 512 calibration tokens of the news corpus) and scored on every item of every task; perplexity is over the whole held-out splits of the news (lee) and prose (botchan) corpora.
 
 # %%
 specs = {**abilities.bits_sweep_specs(BITS, ["rtn"]), **abilities.bits_sweep_specs(GPTQ_BITS, ["gptq"])}
 t = time.perf_counter()
 sweep = abilities.ability_sweep(model, tokenizer, record, specs, suites=SUITES, shots=SHOTS, limit=LIMIT,
-                                calibration=CALIBRATION, max_gen_toks=MAX_GEN_TOKS, name="abilities_bits_sweep",
-                                snapshot=True)
+                                calibration=CALIBRATION, max_gen_toks=MAX_GEN_TOKS, fewshot_seeds=FEWSHOT_SEEDS,
+                                perplexity_corpora=PERPLEXITY, name="abilities_bits_sweep", snapshot=True)
 print(f"{len(specs)} models, {time.perf_counter() - t:.0f} s")
-table = abilities.ability_table(sweep.scores)
-save_table(table, "abilities_bits_sweep")
-save_table(abilities.headline(sweep.scores), "abilities_bits_sweep_tasks")
-table
+intervals = abilities.ability_intervals(sweep)
+save_table(intervals, "abilities_bits_sweep")
+interval_cells(intervals)
 
 # %% [markdown]
-# One row per model. `icl k=…` is the mean headline score over the ICL tasks at k shots; `cot (with CoT)` and `cot (answer only)` average the GSM8K and BBH tasks prompted with and without the reasoning exemplars; `if strict`/`if loose` are IFEval's prompt-level accuracies (every instruction of a prompt followed); `perplexity` is on 2 × 512 tokens of held-out news text. With 6 items per task, one item is 0.17 of a task's score: read a difference of one or two items as noise (`sweep.scores` has each score's standard error).
+# One row per model, each cell the estimate and its 95% interval over items (Wilson for 0/1 items; ICL items are first averaged over their three exemplar draws, then bootstrapped over items; perplexity bootstrapped over 512-token windows). `icl k=…` pools the three arithmetic tasks (300 items); `if strict`/`if loose` are IFEval's prompt-level accuracies (every instruction of a prompt followed). The baselines: always giving a task's most common answer (`majority`), per column:
 
 # %%
-fig = abilities_vs_bits(table, ["icl k=0", "icl k=5", "cot (with CoT)", "cot (answer only)", "if strict", "if loose"],
-                        title=f"{record.name}: abilities against bits", path=FIG / "abilities_vs_bits.png")
+intervals[intervals.label == "base"].set_index("column")[["n", "majority"]].T
+
+# %%
+fig = abilities_vs_bits(intervals, ["icl k=0", "icl k=1", "icl k=5", "if strict", "if loose"],
+                        title=f"{record.name}: abilities against bits (95% intervals; dotted: majority class)",
+                        path=FIG / "abilities_vs_bits.png")
 plt.show()
 
+# %% [markdown]
+# **Does each quantized model score differently from the base on the same items?** Paired over items (each ICL item averaged over its draws): the difference base − quantized, its 95% interval and the p-value (exact McNemar for IF's 0/1 items, the paired bootstrap for the averaged ICL items).
+
 # %%
-detail = abilities.headline(sweep.scores)
-detail = detail[detail.task != "perplexity"]
-detail.pivot_table(index=["ability", "task", "shots"], columns="label", values="score", sort=False)[list(specs)]
+columns = ["icl k=1", "icl k=3", "icl k=5", "if strict", "if loose"]
+paired = pd.DataFrame([abilities.paired_items(sweep.samples, "base", label, col)
+                       for label in specs if label != "base" for col in columns])
+save_table(paired, "abilities_bits_sweep_paired")
+paired.pivot(index="b", columns="column", values="difference").loc[[k for k in specs if k != "base"], columns].round(3)
+
+# %%
+paired.assign(cell=[f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] p={p:.2g}" for d, lo, hi, p in
+                    zip(paired.difference, paired.low, paired.high, paired.p_value)]
+              ).pivot(index="b", columns="column", values="cell").loc[[k for k in specs if k != "base"], columns]
 
 # %% [markdown]
-# ## 2. Generations side by side
+# ## 2. Is there a chain of thought to lose?
+# A model can only lose an ability it has. The CoT probe scores the **base** model on BIG-bench Hard's sports understanding (yes/no) with lm-eval's three CoT exemplars and with the same exemplars cut to their answers, on `COT_LIMIT` items, generating up to 256 tokens.
+
+# %%
+t = time.perf_counter()
+cot = abilities.ability_sweep(model, tokenizer, record, {"base": None}, suites=COT_SUITES, shots=[], limit=COT_LIMIT,
+                              max_gen_toks=MAX_GEN_TOKS, perplexity_corpora=[], name="abilities_cot_probe",
+                              snapshot=True)
+print(f"{time.perf_counter() - t:.0f} s")
+cot_iv = abilities.ability_intervals(cot)
+save_table(cot_iv, "abilities_cot_probe")
+cot_iv[["column", "n", "estimate", "low", "high", "majority"]]
+
+# %% [markdown]
+# Where both intervals reach down to the majority-class line, the base model's yes/no answers are no better than always answering the more common label: this 135M model shows no chain of thought here, so whether quantization keeps CoT **cannot be tested** on it. (A 7B hub model with `abilities.HUB_SUITES` can.)
+
+# %% [markdown]
+# ## 3. Generations side by side
 # Pick an ability, a task, a method and a bit width: the first items, with what the unquantized and the quantized model answered (✓ right, ✗ wrong; for IF, every instruction followed).
 
 # %% tags=["nbval-ignore-output"]
 generations_explorer(sweep.samples)
 
 # %%
-# the same comparison as a table: the first two IFEval prompts, base against RTN W3 and W2
+# the same comparison as a table: the first two IFEval prompts, base against RTN W4 and W3
 s = sweep.samples
-pick = s[(s.task == "wb_ifeval") & (s.doc_id < 2) & s.label.isin(["base", "RTN W3", "RTN W2"])]
+pick = s[(s.task == "wb_ifeval") & (s.doc_id < 2) & s.label.isin(["base", "RTN W4", "RTN W3"])]
 pick.assign(prompt=pick.prompt.str.extract(r"user\n(.*?)<\|im_end", expand=False).str[:90],
             response=pick.response.str[:160])[["label", "doc_id", "prompt", "response", "score"]]
 
 # %% [markdown]
-# ## 3. Winning it back: LoRA on the quantized model
-# LoRA adapters (`workbench.adapt.lora`: rank 8 on every attention and FFN projection, through `peft`) are trained on the quantized model for a few steps of next-token loss on 40 windows of the calibration split of the news corpus (`finetune.corpus_task`); the quantized weights stay frozen. Then every ability is scored again.
+# ## 4. Winning it back: LoRA on the quantized model, against LoRA on the unquantized one
+# LoRA adapters (`workbench.adapt.lora`: rank 8 on every attention and FFN projection, through `peft`) are trained for 10 steps of next-token loss on 40 windows of the *calibration* split of the news corpus (`finetune.corpus_task`); the quantized weights stay frozen; three seeds (initialisation and batch order). The same LoRA on the unquantized model is the control: training on news text lowers news perplexity whether or not the model was quantized, so only the gap between the two says what fine-tuning won back from quantization. Perplexity on the prose corpus (botchan) is out of the training domain. The tuned models are scored on every ICL item as in section 1, at k = 0 and 5 shots (`LORA_SHOTS`), and on both perplexity corpora. Instruction following is left out of these runs (`LORA_SUITES`): ten steps of next-token loss on news text are not instruction tuning (the paper tuned on instruction data), and each IFEval pass costs as much as the rest of a point.
 
 # %%
 t = time.perf_counter()
-tuned = abilities.ability_sweep(model, tokenizer, record, {k: specs[k] for k in LORA_ON}, suites=SUITES, shots=SHOTS,
+tuned = abilities.ability_sweep(model, tokenizer, record, {k: specs[k] for k in LORA_ON}, suites=LORA_SUITES, shots=LORA_SHOTS,
                                 limit=LIMIT, calibration=CALIBRATION, lora=LORA, max_gen_toks=MAX_GEN_TOKS,
-                                name="abilities_lora", snapshot=True)
-print(f"{len(LORA_ON)} models fine-tuned and scored, {time.perf_counter() - t:.0f} s")
-both = pd.concat([table, abilities.ability_table(tuned.scores)], ignore_index=True)
-both = both[both.label.isin(["base", *LORA_ON, *[f"{k} + LoRA" for k in LORA_ON]])]
+                                fewshot_seeds=FEWSHOT_SEEDS, perplexity_corpora=PERPLEXITY, name="abilities_lora",
+                                snapshot=True)
+print(f"{len(LORA_ON) * len(LORA)} models fine-tuned and scored, {time.perf_counter() - t:.0f} s")
+tuned_iv = abilities.ability_intervals(tuned)
+both = pd.concat([intervals[intervals.label.isin(LORA_ON)], tuned_iv], ignore_index=True)
 save_table(both, "abilities_lora")
-both
+interval_cells(both)
+
+# %% [markdown]
+# Over the seeds: the mean of each column over the three LoRA runs, its spread (min–max), and what the quantized model won back relative to the control, `recovery` = (after − before) / (base − before) per seed, where *after* is RTN W3 + LoRA and the base is **the unquantized model with the same LoRA** (log scale for perplexity).
 
 # %%
-won_back = pd.DataFrame([abilities.recovery(both, "base", k, f"{k} + LoRA") for k in LORA_ON])
-won_back.insert(0, "trainable_params", [int(both.set_index("label").loc[f"{k} + LoRA", "trainable_params"]) for k in LORA_ON])
-won_back.insert(1, "share_of_model", won_back.trainable_params / record.n_params)
-save_table(won_back.reset_index(names="comparison"), "abilities_lora_recovery")
-won_back
+wide = both.pivot(index="label", columns="column", values="estimate")
+cols = [c for c in ["icl k=5", "if strict", "if loose", "perplexity lee", "perplexity botchan"] if c in tuned_iv.column.values]
+rec = pd.DataFrame([abilities.recovery(wide[cols].reset_index(), f"base + LoRA s{s}", "RTN W3", f"RTN W3 + LoRA s{s}")
+                    for s in LORA_SEEDS],
+                   index=pd.Index(LORA_SEEDS, name="seed"))
+summary = pd.DataFrame({"mean": rec.mean(), "min": rec.min(), "max": rec.max()})
+save_table(summary.reset_index(names="column"), "abilities_lora_recovery")
+print("trainable parameters:", int(tuned.scores.trainable_params.dropna().iloc[0]),
+      f"({tuned.scores.trainable_params.dropna().iloc[0] / record.n_params:.1%} of the model)")
+summary
 
 # %% [markdown]
-# `recovery` is the share of the quantization loss that fine-tuning won back, per column: (after − before) / (base − before); 1 is full recovery, 0 none, negative is worse, and it is meaningless (large or undefined) where quantization lost little to begin with. Perplexity is compared on its logarithm.
+# Paired over items, seed by seed: does RTN W3 + LoRA score differently from RTN W3 (what LoRA won), and from the control (what is still lost)?
+
+# %%
+lora_tests = pd.DataFrame([
+    {"seed": s, "comparison": comp, **abilities.paired_items(pd.concat([sweep.samples, tuned.samples]), a, b, col)}
+    for s in LORA_SEEDS for comp, a, b in (("won: W3+LoRA − W3", f"RTN W3 + LoRA s{s}", "RTN W3"),
+                                           ("left: control − W3+LoRA", f"base + LoRA s{s}", f"RTN W3 + LoRA s{s}"))
+    for col in ["icl k=5"]])
+save_table(lora_tests, "abilities_lora_paired")
+lora_tests[["seed", "comparison", "column", "n", "difference", "low", "high", "p_value", "test"]]
 
 # %% [markdown]
-# ## What to take away
-# From the tables above (6 items per task, so single-item differences are noise):
-# * **In-context learning is visible even at 135M**: 1-digit addition goes from 0 right at zero shots to 1, 2 and 3 of 6 at 1, 3 and 5 shots. RTN W8 keeps it (one item less at 5 shots), W4 keeps the 1- and 3-shot scores but loses 5-shot, and RTN W3 and W2 lose it entirely. GPTQ W3 keeps the base's 1- and 3-shot scores where RTN W3 has none, in line with its perplexity (72 against 137).
-# * **Chain of thought**: the base answers 3 of 6 sports questions right with reasoning (chance on a yes/no task) and 4 of 6 without. With CoT the score falls to 0 at 3 bits with either method: the 3-bit models' generations stop at once (a blank line) or wander off without a final "So the answer is ...", so lm-eval's answer extraction finds nothing (see the widget). This model cannot test the paper's CoT finding; a 7B hub model can.
-# * **Instruction following**: 0 to 2 of 6 prompts at every width, too few to rank the widths.
-# * **Perplexity** orders the widths cleanly: 29.2 (base), 29.3 (W8), 36.4 (W4), 137 (RTN W3), 72 (GPTQ W3), 3.3 million (RTN W2).
-# * **LoRA** (rank 8 on every projection: 2.44M trainable parameters, 1.8% of the model; 10 steps of 4 × 128 tokens drawn from 40 windows) wins back about half of the 3-bit perplexity loss (137 → 61; 0.52 of the log-perplexity loss) and 0.43 of the 2-bit loss (3.3 million → 23,000), but **none of the lost in-context or chain-of-thought scores came back** at this training budget: a better language model is not yet a model that does arithmetic in context again. (RTN W3 + LoRA follows 2 of 6 instructions where RTN W3 follows 1 and the base none: one prompt, noise at this size.)
-#
-# Run it larger: `LIMIT = 100` (or None for every item), `GPTQ_BITS = [8, 4, 3, 2]`, more tasks per ability (`abilities.SUITES`), more LoRA steps, and a hub model with `abilities.HUB_SUITES`.
+# ## 5. Findings
+# The paper's claims against this model, each decided by the paired tests above: *agrees* when the test says so at p < 0.05 (or, for "keeps", when the whole interval of the loss lies below `MARGIN`); *contradicts* when it says the opposite; *cannot test here* when the interval is too wide to tell, or when the base model does not show the ability at all (its interval reaches the majority-class baseline).
+
+# %%
+base_iv = intervals[intervals.label == "base"].set_index("column")
+
+
+def has(col):
+    return stats.above_baseline(base_iv.loc[col, "low"], base_iv.loc[col, "majority"]) \
+        if pd.notna(base_iv.loc[col, "majority"]) else True
+
+
+def test_of(label, col):
+    return paired[(paired.b == label) & (paired.column == col)].iloc[0]
+
+
+def describe(t):
+    return f"{t['a_score']:.2f} → {t['b_score']:.2f} ({t['difference']:+.2f} [{t['low']:+.2f}, {t['high']:+.2f}], {t['test']} p={t['p_value']:.2g}, n={t['n']})"
+
+
+rows = []
+for col, ability in (("icl k=5", "ICL (5-shot arithmetic)"), ("if strict", "IF (strict)")):
+    for label, claim, judge in (("RTN W4", "4-bit keeps", lambda t: stats.keeps_verdict(t, MARGIN)),
+                                ("GPTQ W4", "4-bit keeps", lambda t: stats.keeps_verdict(t, MARGIN)),
+                                ("RTN W2", "2-bit loses", stats.loses_verdict)):
+        t = test_of(label, col)
+        verdict = judge(t) if has(col) else "cannot test here"
+        rows.append({"paper's claim": f"{claim} {ability}", "model": label, "this workbench": describe(t),
+                     "verdict": verdict})
+cot_base = cot_iv.set_index("column")
+cot_has = any(stats.above_baseline(cot_base.loc[c, "low"], cot_base.loc[c, "majority"]) for c in cot_base.index)
+rows.append({"paper's claim": "4-bit keeps CoT, 2-bit loses it", "model": "base",
+             "this workbench": "; ".join(f"{c}: {r.estimate:.2f} [{r.low:.2f}, {r.high:.2f}] vs majority {r.majority:.2f}"
+                                         for c, r in cot_base.iterrows()),
+             "verdict": "cannot test here" if not cot_has else "see section 2"})
+won = lora_tests[lora_tests.comparison.str.startswith("won") & (lora_tests.column == "icl k=5")]
+rows.append({"paper's claim": "fine-tuning wins back the ability lost at low bits", "model": "RTN W3 + LoRA",
+             "this workbench": "; ".join(f"seed {r.seed}: {r.difference:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p={r.p_value:.2g}"
+                                         for r in won.itertuples()) + " (5-shot ICL, W3+LoRA − W3)",
+             "verdict": "agrees" if (won.p_value < 0.05).all() and (won.difference > 0).all() else
+             "contradicts" if (won.high < MARGIN).all() else "cannot test here"})
+left = lora_tests[lora_tests.comparison.str.startswith("left") & (lora_tests.column == "icl k=5")]
+rows.append({"paper's claim": "fine-tuning closes the gap to the unquantized model (given the same fine-tuning)",
+             "model": "RTN W3 + LoRA vs base + LoRA",
+             "this workbench": "; ".join(f"seed {r.seed}: {r.difference:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p={r.p_value:.2g}"
+                                         for r in left.itertuples())
+             + f" (5-shot ICL, control − W3+LoRA); recovery {summary.loc['icl k=5', 'mean']:.0%} of the loss",
+             "verdict": "contradicts" if (left.p_value < 0.05).all() and (left.difference > 0).all() else
+             "agrees" if (left.high < MARGIN).all() else "cannot test here"})
+findings = pd.DataFrame(rows)
+save_table(findings, "abilities_findings")
+findings.style.hide(axis="index")

@@ -34,7 +34,7 @@
 
 # %% [markdown]
 # ## Parameters
-# Every run below trains for real; together they take several minutes on 2 cores, so each run is a point of a sweep (`workbench.adapt.sweeps`, on the engine of `workbench.experiments`) whose records are committed as a snapshot (`data/snapshots/adapt_*.json`: each run's arguments with every default, the model and library versions, its record and its per-step losses) and read from there when all of those match. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`) and the runs are recomputed and the snapshot rewritten; `make test` re-runs a sample of them from scratch and checks the numbers (`tests/test_snapshots.py`).
+# Every run below trains for real; together they take several minutes on 2 cores, so each run is a point of a sweep (`workbench.adapt.sweeps`, on the engine of `workbench.experiments`) whose records are committed as a snapshot (`data/snapshots/adapt_*.json.gz`: each run's arguments with every default, the model and library versions, its record and its per-step losses) and read from there when all of those match. Change any parameter (or set `WORKBENCH_RECOMPUTE=1`) and the runs are recomputed and the snapshot rewritten; `make test` re-runs a sample of them from scratch and checks the numbers (`tests/test_snapshots.py`).
 
 # %%
 ENCODER = "minilm-l6"                 # all-MiniLM-L6-v2, 22.7M parameters, fp32
@@ -61,7 +61,7 @@ CAUSAL_STEPS = 20
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from workbench import adapt, probes
+from workbench import adapt, probes, stats
 from workbench.adapt import sweeps
 from workbench.plots import accuracy_vs_params
 from workbench.report import project_dir, save_table
@@ -126,9 +126,9 @@ plt.show()
 
 # %%
 targets = adapt.TARGETS
-stats = probes.weight_stats(model, pattern=targets, progress=False)[["module", "component", "kurtosis", "max_over_std"]]
+wstats = probes.weight_stats(model, pattern=targets, progress=False)[["module", "component", "kurtosis", "max_over_std"]]
 spec = probes.spectra(model, pattern=targets, progress=False)[["module", "stable_rank"]]
-chosen = stats.merge(spec, on="module")
+chosen = wstats.merge(spec, on="module")
 pq = records[f"PreQuant W{BITS[0]} {BUDGET:.1%}"]
 chosen["prequant weights"] = chosen.module.map(pq["chosen"]).fillna(0).astype(int)
 chosen["stable-rank LoRA rank"] = chosen.module.map(records["stable-rank LoRA"]["ranks"]).fillna(0).astype(int)
@@ -200,15 +200,18 @@ causal_fp_runs = {                                            # the full-precisi
 }
 causal.update(sweeps.run_methods(CAUSAL, lm_task, causal_fp_runs, name="adapt_causal_fp", snapshot=True))
 causal_results = adapt.results_table(causal, n_params=lm_record.n_params)
+ci = [stats.wilson_interval(round(a * CAUSAL_LIMIT), CAUSAL_LIMIT)[1:] for a in causal_results.accuracy]
+causal_results.insert(causal_results.columns.get_loc("accuracy") + 1, "low", [lo for lo, _ in ci])
+causal_results.insert(causal_results.columns.get_loc("low") + 1, "high", [hi for _, hi in ci])
 save_table(causal_results, "adapt_causal")
 causal_results
 
 # %% [markdown]
-# **At 4 bits fine-tuning wins the ability back; at 3 bits, with this budget, it does not.** With 40 scored items one item is 2.5 points and the standard error near 50% about ±8.
-# * Unquantized, SmolLM2-135M answers 0.55 of the 1-digit additions with 5 examples in context. RTN at 4 bits drops it to 0.125 and at 3 bits to 0.10 (notebook 04 saw the same drop on its 6 items).
-# * 20 steps of LoRA on the 60 other additions teach the unquantized model the task completely (1.00): the reference for what this training can do. The other full-precision methods nearly all do too: full fine-tuning 0.975, stable-rank LoRA 1.00, DSEE 0.975. The L1 run reaches 0.85 with changes on 30% of the projection weights; its 1% ticket carries 12% of the change and scores 0.55, no better than the untrained model.
-# * **At 4 bits**, **QLoRA** with the same 2.4M adapter parameters reaches 0.825: more than the unquantized model had, though not the 1.00 of LoRA on full precision. **PreQuant**'s 0.1% of outliers (106k weights) gets to 0.175, its training loss only falls from 1.78 to 1.12 (mean of the last 5 steps). **AlphaTuning** starts from a worse binary-coding model (loss 2.47), trains to 0.69 and scores 0.025.
-# * **At 3 bits** (relative weight error 22%) nothing recovers in 20 steps: QLoRA 0.075, PreQuant 0.10, AlphaTuning 0.00, against RTN's 0.10. Given three times the steps, QLoRA's training loss falls below 0.001 but it scores 0.25. It has learned the 60 training additions, not addition.
+# **At 4 bits fine-tuning wins the ability back; at 3 bits, with this budget, it does not.** With 40 scored items one item is 2.5 points, and the Wilson 95% intervals (`low`, `high`) are ±10–15 points wide: one seed per run, so only the large gaps are findings (the adaptation comparisons over seeds with per-item paired tests are still to come).
+# * Unquantized, SmolLM2-135M answers 0.55 of the 1-digit additions with 5 examples in context. RTN at 4 bits drops it to 0.175 and at 3 bits to 0.075, both intervals well below the unquantized one (notebook 04 measures the same drop on all 300 arithmetic items).
+# * 20 steps of LoRA on the 60 other additions teach the unquantized model the task nearly completely (0.925): the reference for what this training can do. The other full-precision methods do too: full fine-tuning 0.90, stable-rank LoRA 0.925, DSEE 0.975. The L1 run reaches 0.925 with changes on 30% of the projection weights; its 1% ticket carries 12% of the change and scores 0.60, no better than the untrained model.
+# * **At 4 bits**, **QLoRA** with the same 2.4M adapter parameters reaches 0.80: more than the unquantized model had, though below LoRA on full precision. **PreQuant**'s 0.1% of outliers (106k weights) stays at 0.175; its training loss only falls from 1.78 to 1.12 (mean of the last 5 steps). **AlphaTuning** starts from a worse binary-coding model (loss 2.47), trains to 0.69 and scores 0.00.
+# * **At 3 bits** (relative weight error 22%) nothing recovers in 20 steps: QLoRA 0.125, PreQuant 0.10, AlphaTuning 0.00, against RTN's 0.075, all within one interval of each other. Given three times the steps, QLoRA's training loss falls to 0.001 but it scores 0.275: it has learned the 60 training additions far better than addition.
 # * The adapted runs took 35–90 s each on 2 cores (`time_s`), scoring included: the snapshots hold them and `make test` re-runs the RTN W3 and stable-rank LoRA rows.
 
 # %% [markdown]

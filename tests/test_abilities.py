@@ -1,6 +1,7 @@
 """Ability tasks and scoring: the local lm-eval tasks, a gold-answer model, IFEval's checkers, batching."""
 
 import json
+import math
 import re
 
 import pandas as pd
@@ -150,6 +151,22 @@ def test_shot_count_reaches_the_prompt():
         prompt = res.samples.prompt.iloc[0]
         assert prompt.count("Q: ") == k + 1
         assert (res.scores.shots == k).all()
+
+
+@pytest.mark.integration
+def test_an_item_rerun_alone_gets_the_exemplars_it_had_in_the_full_run():
+    """Exemplars are drawn per item (seed, item), not from one generator consumed item by item:
+    so doc_ids re-runs any item with its full-run prompt, and another seed draws other exemplars."""
+    run = lambda seed, **kw: abilities.evaluate_tasks(OracleLM(), None, ["wb_icl_arith_1d_add"], num_fewshot=3,
+                                                       model_key="oracle", seed=seed, cache=False, **kw).samples
+    full = run(0, limit=12).set_index("doc_id").prompt
+    alone = run(0, doc_ids={"wb_icl_arith_1d_add": [9, 4]}).set_index("doc_id").prompt
+    assert sorted(alone.index) == [4, 9] and alone[9] == full[9] and alone[4] == full[4]
+    other = run(1, limit=12).set_index("doc_id").prompt
+    assert sum(other[i] != full[i] for i in full.index) >= 10           # another draw of exemplars
+    assert all(full[i].count("Q: ") == 4 for i in full.index)
+    with pytest.raises(ValueError, match="limit or doc_ids"):
+        run(0, limit=2, doc_ids={"wb_icl_arith_1d_add": [1]})
 
 
 # -----------------------------------------------------------------------------
@@ -307,6 +324,75 @@ def test_ability_table_and_recovery():
     assert abilities.recovery(table, "RTN W2", "base", "RTN W2 + LoRA").isna().all()
 
 
+def _samples(outcomes: dict) -> pd.DataFrame:
+    """Synthetic ability samples: label -> {(task, shots, seed): [0/1 per doc]}."""
+    rows = []
+    for label, cells in outcomes.items():
+        for (task, shots, seed), scores in cells.items():
+            rows += [{"label": label, "bits": 16 if label == "base" else 4, "method": "none" if label == "base"
+                      else "rtn", "task": task, "shots": shots, "fewshot_seed": seed, "doc_id": i,
+                      "target": "no" if i % 4 else "yes", "score": float(v),
+                      "metrics": {"prompt_level_loose_acc": 1.0} if "ifeval" in task else {}}
+                     for i, v in enumerate(scores)]
+    return pd.DataFrame(rows)
+
+
+def test_ability_intervals_pool_items_average_draws_and_give_the_majority_baseline():
+    add = "wb_icl_arith_1d_add"
+    base = {(add, 5, 0): [1] * 22 + [0] * 18, (add, 5, 1): [1] * 18 + [0] * 22,
+            ("wb_direct_bbh_sports_understanding", 3, 0): [1, 0] * 20, ("wb_ifeval", 0, 0): [0, 1, 1, 0]}
+    quant = {(add, 5, 0): [1] * 5 + [0] * 35, (add, 5, 1): [1] * 6 + [0] * 34,
+             ("wb_direct_bbh_sports_understanding", 3, 0): [1, 0] * 20, ("wb_ifeval", 0, 0): [0, 0, 1, 0]}
+    windows = pd.DataFrame({"label": ["base"] * 3, "bits": 16, "method": "none", "corpus": "lee", "window": [0, 1, 2],
+                            "nll": [1500.0, 1600.0, 1550.0], "tokens": 511})
+    res = abilities.AbilityResult(pd.DataFrame(), _samples({"base": base, "RTN W4": quant}), windows)
+    iv = abilities.ability_intervals(res).set_index(["label", "column"])
+    icl = iv.loc[("base", "icl k=5")]
+    assert icl.n == 40 and icl.draws == 2 and icl.estimate == pytest.approx(40 / 80)   # items, not draws
+    assert icl.low < 0.5 < icl.high
+    direct = iv.loc[("base", "cot (answer only)")]
+    assert direct.n == 40 and direct.majority == pytest.approx(30 / 40)               # "no" on 3 of 4 items
+    assert iv.loc[("RTN W4", "if strict")].estimate == 0.25 and iv.loc[("RTN W4", "if loose")].estimate == 1.0
+    ppl = iv.loc[("base", "perplexity lee")]
+    assert ppl.n == 3 and ppl.estimate == pytest.approx(math.exp(4650 / 1533)) and ppl.low < ppl.estimate < ppl.high
+
+    test = abilities.paired_items(res.samples, "base", "RTN W4", "icl k=5")
+    assert test["n"] == 40 and test["difference"] == pytest.approx((40 - 11) / 80)
+    assert test["test"] == "paired bootstrap" and test["p_value"] < 0.01 and test["low"] > 0
+    one = abilities.paired_items(res.samples[res.samples.fewshot_seed == 0], "base", "RTN W4", "icl k=5")
+    assert one["test"] == "exact McNemar" and one["p_value"] < 0.001
+    same = abilities.paired_items(res.samples, "base", "RTN W4", "cot (answer only)")
+    assert same["difference"] == 0 and same["p_value"] == 1.0
+    with pytest.raises(ValueError, match="no items of column"):
+        abilities.paired_items(res.samples, "base", "RTN W4", "icl k=3")
+    # items averaged over other exemplar draws are not the same prompts: no pairing
+    fewer = res.samples[(res.samples.label == "base") | (res.samples.fewshot_seed == 0)]
+    with pytest.raises(ValueError, match="different exemplar draws"):
+        abilities.paired_items(fewer, "base", "RTN W4", "icl k=5")
+    # a mixed-precision label (bits None) keeps its items, and a second filter of a task does not
+    # count as another draw
+    mixed = res.samples[res.samples.label == "RTN W4"].assign(label="mixed", bits=None, method="mixed")
+    both_filters = pd.concat([res.samples.assign(filter="strict"), mixed.assign(filter="strict"),
+                              mixed.assign(filter="flexible", score=1.0)])
+    iv2 = abilities.ability_intervals(abilities.AbilityResult(pd.DataFrame(), both_filters)).set_index(["label", "column"])
+    assert iv2.loc[("mixed", "icl k=5")].n == 40 and iv2.loc[("mixed", "icl k=5")].draws == 2
+    assert iv2.loc[("mixed", "icl k=5")].estimate == pytest.approx(11 / 80)
+
+    w = pd.concat([windows, windows.assign(label="RTN W4", nll=windows.nll + [60.0, 40.0, 50.0])])
+    pw = abilities.paired_windows(w, "RTN W4", "base", "lee")
+    assert pw["n"] == 3 and pw["difference"] == pytest.approx(50 / 511) and pw["b_score"] == pytest.approx(ppl.estimate)
+    with pytest.raises(ValueError, match="same windows"):
+        abilities.paired_windows(w.iloc[:-1], "RTN W4", "base", "lee")
+    # per unit: W4 adds 50/511 nats per token over 10 units, W3 100/511 over 40: W4 costs more per unit
+    w3 = pd.concat([w, windows.assign(label="RTN W3", nll=windows.nll + [90.0, 110.0, 100.0])])
+    pc = abilities.paired_costs(w3, "base", "RTN W4", "RTN W3", "lee", per_a=10, per_b=40)
+    assert pc["a_cost"] == pytest.approx(5 / 511) and pc["b_cost"] == pytest.approx(2.5 / 511)
+    assert pc["difference"] == pytest.approx(2.5 / 511) and pc["low"] > 0
+    assert abilities.paired_costs(w3, "base", "RTN W4", "RTN W3", "lee")["difference"] == pytest.approx(-50 / 511)
+    with pytest.raises(ValueError, match="per_b must be a positive"):
+        abilities.paired_costs(w3, "base", "RTN W4", "RTN W3", "lee", per_b=0)
+
+
 # -----------------------------------------------------------------------------
 # a user's own lm-eval task folder, and the local task folder's rebuilds
 
@@ -387,7 +473,7 @@ def test_ability_sweep_stores_one_point_per_spec_with_its_items(tiny_lm, tmp_pat
     monkeypatch.setattr(abilities, "ability_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tokenizer, record = tiny_lm
     specs = {"base": None, "W3": QuantConfig(bits=3, group_size=16)}
-    kw = dict(suites={"icl": ["wb_icl_arith_1d_add"]}, shots=[0, 1], limit=2, max_gen_toks=4, perplexity_windows=0,
+    kw = dict(suites={"icl": ["wb_icl_arith_1d_add"]}, shots=[0, 1], limit=2, max_gen_toks=4, perplexity_corpora=[],
               progress=False)
     res = abilities.ability_sweep(model, tokenizer, record, specs, **kw)
     assert calls == [1, 1] and len(list((tmp_path / "experiments" / "abilities").glob("*.json"))) == 2
@@ -409,6 +495,8 @@ def test_ability_sweep_stores_one_point_per_spec_with_its_items(tiny_lm, tmp_pat
     assert tuned.scores.trainable_params.unique().tolist() == [2 * 2 * (96 + 72 + 72 + 96 + 144 + 144 + 144)]
     with pytest.raises(ValueError, match="'kind': 'corpus'"):
         abilities.ability_sweep(model, tokenizer, record, specs, lora={"r": 8}, **kw)
+    with pytest.raises(ValueError, match="perplexity_corpora=\\[\\]"):
+        abilities.ability_sweep(model, tokenizer, record, specs, **{**kw, "perplexity_windows": 0})
 
 
 @pytest.mark.integration
@@ -433,3 +521,13 @@ def test_the_task_fingerprint_does_not_depend_on_where_the_tasks_or_lm_eval_are(
     with open(there / "wb_icl_arith_1d_add.jsonl", "a") as f:
         f.write('{"input": "What is 1 plus 1?", "target": "2"}\n')
     assert abilities.task_folder_fingerprint(there) != expected
+
+
+def test_ability_frames_refuse_two_records_under_one_label():
+    def record(r):
+        return {"point": {"spec": None, "lora": {"task": {"kind": "corpus"}, "args": {"r": r, "seed": 0}}},
+                "summary": {"scores": [], "lora": {"trainable_params": 10 * r}, "windows": []}, "items": []}
+    frames = abilities.ability_frames([record(8)], ["base"])
+    assert frames.scores.empty and frames.windows.columns.tolist()[:3] == ["label", "bits", "method"]
+    with pytest.raises(ValueError, match="both be labelled 'base \\+ LoRA'"):
+        abilities.ability_frames([record(8), record(16)], ["base", "base"])

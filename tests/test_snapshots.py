@@ -1,5 +1,5 @@
-"""Committed snapshots (data/snapshots/<name>.json): the records of the heavy sweeps that notebooks
-04, 05 and 06 render, written by the engine of workbench/experiments.py.
+"""Committed snapshots (data/snapshots/<name>.json.gz): the records of the heavy sweeps that notebooks
+00, 04, 05 and 06 render, written by the engine of workbench/experiments.py.
 
 Two checks per snapshot. Its records are current: each key is what this code computes from the
 stored point, measure and versions, and the versions are this checkout's, so a notebook reads the
@@ -26,15 +26,19 @@ def _only_attention(p):
 
 SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_bits_sweep": lambda p: p["spec"] is None or _rtn3(p),
-    "component_sensitivity_w2": _only_attention,
+    "abilities_cot_probe": lambda p: True,             # the base model only
+    "component_sensitivity_w4": _only_attention,
     "abilities_lora": lambda p: _rtn3(p),              # LoRA: its training and perplexity (below)
     "adapt_encoder": lambda p: p["method"] == "head_only" or (p["method"] == "prequant" and p["args"]["budget"] == 0.01
                                                               and p["args"]["bits"] == 4),
     "adapt_navigate": lambda p: p["method"] == "head_only",
     "adapt_causal": lambda p: p["method"] == "unadapted" and p["args"]["bits"] == 3,   # quantize + lm-eval
     "adapt_causal_fp": lambda p: p["method"] == "stable_rank_lora",   # the adapted causal runs take 1-2 min each
+    "quickstart_lee": lambda p: True,                  # perplexity sweeps: a few windows of a random point
+    "quickstart_botchan": lambda p: True,
 }
-ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "component_sensitivity_w2", "abilities_lora")
+ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora")
+PERPLEXITY_SNAPSHOTS = ("quickstart_lee", "quickstart_botchan")
 
 
 def _measure(name):
@@ -42,14 +46,19 @@ def _measure(name):
         from workbench.abilities import ability_point
 
         return ability_point
+    if name in PERPLEXITY_SNAPSHOTS:
+        from workbench.evaluate import perplexity_point
+
+        return perplexity_point
     from workbench.adapt.sweeps import run_point
 
     return run_point
 
 
 def test_every_snapshot_is_verified():
-    names = sorted(p.stem for p in snapshot_path("x").parent.glob("*.json"))
-    assert names == sorted(SAMPLES)
+    folder = snapshot_path("x").parent
+    names = sorted(p.name.removesuffix(".json.gz") for p in folder.glob("*.json.gz"))
+    assert names == sorted(SAMPLES) and not list(folder.glob("*.json")), "one gzipped snapshot per sample"
     for name, chosen in SAMPLES.items():
         assert any(chosen(r["point"]) for r in read_snapshot(name)), f"{name}: the sample selects no point"
 
@@ -66,6 +75,10 @@ def test_snapshot_records_are_current(name):
         from workbench.abilities import sweep_versions
 
         current = sweep_versions(load_model(point["model"]).record)
+    elif name in PERPLEXITY_SNAPSHOTS:
+        import json
+
+        current = {"model": json.loads(json.dumps(load_model(point["model"]).record.key, default=str))}
     else:
         from workbench.adapt.sweeps import load_model_for, versions
 
@@ -76,69 +89,78 @@ def test_snapshot_records_are_current(name):
         assert point_key(r["point"], measure, versions=current) == r["key"], f"{name}: {r['point']}"
 
 
-def _scores_match(fresh: list[dict], committed: list[dict], what: str):
-    keys = ["task", "shots", "metric", "filter"]
-    f, c = (pd.DataFrame(x).astype({"shots": float}).fillna({"shots": -1}).set_index(keys).sort_index()
-            for x in (fresh, committed))
-    assert list(f.index) == list(c.index), what
-    for key, row in c.iterrows():
-        if dict(zip(keys, key))["metric"] == "perplexity":
-            rep.assert_eval_reproduces(f.loc[key, "score"], row.score, f"{what} {key}")
-        else:                                                           # a mean of n 0/1 outcomes
-            rep.assert_metric_reproduces(f.loc[key, "score"], row.score, int(row.n), f"{what} {key}", trained=False)
+ITEMS = 12          # ability items re-run per snapshot, drawn at random across its tasks, shots and draws
+WINDOWS = 2         # perplexity windows re-run per corpus
 
 
-def _items_match(fresh: list[dict], committed: list[dict], what: str):
-    groups = ["task", "shots", "filter"]
-    f, c = pd.DataFrame(fresh).fillna({"shots": -1}), pd.DataFrame(committed).fillna({"shots": -1})
-    for group, done in c.groupby(groups):
-        mine = f[(f[groups] == pd.Series(dict(zip(groups, group)))).all(axis=1)]
-        rep.assert_items_agree(dict(zip(mine.doc_id, mine.score)), dict(zip(done.doc_id, done.score)),
-                               f"{what} {group} per item")
+def _item_key(i: dict) -> tuple:
+    return i["task"], i["shots"], i.get("fewshot_seed"), i["filter"], i["doc_id"]
+
+
+def test_ability_records_are_consistent():
+    """Each committed score row is the mean of its committed items (and a perplexity, of its
+    windows): what the tables and intervals are computed from is what the scores say."""
+    import math
+
+    for name in ABILITY_SNAPSHOTS:
+        for r in read_snapshot(name):
+            items = pd.DataFrame(r["items"])
+            for row in r["summary"]["scores"]:
+                if row["metric"] == "perplexity":
+                    w = [x for x in r["summary"]["windows"] if f"perplexity {x['corpus']}" == row["task"]]
+                    assert row["score"] == pytest.approx(math.exp(sum(x["nll"] for x in w) / sum(x["tokens"] for x in w)),
+                                                         rel=1e-6), (name, row)
+                elif row["primary"]:
+                    mine = items[(items.task == row["task"]) & (items.shots == row["shots"])
+                                 & (items.fewshot_seed == row["fewshot_seed"]) & (items["filter"] == row["filter"])]
+                    assert len(mine) == row["n"] and mine.score.mean() == pytest.approx(row["score"], abs=1e-9), (name, row)
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", [n for n in ABILITY_SNAPSHOTS if n != "abilities_lora"])
-def test_ability_snapshot_points_rerun_from_scratch(name, tmp_path, monkeypatch):
-    from workbench.abilities import ability_point
+@pytest.mark.parametrize("name", ABILITY_SNAPSHOTS)
+def test_ability_snapshot_items_rerun_from_scratch(name, tmp_path, monkeypatch, sample_rng):
+    """A random point of the snapshot rebuilt from scratch (quantized, LoRA retrained), and a random
+    sample of its items and perplexity windows re-scored one by one (the seed is in the header)."""
+    from workbench.abilities import rerun_items
 
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))     # nothing cached
-    for r in (r for r in read_snapshot(name) if SAMPLES[name](r["point"])):
-        fresh = ability_point(r["point"])
-        what = f"{name} {r['point']['spec'] and r['point']['spec'].get('bits')}"
-        _scores_match(fresh["summary"]["scores"], r["summary"]["scores"], what)
-        _items_match(fresh["items"], r["items"], what)
+    r = sample_rng.choice([r for r in read_snapshot(name) if SAMPLES[name](r["point"])])
+    items = sample_rng.sample(r["items"], min(ITEMS, len(r["items"])))
+    corpora = sorted({w["corpus"] for w in r["summary"]["windows"]})
+    windows = [w for c in corpora for w in sample_rng.sample([w for w in r["summary"]["windows"] if w["corpus"] == c],
+                                                              WINDOWS)]
+    fresh = rerun_items(r["point"], items, windows)
+    lora = r["summary"]["lora"]
+    what = f"{name} {r['point']['spec'] and r['point']['spec'].get('bits')}{' + LoRA' if lora else ''}"
+    if lora:
+        assert fresh["lora"]["trainable_params"] == lora["trainable_params"]
+        rep.assert_training_reproduces(fresh["lora"]["losses"], lora["losses"], f"{what} training")
+    rep.assert_items_agree({_item_key(i): i["score"] for i in fresh["items"]}, {_item_key(i): i["score"] for i in items},
+                           f"{what} items", trained=bool(lora))
+    for f, c in zip(fresh["windows"], sorted(windows, key=lambda w: (w["corpus"], w["window"]))):
+        assert (f["corpus"], f["window"]) == (c["corpus"], c["window"])
+        rep.assert_close(f["nll"], c["nll"], rep.RTOL_TRAINED if lora else rep.RTOL_EVAL,
+                         f"{what} {c['corpus']} window {c['window']} NLL", "trained" if lora else "eval")
 
 
 @pytest.mark.integration
-def test_lora_snapshot_retrains_to_the_same_losses_and_perplexity(tmp_path, monkeypatch):
-    """The LoRA of an abilities_lora point retrained, and the tuned model's perplexity (its lm-eval
-    scoring is the same code as the other ability snapshots' re-runs)."""
-    from workbench import adapt
-    from workbench.abilities import quantize_for_spec
-    from workbench.data import evaluation_text
-    from workbench.evaluate import perplexity
-    from workbench.finetune import corpus_task
-    from workbench.models import load_model
-    from workbench.quant import spec_from_json
+@pytest.mark.parametrize("name", PERPLEXITY_SNAPSHOTS)
+def test_perplexity_snapshot_windows_rerun_from_scratch(name, sample_rng):
+    """A random point of a perplexity sweep rebuilt (quantized again) and a random sample of its
+    windows re-scored: each window's summed NLL must match the committed one."""
+    from workbench.evaluate import rerun_windows
 
-    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
-    (r,) = [r for r in read_snapshot("abilities_lora") if SAMPLES["abilities_lora"](r["point"])]
-    p = r["point"]
-    model, tokenizer, _ = load_model(p["model"])
-    qmodel, _ = quantize_for_spec(model, spec_from_json(p["spec"]))
-    task = {k: v for k, v in p["lora"]["task"].items() if k != "kind"}
-    tuned, rec = adapt.lora(qmodel, corpus_task(tokenizer, **task), **p["lora"]["args"])
-    committed = r["summary"]["lora"]
-    assert rec["trainable_params"] == committed["trainable_params"]
-    rep.assert_training_reproduces(rec["losses"], committed["losses"], "abilities_lora RTN W3 LoRA")
-    ppl = perplexity(tuned, tokenizer, evaluation_text("lee"), 512, max_windows=p["perplexity_windows"], progress=False)
-    (row,) = [s for s in r["summary"]["scores"] if s["task"] == "perplexity"]
-    rep.assert_close(ppl, row["score"], rep.RTOL_TRAINED, "abilities_lora RTN W3 + LoRA perplexity", "trained")
+    r = sample_rng.choice([r for r in read_snapshot(name) if SAMPLES[name](r["point"])])
+    chosen = sorted(sample_rng.sample(r["items"], WINDOWS), key=lambda w: w["window"])
+    fresh = rerun_windows(r["point"], [w["window"] for w in chosen])
+    what = f"{name} {r['point']['spec'] and r['point']['spec'].get('bits')}"
+    for f, c in zip(fresh, chosen):
+        assert f["window"] == c["window"] and f["tokens"] == c["tokens"]
+        rep.assert_close(f["nll"], c["nll"], rep.RTOL_EVAL, f"{what} window {c['window']} NLL", "eval")
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", [n for n in SAMPLES if n not in ABILITY_SNAPSHOTS])
+@pytest.mark.parametrize("name", [n for n in SAMPLES if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS])
 def test_adaptation_snapshot_points_rerun_from_scratch(name, tmp_path, monkeypatch):
     from workbench.adapt.sweeps import record_of, run_point, task_for
 

@@ -235,10 +235,11 @@ def generations_explorer(samples, base_label: str = "base", n_examples: int = 4)
     def show(*_):
         if task.value is None or bits.value is None:
             return
-        pick = lambda df: df[(df.task == task.value)].drop_duplicates(["doc_id", "shots"], keep="last")
+        keys = ["doc_id", "shots"] + (["fewshot_seed"] if "fewshot_seed" in samples else [])
+        pick = lambda df: df[(df.task == task.value)].drop_duplicates(keys, keep="last")
         base = pick(samples[samples.label == base_label])
         quant = pick(quantized[(quantized.method == method.value) & (quantized.bits == bits.value)])
-        both = base.merge(quant, on=["doc_id", "shots"], suffixes=("_base", "_quant")).head(n_examples)
+        both = base.merge(quant, on=keys, suffixes=("_base", "_quant")).head(n_examples)
         mark = lambda s: "✓" if s == 1 else "✗"
         rows = "".join(
             f"<tr><td>{cell(r.prompt_base)}</td><td>{cell(r.target_base, 120)}</td>"

@@ -36,8 +36,10 @@ import copy
 import functools
 import hashlib
 import io
+import json
 import logging
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -47,6 +49,7 @@ import torch
 from torch import nn
 
 from workbench.abilities.tasks import ABILITY_TASKS_VERSION, ability_tasks_dir
+from workbench.stats import paired_windows  # noqa: F401  (abilities.paired_windows, as notebooks call it)
 
 ABILITIES = ("icl", "cot", "if")
 SHOTS = (0, 1, 3, 5)
@@ -61,6 +64,10 @@ SUITES = {
 # The paper's tasks as lm-eval ships them; they need the dataset hub.
 HUB_SUITES = {"icl": ("mmlu", "bbh_fewshot"), "cot": ("gsm8k_cot", "gsm8k", "bbh_cot_fewshot"),
               "if": ("ifeval",)}
+# How an item is scored, beyond lm-eval and the task files: bump when it changes, so that cached
+# scores and sweep records made the old way are not read back (2: exemplars seeded per item,
+# every per-item metric kept).
+ABILITY_PROTOCOL = 2
 # The headline metric of a task: the first of these it reports.
 PRIMARY_METRICS = ("prompt_level_strict_acc", "exact_match", "acc")
 # Components for the sensitivity analysis: name -> regex over linear-module names ("embeddings"
@@ -70,9 +77,11 @@ COMPONENT_GROUPS = {"attention": r"self_attn|attention\.", "ffn": r"mlp|intermed
 
 
 class AbilityResult(NamedTuple):
-    """scores: one row per task, shots and metric; samples: one row per scored item."""
+    """scores: one row per task, shots and metric; samples: one row per scored item; windows:
+    one row per perplexity window (corpus, window, nll, tokens), when perplexity was scored."""
     scores: pd.DataFrame
     samples: pd.DataFrame
+    windows: pd.DataFrame | None = None
 
 
 # -----------------------------------------------------------------------------
@@ -188,14 +197,54 @@ def _local_task(name: str):
     return get_task_dict([name], task_manager())[name]
 
 
+@functools.lru_cache(maxsize=1)
+def _item_seeded_sampler_class():
+    """lm-eval's random exemplar sampler, drawing each item's exemplars from a generator seeded by
+    (the few-shot seed, the item's content) instead of one generator consumed item after item.
+
+    With lm-eval's sampler, item i's exemplars depend on how many items were drawn before it, so
+    one item cannot be re-run alone with the prompt it had in the full run, and a `limit` and a
+    `samples` selection see different prompts. Here an item's prompt is a function of the seed and
+    the item only: any item re-runs alone with the same prompt (tests/test_snapshots.py does).
+    Only where the exemplars come from the scored split (lm-eval then passes the item); elsewhere
+    lm-eval's own behaviour."""
+    from lm_eval.api.samplers import ContextSampler
+
+    class ItemSeededSampler(ContextSampler):
+        seed = None
+
+        def set_rnd(self, rnd):
+            self.seed = rnd
+            return super().set_rnd(rnd)
+
+        def sample(self, n, eval_doc=None, df=None, **kwargs):
+            if eval_doc is not None:
+                digest = hashlib.sha256(json.dumps([self.seed, eval_doc], sort_keys=True, default=str).encode()).digest()
+                self.rnd = random.Random(int.from_bytes(digest[:8], "big"))
+            return super().sample(n, eval_doc=eval_doc, df=df, **kwargs)
+
+    return ItemSeededSampler
+
+
 def _task_arg(name: str):
     """What simple_evaluate gets for a task: a fresh copy of the built local Task, or the name as it is.
 
     Building a task (reading its JSONL into a dataset, parsing its YAML) costs seconds; a sweep
     evaluates the same tasks on many models, so local tasks are built once and copied per run
-    (simple_evaluate changes a task's shots and generation settings in place).
+    (simple_evaluate changes a task's shots and generation settings in place). A local task's
+    random exemplar sampler is swapped for the item-seeded one (`_item_seeded_sampler_class`).
     """
-    return copy.deepcopy(_local_task(name)) if name.startswith("wb_") else name
+    if not name.startswith("wb_"):
+        return name
+    from lm_eval.api.samplers import ContextSampler
+
+    task = copy.deepcopy(_local_task(name))
+    if type(getattr(task, "sampler", None)) is ContextSampler:
+        cls = _item_seeded_sampler_class()
+        swapped = cls.__new__(cls)
+        swapped.__dict__.update(task.sampler.__dict__)
+        task.sampler = swapped
+    return task
 
 
 def _check_tasks(tasks: list[str], include_path=None) -> None:
@@ -279,6 +328,11 @@ def _prompt(sample: dict) -> str:
     return str(first["arg_0"] if isinstance(first, dict) else first[0])
 
 
+def _item_metrics(metrics: dict) -> list[str]:
+    """The metric names of a task's results ("exact_match,first-number" -> "exact_match")."""
+    return list(dict.fromkeys(k.split(",", 1)[0] for k in metrics if "," in k and "_stderr" not in k))
+
+
 def _tidy(out: dict, shots: int | None) -> AbilityResult:
     rows, samples = [], []
     for task, metrics in out["results"].items():
@@ -302,7 +356,9 @@ def _tidy(out: dict, shots: int | None) -> AbilityResult:
                             "raw_response": str(s["resps"][0][0]) if s.get("resps") and
                             isinstance(s["resps"][0], (list, tuple)) and isinstance(s["resps"][0][0], str) else "",
                             "score": float(s[primary]) if primary and not isinstance(s.get(primary), list)
-                            and primary in s else float("nan")})
+                            and primary in s else float("nan"),
+                            "metrics": {m: float(s[m]) for m in _item_metrics(metrics) if m in s
+                                        and isinstance(s[m], (int, float, bool))}})
     scores = pd.DataFrame(rows)
     if len(scores):
         # one headline row per task: the first of PRIMARY_METRICS it reports, under its first filter
@@ -317,7 +373,7 @@ def _tidy(out: dict, shots: int | None) -> AbilityResult:
 def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ...], num_fewshot: int | None = None,
                    limit: int | None = None, batch_size: int = 16, apply_chat_template: bool = False,
                    max_gen_toks: int | None = None, model_key: str | None = None, seed: int = 0,
-                   include_path: str | os.PathLike | list | None = None,
+                   include_path: str | os.PathLike | list | None = None, doc_ids: dict | None = None,
                    cache: bool = True, progress: bool = True) -> AbilityResult:
     """Score `model` on lm-eval `tasks` through `lm_eval.simple_evaluate`; cached on disk.
 
@@ -325,7 +381,9 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
     lm-eval `LM` instance (another backend) is used as it is and needs a `model_key`.
     `num_fewshot` overrides every task's shot count (None keeps each task's own, e.g. 8 CoT
     exemplars for GSM8K); `limit` takes the first n items of each task (the local tasks are
-    shuffled once, so this is a fixed random sample); `max_gen_toks` caps generation length
+    shuffled once, so this is a fixed random sample); `doc_ids` ({task: [doc_id, ...]}) scores
+    only those items (lm-eval's `samples`; a local task's item gets the exemplars it gets in a
+    full run, see `_item_seeded_sampler_class`); `max_gen_toks` caps generation length
     (the local tasks default to 256); `apply_chat_template` wraps prompts in the tokenizer's
     chat template; `include_path` is a folder (or list of folders) of your own lm-eval task
     YAMLs, as lm-eval's `--include_path`; `progress=False` silences lm-eval's progress bars.
@@ -350,6 +408,13 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
         raise ValueError(f"limit must be a positive number of items per task, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if doc_ids is not None:
+        if limit is not None:
+            raise ValueError("pass limit or doc_ids, not both")
+        if set(doc_ids) != set(tasks) or any(not ids for ids in doc_ids.values()):
+            raise ValueError(f"doc_ids must map each of the tasks {tasks} to a non-empty list of item ids, "
+                             f"got {doc_ids!r}")
+        doc_ids = {t: sorted(int(i) for i in ids) for t, ids in doc_ids.items()}
     _check_tasks(tasks, include_path)
     from lm_eval.api.model import LM
 
@@ -368,7 +433,7 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
         quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
         with quiet:
             out = lm_eval.simple_evaluate(
-                model=lm, tasks=[_task_arg(t) for t in tasks], num_fewshot=num_fewshot, limit=limit,
+                model=lm, tasks=[_task_arg(t) for t in tasks], num_fewshot=num_fewshot, limit=limit, samples=doc_ids,
                 task_manager=task_manager(include_path),
                 apply_chat_template=apply_chat_template, fewshot_as_multiturn=False,
                 gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None, log_samples=True,
@@ -378,8 +443,8 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
 
     if not cache:
         return compute()
-    parts = {"what": "abilities", "model": model_key or model_fingerprint(model), "tasks": tasks,
-             "num_fewshot": num_fewshot, "limit": limit, "batch_size": batch_size,
+    parts = {"what": "abilities", "protocol": ABILITY_PROTOCOL, "model": model_key or model_fingerprint(model), "tasks": tasks,
+             "num_fewshot": num_fewshot, "limit": limit, "doc_ids": doc_ids, "batch_size": batch_size,
              "chat": bool(apply_chat_template), "max_gen_toks": max_gen_toks, "seed": seed,
              "lm_eval": lm_eval.__version__, "task_files": ABILITY_TASKS_VERSION,
              "task_contents": [task_folder_fingerprint(ability_tasks_dir())]
@@ -390,14 +455,18 @@ def evaluate_tasks(model: nn.Module, tokenizer, tasks: list[str] | tuple[str, ..
 def ability_scores(model: nn.Module, tokenizer, suites: dict | None = None, shots=SHOTS,
                    limit: int | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
                    chat_for_instructions: bool = True, model_key: str | None = None,
-                   cache: bool = True, progress: bool = True) -> AbilityResult:
+                   fewshot_seeds=(0,), cache: bool = True, progress: bool = True) -> AbilityResult:
     """All three abilities of `model`: ICL tasks at each k in `shots`, CoT tasks, instruction following.
 
     `suites` maps ability -> task names (default SUITES; a missing ability is skipped).
-    CoT tasks use their own exemplar count; instruction following is zero-shot and, when the
-    tokenizer has a chat template and `chat_for_instructions`, wrapped in it (instruction-tuned
-    models are meant to be prompted so). Each group is cached separately (see `evaluate_tasks`)
-    unless `cache=False` (a sweep's measure: the sweep stores its records itself).
+    ICL tasks at k > 0 shots are scored once per draw of exemplars in `fewshot_seeds` (lm-eval's
+    `fewshot_random_seed`: which k items precede each question changes the score, so a k-shot
+    result is only as good as its number of draws); k = 0 once. Scores and samples carry a
+    `fewshot_seed` column. CoT tasks use their own exemplar count and fixed exemplars;
+    instruction following is zero-shot and, when the tokenizer has a chat template and
+    `chat_for_instructions`, wrapped in it (instruction-tuned models are meant to be prompted
+    so). Each group is cached separately (see `evaluate_tasks`) unless `cache=False` (a sweep's
+    measure: the sweep stores its records itself).
     """
     suites = SUITES if suites is None else suites
     bad = set(suites) - set(ABILITIES)
@@ -406,15 +475,25 @@ def ability_scores(model: nn.Module, tokenizer, suites: dict | None = None, shot
     key = model_key or (model_fingerprint(model) if cache else None)
     common = dict(limit=limit, batch_size=batch_size, max_gen_toks=max_gen_toks, model_key=key, cache=cache,
                   progress=progress)
+    seeds = list(fewshot_seeds)
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) for x in seeds) or len(set(seeds)) < len(seeds):
+        raise ValueError(f"fewshot_seeds must be distinct whole numbers, e.g. (0, 1, 2); got {fewshot_seeds!r}")
     parts = []
+
+    def add(seed, res):
+        for df in (res.scores, res.samples):
+            df.insert(df.columns.get_loc("shots") + 1 if "shots" in df else len(df.columns), "fewshot_seed", seed)
+        parts.append(res)
+
     if suites.get("icl"):
         for k in shots:
-            parts.append(evaluate_tasks(model, tokenizer, suites["icl"], num_fewshot=k, **common))
+            for seed in seeds if k > 0 else seeds[:1]:
+                add(seed, evaluate_tasks(model, tokenizer, suites["icl"], num_fewshot=k, seed=seed, **common))
     if suites.get("cot"):
-        parts.append(evaluate_tasks(model, tokenizer, suites["cot"], **common))
+        add(seeds[0], evaluate_tasks(model, tokenizer, suites["cot"], seed=seeds[0], **common))
     if suites.get("if"):
         chat = chat_for_instructions and bool(getattr(tokenizer, "chat_template", None))
-        parts.append(evaluate_tasks(model, tokenizer, suites["if"], apply_chat_template=chat, **common))
+        add(seeds[0], evaluate_tasks(model, tokenizer, suites["if"], apply_chat_template=chat, seed=seeds[0], **common))
     return AbilityResult(pd.concat([p.scores for p in parts], ignore_index=True),
                          pd.concat([p.samples for p in parts], ignore_index=True))
 
@@ -517,24 +596,22 @@ ABILITY_DEFAULTS = {                # every argument of `ability_point`, spelled
     "lora": None,                   # LoRA before scoring: {"task": a corpus task as workbench.adapt.sweeps
                                     # describes it, "args": workbench.adapt.lora's arguments}
     "batch_size": 16,               # lm-eval batch (does not change the scores)
-    "max_gen_toks": None,           # generation cap (None: each task's own)
-    "perplexity_windows": 2,        # 512-token windows of lee's evaluation split scored (0: none)
+    "max_gen_toks": None,           # generation cap (None: each task's own: 8 tokens for arithmetic,
+                                    # 256 for CoT and instructions)
+    "fewshot_seeds": [0],           # exemplar draws for ICL at k > 0 (lm-eval's fewshot_random_seed)
+    "perplexity_corpora": ["lee"],  # held-out splits (workbench.data.CORPORA) scored for perplexity
+    "perplexity_windows": None,     # first n 512-token windows of each (None: the whole split)
 }
 
 
-def ability_point(point: dict) -> dict:
-    """The `workbench.experiments` measure of an ability sweep: `point["model"]` (a name, loaded
-    once per process) quantized by `point["spec"]`, LoRA-trained if `point["lora"]`, scored by
-    `ability_scores` and, with `perplexity_windows`, by its perplexity. The summary holds the
-    score rows ("scores") and the LoRA run's record ("lora": trainable_params, losses, ...); the
-    items are the scored lm-eval items (prompt, response, score, ...), so any one can be re-run."""
-    from workbench.data import calibration_batch, evaluation_text
-    from workbench.evaluate import perplexity
+def _point_model(p: dict):
+    """(model, tokenizer, lora record) of an ability-sweep point with its defaults filled in: the
+    named model (loaded once per process), quantized by its spec, LoRA-trained if it says so."""
+    from workbench.data import calibration_batch
     from workbench.experiments import loaded
     from workbench.models import load_model
     from workbench.quant import spec_from_json
 
-    p = {**ABILITY_DEFAULTS, **point}
     model, tokenizer, _ = loaded(("model", "causal-lm", p["model"]), lambda: load_model(p["model"]))
     calib = calibration_batch(tokenizer, **p["calibration"]) if p["calibration"] else None
     qmodel, _ = quantize_for_spec(model, spec_from_json(p["spec"]), calib)
@@ -545,17 +622,75 @@ def ability_point(point: dict) -> dict:
 
         task = {k: v for k, v in p["lora"]["task"].items() if k != "kind"}
         qmodel, lora = train_lora(qmodel, corpus_task(tokenizer, **task), **p["lora"]["args"])
+    return qmodel, tokenizer, lora
+
+
+def _window_rows(model, tokenizer, corpus: str, max_windows: int | None, only=None) -> list[dict]:
+    """{"corpus", "window", "nll", "tokens"} of the 512-token windows of `corpus`'s evaluation split
+    (the first `max_windows`, or the windows numbered in `only`)."""
+    from workbench.data import evaluation_text
+    from workbench.evaluate import token_windows, window_nll
+
+    seqs = token_windows(tokenizer, evaluation_text(corpus), 512, max_windows)
+    index = list(range(len(seqs))) if only is None else sorted(int(w) for w in only)
+    if index and not 0 <= index[0] <= index[-1] < len(seqs):
+        raise ValueError(f"windows {index} outside the {len(seqs)} windows of {corpus!r}")
+    nll = window_nll(model, seqs[index], progress=False)
+    return [{"corpus": corpus, "window": i, "nll": float(v), "tokens": 511} for i, v in zip(index, nll.tolist())]
+
+
+def ability_point(point: dict) -> dict:
+    """The `workbench.experiments` measure of an ability sweep: `point["model"]` (a name, loaded
+    once per process) quantized by `point["spec"]`, LoRA-trained if `point["lora"]`, scored by
+    `ability_scores` and by its perplexity on each of `perplexity_corpora`. The summary holds the
+    score rows ("scores"), the LoRA run's record ("lora": trainable_params, losses, ...) and the
+    perplexity windows ("windows": each window's summed NLL); the items are the scored lm-eval
+    items (prompt, response, score, ...). Any item or window re-runs alone: `rerun_items`."""
+    import math
+
+    p = {**ABILITY_DEFAULTS, **point}
+    qmodel, tokenizer, lora = _point_model(p)
     res = ability_scores(qmodel, tokenizer, suites=p["suites"], shots=p["shots"], limit=p["limit"],
-                         batch_size=p["batch_size"], max_gen_toks=p["max_gen_toks"], cache=False, progress=False)
-    scores = res.scores
-    if p["perplexity_windows"]:
-        ppl = perplexity(qmodel, tokenizer, evaluation_text("lee"), 512, max_windows=p["perplexity_windows"],
-                         progress=False)
+                         batch_size=p["batch_size"], max_gen_toks=p["max_gen_toks"],
+                         fewshot_seeds=p["fewshot_seeds"], cache=False, progress=False)
+    scores, windows = res.scores, []
+    for corpus in p["perplexity_corpora"]:
+        rows = _window_rows(qmodel, tokenizer, corpus, p["perplexity_windows"])
+        windows += rows
         scores = pd.concat([scores, pd.DataFrame([{
-            "task": "perplexity", "ability": "lm", "shots": None, "metric": "perplexity", "filter": "none",
-            "score": ppl, "stderr": float("nan"), "n": p["perplexity_windows"], "primary": True}])],
-            ignore_index=True)
-    return {"summary": {"scores": _rows(scores), "lora": lora}, "items": _rows(res.samples)}
+            "task": f"perplexity {corpus}", "ability": "lm", "shots": None, "metric": "perplexity", "filter": "none",
+            "score": math.exp(sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows)), "stderr": float("nan"),
+            "n": len(rows), "primary": True}])], ignore_index=True)
+    return {"summary": {"scores": _rows(scores), "lora": lora, "windows": windows}, "items": _rows(res.samples)}
+
+
+def rerun_items(point: dict, items: list[dict], windows: list[dict] = ()) -> dict:
+    """Re-score some items and perplexity windows of an ability-sweep point from scratch: the
+    model is rebuilt as `ability_point` builds it (quantized, LoRA-trained), each item is scored
+    alone through lm-eval with its task, shots and exemplar draw (`doc_ids`; the item-seeded
+    sampler gives it the prompt it had in the full run), each window's NLL recomputed.
+    `items` are records' items (task, shots, fewshot_seed, doc_id, ...), `windows` their
+    windows (corpus, window). Returns {"items": [...], "windows": [...], "lora": the LoRA run's
+    record or None} in the records' format."""
+    p = {**ABILITY_DEFAULTS, **point}
+    qmodel, tokenizer, lora = _point_model(p)
+    fresh = []
+    groups = pd.DataFrame(list(items))
+    if len(groups):
+        if "fewshot_seed" not in groups:
+            groups["fewshot_seed"] = p["fewshot_seeds"][0]
+        for (task, shots, seed), part in groups.groupby(["task", "shots", "fewshot_seed"], sort=False, dropna=False):
+            ability = ability_of(task)
+            chat = ability == "if" and bool(getattr(tokenizer, "chat_template", None))
+            res = evaluate_tasks(qmodel, tokenizer, [task], num_fewshot=int(shots) if ability == "icl" else None,
+                                 batch_size=p["batch_size"], apply_chat_template=chat, max_gen_toks=p["max_gen_toks"],
+                                 seed=int(seed), doc_ids={task: part.doc_id.tolist()}, cache=False, progress=False)
+            res.samples.insert(res.samples.columns.get_loc("shots") + 1, "fewshot_seed", int(seed))
+            fresh += _rows(res.samples)
+    rows = []
+    for corpus, part in pd.DataFrame(list(windows), columns=["corpus", "window"]).groupby("corpus", sort=False):
+        rows += _window_rows(qmodel, tokenizer, corpus, p["perplexity_windows"], only=part.window.tolist())
+    return {"items": fresh, "windows": rows, "lora": lora}
 
 
 def _rows(df: pd.DataFrame) -> list[dict]:
@@ -572,8 +707,9 @@ def _rows(df: pd.DataFrame) -> list[dict]:
 
 def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict | None = None,
                   shots=SHOTS, limit: int | None = None, calibration: dict | None = None,
-                  lora: dict | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
-                  perplexity_windows: int | None = 2, name: str = "abilities", snapshot: bool = False,
+                  lora: dict | list | None = None, batch_size: int = 16, max_gen_toks: int | None = None,
+                  fewshot_seeds=(0,), perplexity_corpora=("lee",), perplexity_windows: int | None = None,
+                  name: str = "abilities", snapshot: bool = False,
                   recompute: bool | None = None, backend: str = "inprocess", workers: int | None = None,
                   progress: bool = True) -> AbilityResult:
     """Ability scores of `model` quantized by each spec (see `ability_scores`): one point of the
@@ -585,10 +721,13 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
     With `lora` ({"task": {"kind": "corpus", "corpus": "lee", "n_train": 40, "seqlen": 128,
     "seed": 0}, "args": {"r": 8, "steps": 10, "batch_size": 4, ...}}), each quantized model is
     fine-tuned by `workbench.adapt.lora` on that corpus task before it is scored; labels get
-    " + LoRA" and the scores a `trainable_params` column. With `perplexity_windows`, each
-    model's perplexity on that many 512-token windows of the lee evaluation split is added as a
-    task "perplexity" (a continuous measure that still moves when every ability score is at
-    zero). With `snapshot=True` the records are the committed data/snapshots/<name>.json.
+    " + LoRA" and the scores a `trainable_params` column. A list of such dicts runs each (e.g.
+    the same LoRA over seeds: labels then end in " s<seed>"). ICL at k > 0 is scored once per
+    exemplar draw in `fewshot_seeds`. Each model's perplexity on the evaluation split of each
+    of `perplexity_corpora` (whole, or its first `perplexity_windows` 512-token windows) is
+    added as a task "perplexity <corpus>" (a continuous measure that still moves when every
+    ability score is at zero), its windows' NLLs in the record for intervals. With
+    `snapshot=True` the records are the committed snapshot data/snapshots/<name>.json.gz.
     `model` must be what `load_model(record.name)` gives (the measure loads that name in other
     processes). Scores and samples carry `label`, `bits` (16 for the unquantized model) and
     `method` columns.
@@ -597,60 +736,80 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
     from workbench.experiments import provide, run_sweep
     from workbench.quant import spec_to_json
 
-    if lora is not None:
-        if set(lora) != {"task", "args"} or lora["task"].get("kind") != "corpus":
+    if perplexity_windows is not None and (isinstance(perplexity_windows, bool) or not isinstance(perplexity_windows, int)
+                                           or perplexity_windows < 1):
+        raise ValueError(f"perplexity_windows must be a whole number >= 1 or None (the whole split), got "
+                         f"{perplexity_windows!r}; to skip perplexity pass perplexity_corpora=[]")
+    loras = [None] if lora is None else [lora] if isinstance(lora, dict) else list(lora)
+    for i, one in enumerate(loras):
+        if one is None:
+            continue
+        if not isinstance(one, dict) or set(one) != {"task", "args"} or one["task"].get("kind") != "corpus":
             raise ValueError("lora is {'task': {'kind': 'corpus', 'corpus': 'lee', 'n_train': 40, 'seqlen': 128, "
-                             f"'seed': 0}}, 'args': keyword arguments of workbench.adapt.lora}}, got {lora!r}")
-        lora = {"task": lora["task"], "args": adapt.resolve_runs({"lora": ("lora", lora["args"])})["lora"][1]}
-    points = []
+                             f"'seed': 0}}, 'args': keyword arguments of workbench.adapt.lora}} or a list of "
+                             f"such (one run each, e.g. over seeds), got {one!r}")
+        loras[i] = {"task": one["task"], "args": adapt.resolve_runs({"lora": ("lora", one["args"])})["lora"][1]}
+    points, labels = [], []
     for label, spec in specs.items():
         needs = spec is not None and any(c.needs_calibration for c in _configs(spec))
         if needs and calibration is None:
             raise ValueError(f"spec {label!r} uses GPTQ, which needs calibration: pass "
                              "calibration={'corpus': 'lee', 'n_samples': 8, 'seqlen': 256, 'seed': 0}")
-        points.append({"model": record.name, "spec": spec_to_json(spec), "calibration": calibration if needs else None,
-                       "suites": {k: list(v) for k, v in (SUITES if suites is None else suites).items()},
-                       "shots": list(shots), "limit": limit, "lora": lora, "batch_size": batch_size,
-                       "max_gen_toks": max_gen_toks, "perplexity_windows": perplexity_windows or 0})
+        for one in loras:
+            labels.append(label)
+            points.append({"model": record.name, "spec": spec_to_json(spec), "calibration": calibration if needs else None,
+                           "suites": {k: list(v) for k, v in (SUITES if suites is None else suites).items()},
+                           "shots": list(shots), "limit": limit, "lora": one, "batch_size": batch_size,
+                           "max_gen_toks": max_gen_toks, "fewshot_seeds": list(fewshot_seeds),
+                           "perplexity_corpora": list(perplexity_corpora), "perplexity_windows": perplexity_windows})
     provide(("model", "causal-lm", record.name), (model, tokenizer, record))
     records = run_sweep(points, ability_point, name, defaults=ABILITY_DEFAULTS, versions=sweep_versions(record),
                         backend=backend, workers=workers, recompute=recompute, snapshot=name if snapshot else None,
                         progress=progress)
-    return ability_frames(records, list(specs))
+    return ability_frames(records, labels)
 
 
 def sweep_versions(record) -> dict:
     """What besides a point decides its scores: the weights, lm-eval, the task files, and the libraries."""
     import importlib.metadata as md
-    import json
 
     import lm_eval
 
     return {"model": json.loads(json.dumps(record.key, default=str)), "lm_eval": lm_eval.__version__,
-            "tasks": ABILITY_TASKS_VERSION, "task_contents": task_folder_fingerprint(ability_tasks_dir()),
+            "tasks": ABILITY_TASKS_VERSION, "protocol": ABILITY_PROTOCOL,
+            "task_contents": task_folder_fingerprint(ability_tasks_dir()),
             **{p: md.version(p) for p in ("torch", "transformers", "peft")}}
 
 
 def ability_frames(records: list[dict], labels: list[str] | None = None) -> AbilityResult:
-    """AbilityResult(scores, samples) of ability-sweep records, with label (default: "point <i>";
-    " + LoRA" added for LoRA points), bits and method columns first, and `trainable_params` for LoRA."""
+    """AbilityResult(scores, samples, windows) of ability-sweep records, with label (default:
+    "point <i>"; " + LoRA" added for LoRA points, and " s<seed>" when the records hold LoRA runs
+    of several seeds), bits and method columns first, and `trainable_params` for LoRA."""
     from workbench.quant import spec_from_json
 
     labels = labels or [f"point {i}" for i in range(len(records))]
-    all_scores, all_samples = [], []
+    frames, seen = {"scores": [], "samples": [], "windows": []}, set()
+    lora_seeds = {r["point"]["lora"]["args"].get("seed") for r in records if r["point"].get("lora")}
     for label, r in zip(labels, records):
         spec = spec_from_json(r["point"]["spec"])
         lora = r["summary"]["lora"]
-        scores, samples = pd.DataFrame(r["summary"]["scores"]), pd.DataFrame(r["items"])
-        for df in (scores, samples):
-            df.insert(0, "label", f"{label} + LoRA" if lora else label)
+        if lora:
+            label = f"{label} + LoRA" + (f" s{r['point']['lora']['args'].get('seed')}" if len(lora_seeds) > 1 else "")
+        if label in seen:
+            raise ValueError(f"two records would both be labelled {label!r} (LoRA runs that differ in more than "
+                             "their seed?); give each spec its own label")
+        seen.add(label)
+        parts = {"scores": pd.DataFrame(r["summary"]["scores"]), "samples": pd.DataFrame(r["items"]),
+                 "windows": pd.DataFrame(r["summary"].get("windows") or [], columns=["corpus", "window", "nll", "tokens"])}
+        for df in parts.values():
+            df.insert(0, "label", label)
             df.insert(1, "bits", _spec_bits(spec))
             df.insert(2, "method", _spec_method(spec))
         if lora:
-            scores["trainable_params"] = lora["trainable_params"]
-        all_scores.append(scores)
-        all_samples.append(samples)
-    return AbilityResult(pd.concat(all_scores, ignore_index=True), pd.concat(all_samples, ignore_index=True))
+            parts["scores"]["trainable_params"] = lora["trainable_params"]
+        for k, df in parts.items():
+            frames[k].append(df)
+    return AbilityResult(*(pd.concat(frames[k], ignore_index=True) for k in ("scores", "samples", "windows")))
 
 
 # -----------------------------------------------------------------------------
@@ -669,7 +828,8 @@ def ability_table(scores: pd.DataFrame) -> pd.DataFrame:
 
     ICL columns are "icl k=<shots>"; CoT splits into "cot (with CoT)" over `wb_cot_*`/`*cot*`
     tasks and "cot (answer only)" over the direct ones; "if strict"/"if loose" are IFEval's
-    prompt-level accuracies; "perplexity" is kept if present.
+    prompt-level accuracies; "perplexity <corpus>" columns are kept if present. ICL columns
+    average over tasks and exemplar draws; `ability_intervals` gives each cell's n and interval.
     """
     rows = []
     for label, g in scores.groupby("label", sort=False):
@@ -689,10 +849,135 @@ def ability_table(scores: pd.DataFrame) -> pd.DataFrame:
         for metric, name in (("prompt_level_strict_acc", "if strict"), ("prompt_level_loose_acc", "if loose")):
             if (ifs.metric == metric).any():
                 row[name] = ifs[ifs.metric == metric].score.mean()
-        if (g.task == "perplexity").any():
-            row["perplexity"] = g[g.task == "perplexity"].score.iloc[0]
+        for task, ppl in g[g.task.str.startswith("perplexity")].groupby("task", sort=False):
+            row[task] = ppl.score.iloc[0]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _column_of(task: str, shots) -> str:
+    """The `ability_table` column an item of `task` at `shots` counts towards."""
+    ability = ability_of(task)
+    if ability == "icl":
+        return f"icl k={int(shots)}"
+    if ability == "cot":
+        return "cot (with CoT)" if "cot" in task else "cot (answer only)"
+    return ability
+
+
+def item_scores(samples: pd.DataFrame) -> pd.DataFrame:
+    """One row per (label, ability_table column, task, doc_id): the item's score averaged over
+    its exemplar draws (`draws` of them). IFEval items give two rows, "if strict" and "if loose".
+    Items, not draws, are the independent units: intervals and paired tests run over these rows.
+    A task scored under several lm-eval filters (e.g. GSM8K's strict and flexible answer
+    extraction) counts under its first one, as in `ability_table`; `seeds` lists the exemplar
+    draws each item was averaged over."""
+    df = samples.copy()
+    if "filter" in df:
+        first = df.groupby("task", sort=False)["filter"].first()
+        df = df[df["filter"].to_numpy() == first.loc[df.task].to_numpy()]
+    if "fewshot_seed" not in df:
+        df["fewshot_seed"] = 0
+    df["column"] = [_column_of(t, k) for t, k in zip(df.task, df.shots)]
+    is_if = df.column == "if"
+    if is_if.any():
+        loose = df[is_if].copy()
+        loose["column"] = "if loose"
+        loose["score"] = [m.get("prompt_level_loose_acc", float("nan")) if isinstance(m, dict) else float("nan")
+                          for m in loose.get("metrics", pd.Series([None] * len(loose), index=loose.index))]
+        df.loc[is_if, "column"] = "if strict"
+        df = pd.concat([df, loose], ignore_index=True)
+    keys = [c for c in ("label", "bits", "method") if c in df] + ["column", "task", "doc_id"]
+    out = df.groupby(keys, sort=False, dropna=False).agg(
+        score=("score", "mean"), draws=("score", "size"), target=("target", "first"),
+        seeds=("fewshot_seed", lambda v: tuple(sorted(int(x) for x in v if pd.notna(x))))).reset_index()
+    return out
+
+
+def ability_intervals(result: AbilityResult, confidence: float = 0.95) -> pd.DataFrame:
+    """Every cell of `ability_table` with its n and 95% interval, one row per (label, column):
+    n items (pooled over the column's tasks), the estimate (the mean item score; ICL items
+    averaged over exemplar draws first), low, high (Wilson for 0/1 items, the bootstrap over
+    items otherwise), the draws per item, and `majority`: the score of always giving a task's
+    most common target (the majority-class baseline; for multiple choice it is at least
+    chance; NaN where items have no single target, as IFEval's). Perplexity columns come from
+    the windows: the estimate over the whole split, the bootstrap interval over windows."""
+    from workbench.stats import majority_share, perplexity_table, summarize
+
+    items = item_scores(result.samples)
+    ids = [c for c in ("label", "bits", "method") if c in items]
+    rows = []
+    for key, part in items.groupby([*ids, "column"], sort=False, dropna=False):
+        per_task = part.groupby("task", sort=False).target
+        majority = (sum(majority_share(t) * len(t) for _, t in per_task) / len(part)
+                    if part.target.astype(bool).all() and part.column.iloc[0] not in ("if strict", "if loose")
+                    else float("nan"))
+        rows.append({**dict(zip([*ids, "column"], key)), **summarize(part.score, confidence),
+                     "draws": int(part.draws.max()), "majority": majority})
+    out = pd.DataFrame(rows)
+    out = out[out.n > 0].reset_index(drop=True)          # e.g. "if loose" of records made before items kept it
+    if result.windows is not None and len(result.windows):
+        ppl = perplexity_table(result.windows, [*ids, "corpus"], confidence)
+        ppl = ppl.rename(columns={"perplexity": "estimate", "windows": "n"})
+        ppl.insert(len(ids), "column", "perplexity " + ppl.pop("corpus"))
+        out = pd.concat([out, ppl.drop(columns="tokens").assign(draws=1, majority=float("nan"))], ignore_index=True)
+    return out
+
+
+def paired_items(samples: pd.DataFrame, a: str, b: str, column: str, confidence: float = 0.95) -> dict:
+    """Does label `a` score differently from label `b` on the items of `column`? Both scored
+    the same items (matched by task and doc_id, each averaged over its exemplar draws): the
+    paired bootstrap of a - b over items, and with one draw (0/1 outcomes) the exact McNemar
+    test. Returns {"column", "a", "b", "n", "a_score", "b_score", "difference", "low", "high",
+    "p_value", "test"}."""
+    from workbench.stats import mcnemar_test, paired_bootstrap
+
+    items = item_scores(samples)
+    items = items[items.column == column]
+    ia, ib = (items[items.label == x].set_index(["task", "doc_id"]) for x in (a, b))
+    pa, pb = ia.score, ib.score
+    if not len(pa) or not len(pb):
+        raise ValueError(f"no items of column {column!r} for {a!r} and {b!r}; columns: {sorted(set(items.column))}, "
+                         f"labels: {sorted(set(samples.label))}")
+    common = pa.index.intersection(pb.index)
+    if len(common) < len(pa) or len(common) < len(pb):
+        raise ValueError(f"{a!r} and {b!r} scored different items of {column!r} ({len(pa)} and {len(pb)}, "
+                         f"{len(common)} shared): a paired test needs the same items")
+    if not ia.seeds[common].equals(ib.seeds[common]):
+        raise ValueError(f"{a!r} and {b!r} scored the items of {column!r} over different exemplar draws "
+                         f"({sorted(set(ia.seeds))} and {sorted(set(ib.seeds))}): a paired test needs the same prompts")
+    x, y = pa[common].to_numpy(), pb[common].to_numpy()
+    boot = paired_bootstrap(x, y, confidence=confidence)
+    binary = set(x) | set(y) <= {0.0, 1.0}
+    p, test = (mcnemar_test(x, y)["p_value"], "exact McNemar") if binary else (boot["p_value"], "paired bootstrap")
+    return {"column": column, "a": a, "b": b, "n": len(common), "a_score": float(x.mean()), "b_score": float(y.mean()),
+            "difference": boot["difference"], "low": boot["low"], "high": boot["high"], "p_value": p, "test": test}
+
+
+def paired_costs(windows: pd.DataFrame, base: str, a: str, b: str, corpus: str, per_a: float = 1.0,
+                 per_b: float = 1.0, confidence: float = 0.95) -> dict:
+    """Does label `a` cost more over `base` than label `b` does, each cost divided by its own
+    unit (e.g. the parameters each quantized: the cost per parameter)? The paired bootstrap over
+    windows of (NLL_a - NLL_base) / per_a - (NLL_b - NLL_base) / per_b, NLLs per token: positive
+    means `a` costs more per unit. Returns {"column", "a", "b", "n", "a_cost", "b_cost" (mean
+    per-token NLL added, per unit), "difference", "low", "high", "p_value", "test"}."""
+    from workbench.stats import paired_bootstrap
+
+    for name, per in (("per_a", per_a), ("per_b", per_b)):
+        if not per > 0:
+            raise ValueError(f"{name} must be a positive unit (e.g. a parameter count), got {per!r}")
+    w = windows[windows.corpus == corpus]
+    nll = {x: w[w.label == x].set_index("window") for x in (base, a, b)}
+    if any(not len(v) for v in nll.values()) or not (nll[a].index.equals(nll[base].index)
+                                                     and nll[b].index.equals(nll[base].index)):
+        raise ValueError(f"{base!r}, {a!r} and {b!r} need the same windows of {corpus!r} "
+                         f"(got {[len(v) for v in nll.values()]})")
+    per_token = {x: (v.nll / v.tokens).to_numpy() for x, v in nll.items()}
+    ca, cb = (per_token[a] - per_token[base]) / per_a, (per_token[b] - per_token[base]) / per_b
+    boot = paired_bootstrap(ca, cb, confidence=confidence)
+    return {"column": f"perplexity {corpus}", "a": a, "b": b, "n": len(ca), "a_cost": float(ca.mean()),
+            "b_cost": float(cb.mean()), "difference": boot["difference"], "low": boot["low"], "high": boot["high"],
+            "p_value": boot["p_value"], "test": "paired bootstrap over windows"}
 
 
 def recovery(table: pd.DataFrame, base: str, before: str, after: str) -> pd.Series:
@@ -709,7 +994,7 @@ def recovery(table: pd.DataFrame, base: str, before: str, after: str) -> pd.Seri
     out = {}
     for c in cols:
         b, q, a = (float(t.loc[x, c]) for x in (base, before, after))
-        if c == "perplexity":
+        if c.startswith("perplexity"):
             b, q, a = -np.log(b), -np.log(q), -np.log(a)     # higher is better, like the scores
         out[c] = (a - q) / (b - q) + 0.0 if b - q > 1e-12 else float("nan")
     return pd.Series(out, name=f"{after} vs {before}")

@@ -85,10 +85,10 @@ def versions(model_record, task: dict) -> dict:
 
     out = {"model": model_record.key, **{p: md.version(p) for p in ("torch", "transformers", "peft")}}
     if task["kind"] == "ability":
-        from workbench.abilities import ABILITY_TASKS_VERSION, task_folder_fingerprint
+        from workbench.abilities import ABILITY_PROTOCOL, ABILITY_TASKS_VERSION, task_folder_fingerprint
         from workbench.abilities.tasks import ability_tasks_dir
 
-        out.update(lm_eval=md.version("lm_eval"), tasks=ABILITY_TASKS_VERSION,
+        out.update(lm_eval=md.version("lm_eval"), tasks=ABILITY_TASKS_VERSION, protocol=ABILITY_PROTOCOL,
                    task_contents=task_folder_fingerprint(ability_tasks_dir()))
     return out
 
