@@ -46,9 +46,9 @@ from workbench import probes
 from workbench.data import calibration_batch
 from workbench.evaluate import perplexity_sweep
 from workbench.models import load_model
-from workbench.plots import layer_component_heatmap, scatter_trend, tail_histogram
+from workbench.plots import activation_depth, layer_component_heatmap, scatter_trend, tail_histogram
 from workbench.quant import QuantConfig, quantize_model
-from workbench.report import project_dir, save_table, write_png
+from workbench.report import project_dir, save_table
 from workbench.widgets import outlier_explorer
 
 pd.set_option("display.float_format", "{:.4g}".format)
@@ -122,15 +122,8 @@ depth = per_module.dropna(subset=["layer"]).groupby(["model", "component"], sort
 depth
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=False)
-for ax, (kind, (pm, _)) in zip(axes, acts.items()):
-    for comp, part in pm.dropna(subset=["layer"]).groupby("component", sort=False):
-        ax.plot(part.layer, part.abs_max, "o-", ms=3, label=comp)
-    ax.set(yscale="log", xlabel="layer", ylabel="max |input activation|", title=models[kind].record.name)
-    ax.axhline(6.0, color="gray", ls=":", lw=1)
-axes[0].legend(fontsize=7, ncol=2)
-fig.tight_layout()
-write_png(fig, FIG / "outliers_activation_depth.png")
+fig = activation_depth({models[kind].record.name: pm for kind, (pm, _) in acts.items()},
+                       path=FIG / "outliers_activation_depth.png")
 plt.show()
 
 # %% [markdown]
