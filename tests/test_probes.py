@@ -225,3 +225,39 @@ def test_outlier_and_stable_rank_explorers(tiny_lm):
     target.click()
     assert "model.layers.1.mlp.down_proj" in plt.gcf().axes[0].get_title()
     plt.close("all")
+
+
+def test_group_bias_share_independent_errors_and_an_offset():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256)
+    noise = w + 0.01 * torch.randn_like(w)
+    assert probes.group_bias_share(w, noise, 32) == pytest.approx(1 / 32, rel=0.25)
+    assert probes.group_bias_share(w, w + 0.01, 32) == pytest.approx(1.0)      # every error the group's mean
+    assert probes.group_bias_share(w, w, 32) == 0.0
+
+
+def test_quantization_error_recovers_a_gguf_q4_1_grid(tiny_lm):
+    """A matrix dequantized from GGUF's Q4_1 (per block of 32: d·q + m, q = 0..15 spanning the block)
+    is re-quantized exactly by RTN with a real-valued zero at group 32, and not by an integer zero."""
+    model = tiny_lm.model
+    name = "model.layers.0.mlp.down_proj"                          # [48, 96]: three blocks of 32 per row
+    w = model.get_submodule(name).weight
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (48, 3, 32), generator=g)
+    q[..., 0], q[..., 1] = 0, 15                                   # every block reaches both ends
+    d = (torch.rand(48, 3, 1, generator=g) * 0.02 + 0.01).half().float()
+    m = (-7.5 * d + 0.003 * torch.randn(48, 3, 1, generator=g)).half().float()
+    with torch.no_grad():
+        w.copy_((d * q + m).reshape(48, 96))
+    specs = {"integer zero": QuantConfig(bits=4, group_size=32),
+             "real zero": QuantConfig(bits=4, group_size=32, round_zero=False, zero_in_range=False)}
+    err = probes.quantization_error(model, specs, torch.arange(120).reshape(4, 30) % 64, pattern="down_proj",
+                                    progress=False)
+    row = err[err.module == name].set_index("label")
+    assert row.loc["real zero", "rel_weight_error"] < 2e-3
+    assert row.loc["integer zero", "rel_weight_error"] > 0.01
+    assert set(err.columns) >= {"module", "layer", "component", "label", "bits", "rel_weight_error",
+                                "rel_output_error", "group_bias_share"}
+    assert len(err) == 2 * 2 and (err.rel_output_error >= 0).all()
+    with pytest.raises(ValueError, match="round-to-nearest"):
+        probes.quantization_error(model, {"gptq": QuantConfig(bits=4, method="gptq")}, torch.zeros(2, 8, dtype=torch.long))

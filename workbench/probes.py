@@ -7,6 +7,7 @@
     feats = outlier_features(model, calibration)         # LLM.int8 outlier dimensions, one row per dim
     sp = spectra(model)                                  # stable rank, effective rank, sigma_max
     sq = spectra_under_quantization(model, {"W4": QuantConfig(bits=4)})
+    qe = quantization_error(model, {"W4": QuantConfig(bits=4)}, calibration)  # weight and output error per matrix
     rel = relate(ws, report)                             # join with a quantize_model report
     correlations(rel, ["kurtosis", "stable_rank"], "rel_weight_error")
 
@@ -23,6 +24,8 @@ Definitions (W is [out, in], w its entries, sigma their standard deviation):
   groups' scales are re-chosen without them): how much of the error the outliers *cause*.
 - levels_per_block: median number of distinct values in a block of 32 consecutive weights of a
   row. A real fp32 matrix has ~32; a matrix dequantized from a 4-bit checkpoint has <= 16.
+- group_bias_share: the share of the squared quantization error that is each group's mean error
+  (about 1/group size when errors are independent; see group_bias_share).
 - stable rank: ||W||_F^2 / ||W||_2^2 = sum s_i^2 / s_1^2 (1 for rank one, n for an orthogonal n x n).
 - effective rank (Roy & Vetterli 2007): exp(entropy of p_i = s_i / sum s_j).
 - LLM.int8 outlier features (Dettmers et al. 2022): a hidden dimension whose magnitude reaches
@@ -44,6 +47,7 @@ from tqdm.auto import tqdm
 from workbench.quant.gptq import _check_calibration
 from workbench.modules import check_finite, linear_modules, module_info, select_modules
 from workbench.quant import QuantConfig, Spec, fake_quantize, quantize_model
+from workbench.quant.grid import relative_output_error
 from workbench.quant.rtn import as_rtn
 
 LEVEL_BLOCK = 32          # block length for levels_per_block (the GGUF block size)
@@ -304,6 +308,50 @@ def spectra_under_quantization(model: nn.Module, specs: dict[str, Spec], calibra
         frames.append(frame)
         del qmodel
     return pd.concat(frames, ignore_index=True)
+
+
+def group_bias_share(w: torch.Tensor, w_hat: torch.Tensor, group_size: int) -> float:
+    """Share of the squared error ||Ŵ - W||² that is each group's mean error: sum over groups of
+    g·mean(e_group)² / sum e², for groups of `group_size` consecutive inputs of a row (a row's last,
+    shorter group counts with its own length). Errors that are independent across a group give
+    about 1/group_size; a grid that sits off-centre in many groups gives more, and that part adds up
+    coherently in x·(Ŵ - W)ᵀ for inputs with a non-zero mean."""
+    e = (w_hat.float() - w.float())
+    total = e.pow(2).sum()
+    if total == 0:
+        return 0.0
+    biased = sum(part.sum(dim=1).pow(2).div(part.shape[1]).sum() for part in e.split(group_size, dim=1))
+    return float(biased / total)
+
+
+def quantization_error(model: nn.Module, specs: dict[str, QuantConfig], calibration: torch.Tensor,
+                       pattern: str | None = r"^(?!.*lm_head)", progress: bool = True) -> pd.DataFrame:
+    """Per matrix and per round-to-nearest config of `specs` (label -> QuantConfig), how far the
+    fake-quantized weight is from the original, without quantizing the model: long format, one row
+    per (module, label) with rel_weight_error ||W - Ŵ||/||W||, rel_output_error ||X(W - Ŵ)ᵀ||/||XWᵀ||
+    on the calibration token ids [n, seqlen] (their inputs X collected once, as GPTQ's Hessians) and
+    group_bias_share (see `group_bias_share`). Linear modules whose name matches `pattern` (default:
+    all but the LM head); a config with a method other than RTN is an error (GPTQ needs the model)."""
+    from workbench.quant.gptq import collect_hessians
+
+    for label, config in specs.items():
+        if not isinstance(config, QuantConfig) or config.method != "rtn":
+            raise ValueError(f"spec {label!r}: quantization_error takes round-to-nearest QuantConfigs "
+                             f"(method 'rtn'); got {config!r}. Use quantize_model's report for other methods")
+    _check_calibration(calibration)
+    names = select_modules(model, pattern or ".")
+    hessians = collect_hessians(model, names, calibration)
+    rows = []
+    for name in tqdm(names, desc="quantization error", disable=not progress):
+        w = model.get_submodule(name).weight.detach().float()            # [out, in]
+        for label, config in specs.items():
+            w_hat = fake_quantize(w, config)
+            group = config.group_len(w.shape[1])
+            rows.append(dict(**_ids(name), label=label, bits=config.bits,
+                             rel_weight_error=float((w - w_hat).norm() / w.norm()),
+                             rel_output_error=relative_output_error(w, w_hat, hessians[name]),
+                             group_bias_share=group_bias_share(w, w_hat, group)))
+    return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------------------- relations
