@@ -53,3 +53,21 @@ def test_perplexity_vs_bits_draws_each_method_only_where_measured_and_into_a_giv
     assert "uniform guessing (49,152)" in [ln.get_label() for ln in axes[1].get_lines()] and not axes[0].get_lines()
     assert [t.get_text() for t in axes[1].get_xticklabels()] == ["2", "3", "4"]
     plt.close(fig)
+
+
+def test_abilities_vs_bits_joins_only_the_bit_widths_a_method_measured():
+    rows = [("base", 16, "none", 0.4)] + [("RTN", b, "rtn", 0.4 - 0.1 * i) for i, b in enumerate([8, 4, 3])] \
+        + [("GPTQ", b, "gptq", 0.3) for b in (4, 3)]
+    iv = pd.DataFrame([{"label": l, "bits": b, "method": m, "column": "icl k=5", "estimate": e, "low": e - 0.05,
+                        "high": e + 0.05, "majority": 0.13} for l, b, m, e in rows])
+    fig = plots.abilities_vs_bits(iv, ["icl k=5"])
+    rtn, gptq = fig.axes[0], fig.axes[1]
+    for ax, measured in ((rtn, [3, 4, 8]), (gptq, [3, 4])):
+        joined = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) > 1]
+        assert len(joined) == 1
+        assert sorted(round(x) for x in joined[0].get_xdata()) == measured          # 16 is never joined
+        assert any(ln.get_marker() == "s" and list(ln.get_xdata()) == [16] for ln in ax.get_lines())
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["3", "4", "8", "16"]   # a gap stays visible
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["icl k=5", "unquantized (16)", "majority-class baseline"]
+    plt.close(fig)

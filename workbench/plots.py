@@ -203,7 +203,9 @@ def abilities_vs_bits(intervals: pd.DataFrame, columns: list[str], methods: list
     line of the same colour (where it has one).
 
     `intervals` is `abilities.ability_intervals` output (one row per label and column, with bits,
-    method, estimate, low, high, majority); the unquantized row (bits 16) starts every method's line.
+    method, estimate, low, high, majority). The unquantized model (bits 16) is a square in every
+    panel, not joined to the lines: a line joins only the bit widths its method measured, and every
+    panel has the ticks of every bit width measured by any method, so a gap stays visible.
     """
     methods = methods or [m for m in intervals.method.unique() if m not in ("none", "mixed")]
     part_all = intervals[intervals.column.isin(columns)]
@@ -217,11 +219,13 @@ def abilities_vs_bits(intervals: pd.DataFrame, columns: list[str], methods: list
             if c.empty:
                 continue
             x = c.bits * (1 + 0.025 * (j - (len(columns) - 1) / 2))      # dodge the error bars apart
-            ax.errorbar(x, c.estimate, yerr=[c.estimate - c.low, c.high - c.estimate], fmt="o-", ms=4, capsize=2,
-                        color=colours[col], label=col)
+            for rows, fmt, label in ((c.bits == 16, "s", None), (c.bits != 16, "o-", col)):
+                if rows.any():
+                    ax.errorbar(x[rows], c.estimate[rows], yerr=[(c.estimate - c.low)[rows], (c.high - c.estimate)[rows]],
+                                fmt=fmt, ms=4, capsize=2, color=colours[col], label=label)
             if c.majority.notna().any():
                 ax.axhline(float(c.majority.dropna().iloc[0]), color=colours[col], ls=":", lw=1)
-        ticks = sorted(part.bits.unique())
+        ticks = sorted(part_all.bits.unique())
         ax.set(xlabel="bits per weight", title=f"{method.upper()}", xscale="log")
         ax.set_xticks(ticks)
         ax.set_xticklabels([str(int(b)) for b in ticks])
@@ -229,8 +233,9 @@ def abilities_vs_bits(intervals: pd.DataFrame, columns: list[str], methods: list
         ax.invert_xaxis()
     axes[0][0].set_ylabel("score (95% interval)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    handles.append(matplotlib.lines.Line2D([], [], color="gray", ls=":", lw=1))
-    labels.append("majority-class baseline")
+    handles += [matplotlib.lines.Line2D([], [], color="gray", marker="s", ls="", ms=4),
+                matplotlib.lines.Line2D([], [], color="gray", ls=":", lw=1)]
+    labels += ["unquantized (16)", "majority-class baseline"]
     fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
