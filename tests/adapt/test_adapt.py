@@ -257,6 +257,9 @@ def test_results_table_has_one_row_per_run(model, task):
     table = adapt.results_table(records, n_params=sum(p.numel() for p in model.parameters()))
     assert list(table.label) == ["probe", "none", "W4"] and list(table.bits) == [16, 16, 4]
     assert table.adapted_params.tolist() == [0, 0, 0] and table.final_loss.isna().tolist() == [False, True, True]
+    ticket = dict(records["probe"], method="l1_ticket", trainable_params=10_000, ticket_weights=100)
+    row = adapt.results_table({"L1": ticket}, n_params=20_000).iloc[0]
+    assert row.trainable_params == 10_000 and row.adapted_params == 100 and row.adapted_share == 100 / 20_000
 
 
 def test_unknown_methods_and_arguments_are_named_before_anything_trains():

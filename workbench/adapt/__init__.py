@@ -490,14 +490,15 @@ def resolve_runs(runs: dict) -> dict:
 def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
     """One row per run from {label: record}: label, method, bits (16 when unquantized),
     trainable_params, head_params, adapted_params (trainable minus head: what the method itself
-    chose), adapted_share (of `n_params`; by default of each record's total_params, the
+    chose; for the L1 ticket the weights its ticket keeps, not the whole delta it trained to find
+    them), adapted_share (of `n_params`; by default of each record's total_params, the
     parameter count of the model the method was given),
     accuracy, final_loss and time_s."""
     import pandas as pd
 
     rows = []
     for label, rec in records.items():
-        adapted = rec["trainable_params"] - rec["head_params"]
+        adapted = rec.get("ticket_weights", rec["trainable_params"] - rec["head_params"])
         rows.append(dict(label=label, method=rec["method"], bits=rec.get("bits", 16),
                          trainable_params=rec["trainable_params"], head_params=rec["head_params"],
                          adapted_params=adapted, adapted_share=adapted / (n_params or rec["total_params"]),
