@@ -1,5 +1,5 @@
 """Committed snapshots (data/snapshots/<name>.json.gz): the records of the heavy sweeps that notebooks
-00, 04, 05 and 06 render, written by the engine of workbench/experiments.py.
+00, 01, 02, 04, 05 and 06 render, written by the engine of workbench/experiments.py.
 
 Two checks per snapshot. Its records are current: each key is what this code computes from the
 stored point, measure and versions, and the versions are this checkout's, so a notebook reads the
@@ -8,6 +8,8 @@ results store) and must match the committed records: summaries and every item, b
 workbench/reproducibility.py (the same on any x86-64 CPU), never bit for bit. A new snapshot
 without a SAMPLES entry fails `test_every_snapshot_is_verified`.
 """
+import json
+
 import pandas as pd
 import pytest
 
@@ -24,6 +26,12 @@ def _only_attention(p):
         and p["spec"]["embeddings"] is None
 
 
+def _fixed_weights(p):
+    """Points whose quantized weights are the same on any CPU: not GPTQ, whose error feedback
+    turns last-bit differences into other rounding decisions, nor BCQ's least-squares fits."""
+    return p["spec"] is None or not any(f'"method": "{m}"' in json.dumps(p["spec"]) for m in ("gptq", "bcq"))
+
+
 SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_bits_sweep": lambda p: p["spec"] is None or _rtn3(p),
     "abilities_cot_probe": lambda p: True,             # the base model only
@@ -36,9 +44,15 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "adapt_causal_fp": lambda p: p["method"] == "stable_rank_lora",   # the adapted causal runs take 1-2 min each
     "quickstart_lee": lambda p: True,                  # perplexity sweeps: a few windows of a random point
     "quickstart_botchan": lambda p: True,
+    "quantizers_gguf_grid_lee": lambda p: True,
+    "quantizers_gguf_grid_botchan": lambda p: True,
+    **{f"quantizers_{n}": _fixed_weights for n in ("method_bits", "method_bits_gptq", "bcq_init", "gptq_order",
+                                                  "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
+                                                  "zero_point", "mixed_precision")},
+    "outliers_retention": _fixed_weights,
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora")
-PERPLEXITY_SNAPSHOTS = ("quickstart_lee", "quickstart_botchan")
+PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_")))
 
 
 def _measure(name):
