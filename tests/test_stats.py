@@ -186,3 +186,45 @@ def test_correlation_test_gives_ties_their_average_rank():
     y = (x % 3 == 0).astype(float)
     assert stats.correlation_test(x, y, n_resamples=200)["r"] == pytest.approx(
         float(pd.Series(x).corr(pd.Series(y), method="spearman")), abs=1e-12)
+
+
+def test_seeds_bootstrap_widens_with_the_spread_between_seeds():
+    rng = np.random.default_rng(0)
+    same = [rng.binomial(1, 0.5, 100) for _ in range(3)]                        # three seeds that agree
+    apart = [rng.binomial(1, p, 100) for p in (0.2, 0.5, 0.8)]                 # three that do not
+    s, a = stats.seeds_bootstrap(same), stats.seeds_bootstrap(apart)
+    assert s["seeds"] == 3 and s["n"] == 300 and s["low"] < s["estimate"] < s["high"]
+    assert s["estimate"] == pytest.approx(np.mean([g.mean() for g in same]))
+    pooled = stats.wilson_interval(int(np.concatenate(apart).sum()), 300)          # items only, seeds ignored
+    assert (a["high"] - a["low"]) > 1.5 * (pooled[2] - pooled[1])                   # the seed spread counts
+    assert stats.seeds_bootstrap(same) == s                                           # seeded: the same records, the same interval
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        stats.seeds_bootstrap([[1, 0, 1]])
+
+
+def test_paired_seeds_pairs_items_within_each_seed():
+    rng = np.random.default_rng(1)
+    b = [rng.binomial(1, 0.5, n) for n in (60, 60, 80)]                             # a seeded split: items differ by seed
+    a = [np.maximum(x, rng.binomial(1, 0.3, len(x))) for x in b]                   # a fixes some of b's misses, never breaks
+    t = stats.paired_seeds(a, b)
+    assert t["seeds"] == 3 and t["n"] == 200 and t["difference"] > 0 and t["low"] > 0 and t["p_value"] < 0.01
+    assert t["difference"] == pytest.approx(np.mean([x.mean() - y.mean() for x, y in zip(a, b)]))
+    null = stats.paired_seeds(b, [rng.permutation(x) for x in b])
+    assert null["low"] < 0 < null["high"] and null["p_value"] > 0.05
+    with pytest.raises(ValueError, match="the same items"):
+        stats.paired_seeds(a, [x[:-1] for x in b])
+
+
+def test_beats_verdict_reads_the_sign_of_a_significant_difference():
+    assert stats.beats_verdict({"difference": 0.1, "p_value": 0.01}) == "agrees"
+    assert stats.beats_verdict({"difference": -0.1, "p_value": 0.01}) == "contradicts"
+    assert stats.beats_verdict({"difference": 0.1, "p_value": 0.2}) == "cannot test here"
+
+
+def test_a_paired_test_reads_as_one_findings_cell():
+    from workbench.report import paired_cell
+
+    t = {"a": "QLoRA", "b": "LoRA", "a_score": 0.7, "b_score": 0.65, "difference": 0.05, "low": -0.01, "high": 0.11,
+         "p_value": 0.1234, "n": 180, "seeds": 3}
+    assert paired_cell(t) == "QLoRA 0.70 vs LoRA 0.65: +0.05 [-0.01, +0.11], p=0.12, n=180 (3 seeds)"
+    assert paired_cell({**t, "seeds": 1}, digits=3, unit=" nats") .endswith("+0.050 nats [-0.010, +0.110], p=0.12, n=180")

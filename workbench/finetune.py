@@ -110,9 +110,15 @@ class ClassificationTask:
         logits = model(input_ids=self.train_ids[idx][:, :n].to(dev), attention_mask=mask[:, :n].to(dev)).logits
         return F.cross_entropy(logits, self.train_labels[idx].to(dev))
 
-    @torch.no_grad()
     def accuracy(self, model: nn.Module, batch_size: int = 64) -> float:
         """Share of dev items whose argmax logit is the label (eval mode, restored afterwards)."""
+        correct = self.correct(model, batch_size)
+        return sum(correct) / len(correct)
+
+    @torch.no_grad()
+    def correct(self, model: nn.Module, batch_size: int = 64) -> list[int]:
+        """Per dev item, in order: 1 if its argmax logit is the label, else 0 (the item-level
+        outcomes that paired tests between two adapted models need)."""
         was_training = model.training
         model.eval()
         try:
@@ -126,7 +132,7 @@ class ClassificationTask:
             preds = torch.cat(preds)
         finally:
             model.train(was_training)
-        return (preds == self.dev_labels).float().mean().item()
+        return (preds == self.dev_labels).int().tolist()
 
 
 def classification_task(tokenizer, name="polarity", dev_fraction: float = 0.3, seed: int = 0,

@@ -276,13 +276,17 @@ def component_bars(intervals: pd.DataFrame, columns: list[str], base_label: str 
 
 
 def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str = "accuracy",
-                       baseline: float | None = None, title: str = "", labels: bool | None = None, path=None):
+                       baseline: float | None = None, title: str = "", labels: bool | None = None, path=None,
+                       chance: float | None = None, majority: float | None = None):
     """Held-out accuracy against the parameters each method trained (log x), one marker per
     method, coloured by bits (16 = unquantized); `baseline` (e.g. the head-only accuracy) as a
     dashed line. Runs of one method at one width at several budgets (different x) are joined by
     a line. Each point is labelled with its run when `labels` (default: up to 12 runs; beyond
     that the labels would pile up, and the legends name methods and widths). `results` is
-    `workbench.adapt.results_table`; runs that trained nothing beyond the head are drawn at x = 1."""
+    `workbench.adapt.results_table`; runs that trained nothing beyond the head are drawn at x = 1.
+    Where the table has `low` and `high` (95% intervals) each point gets its error bar; `chance`
+    and `majority` (accuracies of guessing and of always answering the commonest label) are
+    drawn as dotted lines."""
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     markers = dict(zip(results.method.unique(), "os^vDP*Xph"))
     bits = sorted(results.bits.unique(), reverse=True)
@@ -292,9 +296,13 @@ def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str 
         if len(runs) > 1 and runs[x].nunique() == len(runs):
             runs = runs.sort_values(x)
             ax.plot(runs[x].clip(lower=1), runs[y], color=colours[b], lw=0.8, alpha=0.6, zorder=1)
+    bars = {"low", "high"} <= set(results.columns)
     for r in results.itertuples():
+        if bars and pd.notna(r.low) and pd.notna(r.high):
+            ax.errorbar(max(getattr(r, x), 1), getattr(r, y), yerr=[[getattr(r, y) - r.low], [r.high - getattr(r, y)]],
+                        color=colours[r.bits], lw=0.8, capsize=2, zorder=1)
         ax.scatter(max(getattr(r, x), 1), getattr(r, y), marker=markers[r.method], color=colours[r.bits],
-                   s=60, edgecolor="black", lw=0.5)
+                   s=60, edgecolor="black", lw=0.5, zorder=2)
         if labels:
             ax.annotate(r.label, (max(getattr(r, x), 1), getattr(r, y)), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
@@ -303,6 +311,11 @@ def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str 
                       for name, m in markers.items()]
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1)
+    for value, name, colour in ((chance, "chance", "tab:red"), (majority, "majority class", "tab:orange")):
+        if value is not None:
+            ax.axhline(value, color=colour, ls=":", lw=1)
+            ax.annotate(name, (1, value), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                        textcoords="offset points", ha="right", fontsize=7, color=colour)
     ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title=title)
     widths = ax.legend(handles=width_handles, fontsize=8, loc="lower right")
     ax.add_artist(widths)

@@ -67,3 +67,13 @@ def interval_cells(intervals: pd.DataFrame, index: str = "label", columns: str =
     wide.columns = [f"{c} (n={n[c]})" if n[c] is not None else c for c in wide.columns]
     wide.columns.name = None
     return wide
+
+
+def paired_cell(test: dict, digits: int = 2, unit: str = "") -> str:
+    """One paired test as a findings-table cell: "a 0.70 vs b 0.58: +0.12 [+0.05, +0.19], p=0.001,
+    n=180 (3 seeds)", from a dict with a, b, a_score, b_score, difference, low, high, p_value, n
+    and optionally seeds (`adapt.paired_runs`, `abilities.paired_items`, `stats.paired_windows`)."""
+    f = f".{digits}f"
+    seeds = f" ({test['seeds']} seeds)" if test.get("seeds", 1) > 1 else ""
+    return (f"{test['a']} {test['a_score']:{f}} vs {test['b']} {test['b_score']:{f}}: {test['difference']:+{f}}{unit} "
+            f"[{test['low']:+{f}}, {test['high']:+{f}}], p={test['p_value']:.2g}, n={test['n']}{seeds}")

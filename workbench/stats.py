@@ -5,6 +5,7 @@
     perplexity_interval(nll, tokens)           # per-window NLL sums and token counts -> (ppl, low, high)
     mcnemar_test(base_correct, quant_correct)  # the same items scored by two models: exact, two-sided
     paired_bootstrap(a, b)                     # mean difference of paired values, its interval and p
+    paired_seeds(a_by_seed, b_by_seed)         # the same over seeds: a two-level bootstrap (seeds, then items)
 
 Accuracies get Wilson score intervals (Wilson 1927; good coverage at small n and near 0 or 1,
 where the normal approximation fails). Perplexity and any other mean get percentile bootstrap
@@ -122,6 +123,62 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
     k = min((means <= 0).sum(), (means >= 0).sum())
     p = min(1.0, 2 * (k + 1) / (n_resamples + 1))
     return {"n": len(d), "difference": est, "low": low, "high": high, "p_value": float(p)}
+
+
+def _groups(groups, name: str) -> list[np.ndarray]:
+    out = [np.asarray(g, dtype=float) for g in groups]
+    if len(out) < 2 or any(g.ndim != 1 or len(g) < 1 or not np.isfinite(g).all() for g in out):
+        raise ValueError(f"{name} must hold at least 2 seeds, each a non-empty list of finite per-item values")
+    return out
+
+
+def seeds_bootstrap(groups: Sequence[Sequence[float]], confidence: float = 0.95, n_resamples: int = 10_000,
+                    seed: int = 0) -> dict:
+    """The mean over seeds of each seed's mean item value, with a two-level (hierarchical)
+    percentile bootstrap interval: resample the seeds with replacement, then the items within
+    each drawn seed, so that both the seed-to-seed spread (initialization, data order, split) and
+    the item sampling widen the interval. `groups` holds one list of per-item values per seed
+    (0/1 outcomes, or paired differences). The p-value is for "mean 0", counted as in
+    `paired_bootstrap`. Returns {"seeds", "n" (items, all seeds), "estimate", "low", "high",
+    "p_value", "per_seed" (each seed's mean)}."""
+    gs = _groups(groups, "groups")
+    _z(confidence)
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be at least 100 for a 95% interval, got {n_resamples}")
+    rng = np.random.default_rng(seed)
+    k = len(gs)
+    pick = rng.integers(0, k, size=(n_resamples, k))                 # [B, k] which seed fills each slot
+    inner = np.stack([g[rng.integers(0, len(g), size=(n_resamples * k, len(g)))].mean(axis=1) for g in gs])   # [k, B*k]
+    slot = np.arange(n_resamples * k).reshape(n_resamples, k)       # a fresh item resample for every slot
+    means = inner[pick, slot].mean(axis=1)                           # [B]
+    per_seed = [float(g.mean()) for g in gs]
+    est = float(np.mean(per_seed))
+    alpha = (1 - confidence) / 2
+    if not any(g.any() for g in gs) or all((g == gs[0][0]).all() for g in gs):
+        p = 1.0 if est == 0 else 2 / (n_resamples + 1)
+    else:
+        k_out = min((means <= 0).sum(), (means >= 0).sum())
+        p = min(1.0, 2 * (k_out + 1) / (n_resamples + 1))
+    return {"seeds": k, "n": int(sum(len(g) for g in gs)), "estimate": est, "low": float(np.quantile(means, alpha)),
+            "high": float(np.quantile(means, 1 - alpha)), "p_value": float(p), "per_seed": per_seed}
+
+
+def paired_seeds(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], confidence: float = 0.95,
+                 n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Does method `a` beat method `b` over seeds? `a` and `b` hold, per seed, the per-item
+    outcomes of each method on that seed's held-out items (item i of a[s] and b[s] is the same
+    item; the items may differ between seeds, as with a seeded split). The mean over seeds of
+    the paired difference a - b, its two-level bootstrap interval and p (`seeds_bootstrap` of the
+    per-item differences). Returns {"seeds", "n", "difference", "low", "high", "p_value",
+    "per_seed" (each seed's a - b), "a_score", "b_score"}."""
+    ga, gb = _groups(a, "a"), _groups(b, "b")
+    if len(ga) != len(gb) or any(x.shape != y.shape for x, y in zip(ga, gb)):
+        raise ValueError(f"a and b must be paired: the same seeds and, per seed, the same items "
+                         f"(got {[len(x) for x in ga]} and {[len(y) for y in gb]} items per seed)")
+    out = seeds_bootstrap([x - y for x, y in zip(ga, gb)], confidence, n_resamples, seed)
+    return {"seeds": out["seeds"], "n": out["n"], "difference": out["estimate"], "low": out["low"], "high": out["high"],
+            "p_value": out["p_value"], "per_seed": out["per_seed"],
+            "a_score": float(np.mean([x.mean() for x in ga])), "b_score": float(np.mean([y.mean() for y in gb]))}
 
 
 def _within(values: np.ndarray, strata: np.ndarray, rank: bool) -> np.ndarray:
@@ -296,6 +353,15 @@ def loses_verdict(test: dict, alpha: float = 0.05) -> str:
     """Verdict on a claim "the change loses the score" from the same paired test: "agrees" when
     the loss is significant at `alpha`, "contradicts" when the score is significantly higher
     after, "cannot test here" otherwise."""
+    if test["p_value"] < alpha:
+        return "agrees" if test["difference"] > 0 else "contradicts"
+    return "cannot test here"
+
+
+def beats_verdict(test: dict, alpha: float = 0.05) -> str:
+    """Verdict on a claim "a beats b" from a paired test of a against b (`difference` = a - b):
+    "agrees" when a is significantly better at `alpha`, "contradicts" when significantly worse,
+    "cannot test here" otherwise."""
     if test["p_value"] < alpha:
         return "agrees" if test["difference"] > 0 else "contradicts"
     return "cannot test here"

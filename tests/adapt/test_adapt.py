@@ -311,3 +311,40 @@ def test_methods_run_on_cuda_like_on_cpu(task, method, kwargs):
     assert all(math.isfinite(x) for x in rec["losses"])
     assert rec["losses"][0] == pytest.approx(ref["losses"][0], rel=0.3)     # dropout draws differ on the GPU
     assert 0 <= rec["accuracy"] <= 1
+
+
+def test_lora_params_is_the_adapter_count_peft_trains(model, task):
+    rec = adapt.lora(model, task, r=4, steps=1)[1]
+    assert adapt.lora_params(model, 4) == rec["trainable_params"] - rec["head_params"] == 2 * (4 * 4 * (32 + 32) + 2 * 4 * (32 + 64))
+    assert adapt.target_params(model) == 2 * (4 * 32 * 32 + 2 * 32 * 64)
+    with pytest.raises(ValueError, match="positive int rank"):
+        adapt.lora_params(model, 0)
+
+
+def test_records_hold_each_held_out_items_outcome(model, task):
+    rec = adapt.head_only(model, task, steps=STEPS, lr=1e-2)[1]
+    assert len(rec["correct"]) == len(task.dev_labels) and set(rec["correct"]) <= {0, 1}
+    assert rec["accuracy"] == pytest.approx(sum(rec["correct"]) / len(rec["correct"]))
+
+
+def test_results_over_seeds_carry_n_interval_and_each_seed(model, task):
+    seeds = {s: adapt.head_only(model, task, steps=STEPS, lr=1e-2, seed=s)[1] for s in (0, 1, 2)}
+    none = adapt.unadapted(model, task)[1]
+    records = {"probe": list(seeds.values()), "none": [none]}
+    table = adapt.results_table(records).set_index("label")
+    n = len(task.dev_labels)
+    assert table.loc["probe", "seeds"] == 3 and table.loc["probe", "n"] == 3 * n
+    assert table.loc["probe", "accuracy"] == pytest.approx(sum(r["accuracy"] for r in seeds.values()) / 3)
+    assert table.loc["probe", "low"] <= table.loc["probe", "accuracy"] <= table.loc["probe", "high"]
+    assert table.loc["probe", "per_seed"] == " ".join(f"{r['accuracy']:.3f}" for r in seeds.values())
+    assert table.loc["none", "seeds"] == 1 and table.loc["none", "n"] == n      # one seed: the Wilson interval
+    t = adapt.paired_runs(records, "probe", "none")                              # the unseeded run pairs with each seed
+    assert t["seeds"] == 3 and t["difference"] == pytest.approx(table.loc["probe", "accuracy"] - none["accuracy"])
+    one = adapt.paired_runs({"a": seeds[0], "b": none}, "a", "b")
+    assert one["test"] == "exact McNemar" and one["n"] == n
+    with pytest.raises(ValueError, match="no run 'x'"):
+        adapt.paired_runs(records, "x", "none")
+    with pytest.raises(ValueError, match="no per-item outcomes"):
+        adapt.paired_runs({"a": dict(none, correct=None), "b": none}, "a", "b")
+    with pytest.raises(ValueError, match="the same seeds"):
+        adapt.paired_runs({"a": [seeds[0], seeds[1]], "b": list(seeds.values())}, "a", "b")

@@ -37,3 +37,16 @@ def test_runs_are_stored_points_read_back_in_the_order_asked(tmp_path, monkeypat
     assert direct["losses"] == first["probe"]["losses"] and direct["accuracy"] == first["probe"]["accuracy"]
     sweeps.run_methods("minilm-l6", {**TASK, "seed": 1}, runs, name="t")     # another head and split: computed
     assert calls == ["head_only", "unadapted"] * 2
+
+
+@pytest.mark.integration
+def test_seeds_repeat_every_run_with_its_seed_and_the_tasks(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    runs = {"probe": ("head_only", {"steps": 3})}
+    by_seed = sweeps.run_methods("minilm-l6", TASK, runs, name="s", seeds=[0, 1])
+    assert len(by_seed["probe"]) == 2
+    assert by_seed["probe"][0] == sweeps.run_methods("minilm-l6", TASK, runs, name="s")["probe"]   # seed 0: the plain run
+    alone = sweeps.run_methods("minilm-l6", {**TASK, "seed": 1}, {"probe": ("head_only", {"steps": 3, "seed": 1})}, name="s")
+    assert by_seed["probe"][1] == alone["probe"]                                  # seed 1: split, head and training
+    with pytest.raises(ValueError, match="seeds must be a non-empty list of ints"):
+        sweeps.run_methods("minilm-l6", TASK, runs, name="s", seeds=[])

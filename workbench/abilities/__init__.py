@@ -1033,9 +1033,16 @@ class AbilityTask:
                      labels=self.train_labels[idx][:, :n].to(dev)).loss
 
     def accuracy(self, model: nn.Module) -> float:
+        correct = self.correct(model)
+        return sum(correct) / len(correct)
+
+    def correct(self, model: nn.Module) -> list[float]:
+        """Per scored item, in document order: its score under the task's primary metric and
+        first filter (0/1 for exact match), the outcomes a paired test between two models needs."""
         res = evaluate_tasks(model, self.tokenizer, [self.name], num_fewshot=self.num_fewshot, limit=self.limit,
                              max_gen_toks=self.max_gen_toks, progress=False)
-        return float(headline(res.scores).score.mean())
+        items = item_scores(res.samples).sort_values("doc_id")
+        return [float(x) for x in items.score]
 
 
 def ability_task(tokenizer, name: str = "wb_icl_arith_2d_add", limit: int = 20, n_train: int = 256,

@@ -8,12 +8,13 @@
     record["trainable_params"], record["accuracy"]
 
 Every method takes a model (unchanged: it works on a copy) and a task (`n_train`,
-`loss(model, idx)` and, if it can be scored, `accuracy(model)`; see workbench.finetune), trains with
+`loss(model, idx)` and, if it can be scored, `correct(model)`: per held-out item; see workbench.finetune), trains with
 `finetune.train`, and returns (adapted model, record). The record always holds method,
 trainable_params (everything that trained, the task head included), head_params (the head's
 share of them: a classifier head is new and must train under every method, always at
 `head_lr`, default HEAD_LR, while `lr` is the rate of what the method adapts), total_params,
-accuracy (held-out; None on a task without one, such as a CorpusTask), losses (per step) and
+accuracy (held-out; None on a task without one, such as a CorpusTask), correct (each held-out
+item's outcome, in order, for paired tests), losses (per step) and
 time_s, plus what the method chose. `workbench.adapt.sweeps` runs a set of methods as a
 resumable sweep (workbench.experiments), its records committable as a snapshot.
 
@@ -109,9 +110,10 @@ def _record(method: str, model: nn.Module, tuned: nn.Module, task, losses: list[
             head: int, **extra) -> dict:
     """The record of a run: `model` is the one the method was given (total_params counts it, not
     the adapters or a BCQ model's packed planes), `tuned` the adapted one that is scored."""
+    correct = task.correct(tuned) if hasattr(task, "correct") else None      # per held-out item, in order
     return dict(method=method, trainable_params=trainable, head_params=head,
                 total_params=sum(p.numel() for p in model.parameters()),
-                accuracy=task.accuracy(tuned) if hasattr(task, "accuracy") else None, losses=losses,
+                accuracy=sum(correct) / len(correct) if correct else None, correct=correct, losses=losses,
                 time_s=time.perf_counter() - t0, **extra)
 
 
@@ -315,6 +317,20 @@ def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, fi
                           first_scale_only=first_scale_only, rel_weight_error=report.rel_weight_error.mean())
 
 
+def lora_params(model: nn.Module, r: int = 8, targets: str = TARGETS) -> int:
+    """How many parameters rank-r LoRA adapters on the target modules hold: sum of r (in + out).
+    A count to give another method as its budget (PreQuant's `budget`), so that methods are
+    compared at the same number of adapted parameters."""
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"r must be a positive int rank, got {r!r}")
+    return sum(r * sum(m.weight.shape) for m in _targets(model, targets).values())
+
+
+def target_params(model: nn.Module, targets: str = TARGETS) -> int:
+    """How many weights the target modules hold (what a budget share is a share of)."""
+    return sum(m.weight.numel() for m in _targets(model, targets).values())
+
+
 def stable_rank_ranks(model: nn.Module, r: int = 8, targets: str = TARGETS, inverse: bool = False) -> dict[str, int]:
     """LoRA ranks per target module proportional to the stable rank of its weight (or to its
     inverse), scaled so that the adapters hold as many parameters as uniform rank r: rank_i =
@@ -487,24 +503,91 @@ def resolve_runs(runs: dict) -> dict:
     return resolved
 
 
+def _seed_list(value) -> list[dict]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def results_table(records: dict, n_params: int | None = None) -> "pd.DataFrame":
-    """One row per run from {label: record}: label, method, bits (16 when unquantized),
-    trainable_params, head_params, adapted_params (trainable minus head: what the method itself
-    chose; for the L1 ticket the weights its ticket keeps, not the whole delta it trained to find
-    them), adapted_share (of `n_params`; by default of each record's total_params, the
-    parameter count of the model the method was given),
-    accuracy, final_loss and time_s."""
+    """One row per run from {label: record} or {label: [record per seed]} (`sweeps.run_methods`
+    with `seeds`): label, method, bits (16 when unquantized), trainable_params, head_params,
+    adapted_params (trainable minus head: what the method itself chose; for the L1 ticket the
+    weights its ticket keeps, not the whole delta it trained to find them), adapted_share (of
+    `n_params`; by default of each record's total_params, the parameter count of the model the
+    method was given), seeds, n (held-out items scored, over all seeds), accuracy (mean over
+    seeds) with its 95% interval low..high (Wilson for one seed; over seeds the two-level
+    bootstrap of `stats.seeds_bootstrap`, seeds then items), per_seed (each seed's accuracy),
+    final_loss and time_s (means over seeds). Parameter counts are the first seed's."""
     import pandas as pd
 
+    from workbench.stats import seeds_bootstrap, summarize
+
     rows = []
-    for label, rec in records.items():
+    for label, value in records.items():
+        recs = _seed_list(value)
+        rec = recs[0]
         adapted = rec.get("ticket_weights", rec["trainable_params"] - rec["head_params"])
+        correct = [r.get("correct") for r in recs]
+        acc = [r["accuracy"] for r in recs]
+        if all(c for c in correct) and len(recs) > 1:
+            ci = seeds_bootstrap(correct)
+            n, low, high = ci["n"], ci["low"], ci["high"]
+        elif all(c for c in correct):
+            ci = summarize(correct[0])
+            n, low, high = ci["n"], ci["low"], ci["high"]
+        else:
+            n, low, high = None, float("nan"), float("nan")
+        scored = [a for a in acc if a is not None]
         rows.append(dict(label=label, method=rec["method"], bits=rec.get("bits", 16),
                          trainable_params=rec["trainable_params"], head_params=rec["head_params"],
                          adapted_params=adapted, adapted_share=adapted / (n_params or rec["total_params"]),
-                         accuracy=rec["accuracy"], final_loss=rec["losses"][-1] if rec["losses"] else float("nan"),
-                         time_s=rec["time_s"]))
+                         seeds=len(recs), n=n, accuracy=sum(scored) / len(scored) if scored else None,
+                         low=low, high=high, per_seed=" ".join(f"{a:.3f}" for a in scored),
+                         final_loss=sum(r["losses"][-1] if r["losses"] else float("nan") for r in recs) / len(recs),
+                         time_s=sum(r["time_s"] for r in recs) / len(recs)))
     return pd.DataFrame(rows)
+
+
+def paired_runs(records: dict, a: str, b: str, confidence: float = 0.95) -> dict:
+    """Does run `a` score differently from run `b` on the same held-out items? From records as
+    `results_table` takes them: over seeds, `stats.paired_seeds` of their per-item outcomes (a
+    run without a seed, such as `unadapted`, is paired with each seed of the other); with one
+    seed each, the exact McNemar test, its interval from the paired bootstrap. Returns {"a",
+    "b", "seeds", "n", "a_score", "b_score", "difference" (a - b), "low", "high", "p_value", "test"}."""
+    from workbench.stats import mcnemar_test, paired_bootstrap, paired_seeds
+
+    for x in (a, b):
+        if x not in records:
+            raise ValueError(f"no run {x!r}; runs: {', '.join(records)}")
+    ra, rb = _seed_list(records[a]), _seed_list(records[b])
+    if len(ra) == 1 and len(rb) > 1:
+        ra = ra * len(rb)
+    if len(rb) == 1 and len(ra) > 1:
+        rb = rb * len(ra)
+    if len(ra) != len(rb):
+        raise ValueError(f"{a!r} ran over {len(ra)} seeds and {b!r} over {len(rb)}: a paired test needs the same seeds")
+    ca, cb = [r.get("correct") for r in ra], [r.get("correct") for r in rb]
+    if not all(ca) or not all(cb):
+        raise ValueError(f"{a!r} or {b!r} has no per-item outcomes (`correct`): re-run it with this version "
+                         "(records of format 1 hold only the accuracy)")
+    if len(ca) > 1:
+        t = paired_seeds(ca, cb, confidence=confidence)
+        return {"a": a, "b": b, "seeds": t["seeds"], "n": t["n"], "a_score": t["a_score"], "b_score": t["b_score"],
+                "difference": t["difference"], "low": t["low"], "high": t["high"], "p_value": t["p_value"],
+                "test": f"two-level bootstrap over {t['seeds']} seeds and their items"}
+    boot = paired_bootstrap(ca[0], cb[0], confidence=confidence)
+    mc = mcnemar_test(ca[0], cb[0])
+    return {"a": a, "b": b, "seeds": 1, "n": boot["n"], "a_score": sum(ca[0]) / len(ca[0]),
+            "b_score": sum(cb[0]) / len(cb[0]), "difference": boot["difference"], "low": boot["low"],
+            "high": boot["high"], "p_value": mc["p_value"], "test": "exact McNemar"}
+
+
+def comparisons(records: dict, pairs: list[tuple[str, str]], confidence: float = 0.95) -> "pd.DataFrame":
+    """One row per (a, b) of `pairs`: `paired_runs` of run a against run b (difference = a - b),
+    e.g. each method against its control (head only, the same adapter unquantized, the quantized
+    model unadapted) or two methods at the same trainable-parameter budget."""
+    import pandas as pd
+
+    return pd.DataFrame([paired_runs(records, a, b, confidence) for a, b in pairs])
 
 
 METHODS = {f.__name__: f for f in (unadapted, head_only, full_finetune, lora, qlora, prequant, alphatuning, stable_rank_lora,

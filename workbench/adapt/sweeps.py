@@ -22,6 +22,8 @@ import json
 from workbench import adapt
 from workbench.experiments import loaded, run_sweep
 
+RECORD_FORMAT = 2             # 2: a record holds every held-out item's outcome (`correct`), not only the accuracy
+
 TASK_KINDS = {                 # kind -> the fields that describe it (all required)
     "classification": ("dataset", "seed"),            # finetune.classification_task; the classifier's head seeded too
     "ability": ("name", "limit", "n_train", "shots"),   # abilities.ability_task: lm-eval items, the first `limit` scored
@@ -83,7 +85,8 @@ def versions(model_record, task: dict) -> dict:
     libraries, and for an ability task lm-eval and the task files."""
     import importlib.metadata as md
 
-    out = {"model": model_record.key, **{p: md.version(p) for p in ("torch", "transformers", "peft")}}
+    out = {"model": model_record.key, "record": RECORD_FORMAT,
+           **{p: md.version(p) for p in ("torch", "transformers", "peft")}}
     if task["kind"] == "ability":
         from workbench.abilities import ABILITY_PROTOCOL, ABILITY_TASKS_VERSION, task_folder_fingerprint
         from workbench.abilities.tasks import ability_tasks_dir
@@ -95,19 +98,42 @@ def versions(model_record, task: dict) -> dict:
 
 def run_methods(model: str, task: dict, runs: dict, name: str, snapshot: bool = False,
                 recompute: bool | None = None, backend: str = "inprocess", workers: int | None = None,
-                progress: bool = False) -> dict:
+                progress: bool = False, seeds: list[int] | None = None) -> dict:
     """Run each method of `runs` ({label: (method name in workbench.adapt, keyword arguments)},
     checked and completed by `resolve_runs` before anything trains) on `model` (a name) and
     `task` (plain data, TASK_KINDS); return {label: record} in the order of `runs`, each record
-    the method's (accuracy, trainable_params, ..., losses). Each run is one point of the sweep
-    `name`: stored as it finishes, read back on the next call; with `snapshot=True` the records
-    are the committed snapshot data/snapshots/<name>.json (see workbench.experiments)."""
+    the method's (accuracy, correct, trainable_params, ..., losses). With `seeds`, every run is
+    repeated once per seed s, its `seed` argument set to s and, for a task with a seed (a
+    classification task: its train/held-out split and the head's initialization), the task's
+    too; then the result is {label: [record for each seed]} (a run that no seed changes, such as
+    `unadapted` on an ability task, is measured once and its list holds one record). Each run is one point of
+    the sweep `name`: stored as it finishes, read back on the next call; with `snapshot=True` the
+    records are the committed snapshot data/snapshots/<name>.json (see workbench.experiments)."""
     runs = adapt.resolve_runs(runs)
-    net, tokenizer, record = load_model_for(model, _check_task(task))
-    points = [{"model": model, "task": task, "method": method, "args": args} for method, args in runs.values()]
+    _check_task(task)
+    if seeds is not None and (not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)):
+        raise ValueError(f"seeds must be a non-empty list of ints, e.g. [0, 1, 2]; got {seeds!r}")
+    points = []
+    for seed in (seeds if seeds is not None else [None]):
+        for method, args in runs.values():
+            t, a = dict(task), dict(args)
+            if seed is not None:
+                if "seed" in t:
+                    t["seed"] = seed
+                if "seed" in a:
+                    a["seed"] = seed
+            points.append({"model": model, "task": t, "method": method, "args": a})
+    record = load_model_for(model, task)[2]
     records = run_sweep(points, run_point, name, versions=versions(record, task), backend=backend, workers=workers,
                         recompute=recompute, snapshot=name if snapshot else None, progress=progress)
-    return {label: record_of(r) for label, r in zip(runs, records)}
+    records = [record_of(r) for r in records]
+    if seeds is None:
+        return dict(zip(runs, records))
+    out = {}
+    for i, label in enumerate(runs):
+        same = len({json.dumps(p, sort_keys=True) for p in points[i::len(runs)]}) == 1   # no seed to vary
+        out[label] = records[i::len(runs)][:1] if same else records[i::len(runs)]
+    return out
 
 
 def record_of(stored: dict) -> dict:
