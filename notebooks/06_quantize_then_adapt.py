@@ -27,6 +27,7 @@
 # | L1 ticket | every projection, with an L1 penalty on W − W₀; then only the largest changes are kept | full precision |
 # | DSEE | low-rank adapters plus a sparse update where the rank-r SVD explains W worst; optionally the merged weights are then magnitude-pruned | full precision |
 # | QLoRA-style | LoRA adapters | RTN-quantized projections |
+# | stable-rank QLoRA | adapters ranked by the stable rank of the *quantized* weights (or its inverse), LoRA r8's total | RTN-quantized projections |
 # | PreQuant | the outlier weights of each projection, restored to full precision (gradient masks) | RTN-quantized projections |
 # | AlphaTuning | only the scales α of binary-coding quantization | BCQ-quantized projections |
 #
@@ -99,6 +100,9 @@ for b in BITS:
     for r in (RANKS if b == BITS[0] else [R]):          # PreQuant at exactly LoRA rank r's parameter count
         runs[f"PreQuant W{b} = r{r}"] = ("prequant", dict(bits=b, budget=matched[r], **kw))
     runs[f"AlphaTuning W{b}"] = ("alphatuning", dict(bits=b, **kw))
+runs["inverse stable-rank LoRA"] = ("stable_rank_lora", dict(r=R, inverse=True, **kw))     # ranks ∝ 1 / stable rank
+for inv in ("", "inverse "):                           # stable-rank calibration on the quantized model (its quantized spectra)
+    runs[f"{inv}stable-rank QLoRA W{BITS[0]}"] = ("stable_rank_qlora", dict(bits=BITS[0], r=R, inverse=bool(inv), **kw))
 records = sweeps.run_methods(ENCODER, encoder_task, runs, name="adapt_encoder", snapshot=True, seeds=SEEDS)   # {label: [record per seed]}
 results = adapt.results_table(records, n_params=n_params)
 save_table(results, "adapt_encoder")
@@ -126,7 +130,10 @@ ENC_PAIRS = [(m, "head only") for m in ["full", f"LoRA r{R}", f"QLoRA W{BITS[0]}
 ENC_PAIRS += [(f"QLoRA W{b} r{r}", f"LoRA r{r}") for b in BITS for r in (RANKS if b == BITS[0] else [R])]
 ENC_PAIRS += [(f"PreQuant W{b} = r{r}", f"QLoRA W{b} r{r}") for b in BITS for r in (RANKS if b == BITS[0] else [R])]
 ENC_PAIRS += [(f"AlphaTuning W{b}", f"QLoRA W{b} r{R}") for b in BITS]
-ENC_PAIRS += [("stable-rank LoRA", f"LoRA r{R}"), ("stable-rank LoRA, time-aware", "stable-rank LoRA"),
+SR_PAIRS = [("stable-rank LoRA", f"LoRA r{R}"), ("inverse stable-rank LoRA", f"LoRA r{R}"),
+            (f"stable-rank QLoRA W{BITS[0]}", f"QLoRA W{BITS[0]} r{R}"), (f"inverse stable-rank QLoRA W{BITS[0]}", f"QLoRA W{BITS[0]} r{R}"),
+            (f"stable-rank QLoRA W{BITS[0]}", f"inverse stable-rank QLoRA W{BITS[0]}")]
+ENC_PAIRS += SR_PAIRS + [("stable-rank LoRA, time-aware", "stable-rank LoRA"),
               ("L1 ticket", "full"), ("DSEE", "full"), (f"DSEE, {FINAL_SPARSITY:.0%} pruned", "DSEE")]
 enc_tests = adapt.comparisons(records, ENC_PAIRS)
 save_table(enc_tests, "adapt_encoder_tests")
@@ -182,6 +189,9 @@ bb_runs = {
     f"QLoRA W{BITS[0]} r{R}": ("qlora", dict(bits=BITS[0], r=R, **kw)),
     f"PreQuant W{BITS[0]} = r{R}": ("prequant", dict(bits=BITS[0], budget=matched[R], **kw)),
     f"AlphaTuning W{BITS[0]}": ("alphatuning", dict(bits=BITS[0], **kw)),
+    **{f"{inv}stable-rank LoRA": ("stable_rank_lora", dict(r=R, inverse=bool(inv), **kw)) for inv in ("", "inverse ")},
+    **{f"{inv}stable-rank QLoRA W{BITS[0]}": ("stable_rank_qlora", dict(bits=BITS[0], r=R, inverse=bool(inv), **kw))
+       for inv in ("", "inverse ")},
 }
 bb_records = sweeps.run_methods(ENCODER, bb_task_desc, bb_runs, name="adapt_navigate", snapshot=True, seeds=SEEDS)
 bb_results = adapt.results_table(bb_records, n_params=n_params)
@@ -193,7 +203,7 @@ bb_results
 # %%
 BB_PAIRS = [(m, "head only") for m in bb_runs if m != "head only"]
 BB_PAIRS += [(f"QLoRA W{BITS[0]} r{R}", f"LoRA r{R}"), (f"PreQuant W{BITS[0]} = r{R}", f"QLoRA W{BITS[0]} r{R}"),
-             (f"AlphaTuning W{BITS[0]}", f"QLoRA W{BITS[0]} r{R}"), (f"LoRA r{R}", "full")]
+             (f"AlphaTuning W{BITS[0]}", f"QLoRA W{BITS[0]} r{R}"), (f"LoRA r{R}", "full")] + SR_PAIRS
 bb_tests = adapt.comparisons(bb_records, BB_PAIRS)
 save_table(bb_tests, "adapt_navigate_tests")
 bb_tests
@@ -240,7 +250,7 @@ save_table(causal_results, "adapt_causal")
 causal_results
 
 # %%
-lo, hi = CAUSAL_BITS
+hi = CAUSAL_BITS[-1]                          # the lower width, where more steps are tried
 CAUSAL_PAIRS = [("unquantized", f"RTN W{b}") for b in CAUSAL_BITS]                      # what quantization costs
 CAUSAL_PAIRS += [(f"{m} W{b}", f"RTN W{b}") for b in CAUSAL_BITS for m in ("QLoRA", "PreQuant", "AlphaTuning")]   # won back?
 CAUSAL_PAIRS += [(f"LoRA r{R}", f"QLoRA W{b}") for b in CAUSAL_BITS]                      # the gap to the same LoRA unquantized
@@ -283,8 +293,13 @@ for where, tests, b4 in ((f"{DATASET}, {ENCODER}", enc_t, BITS[0]), (f"{BIGBENCH
                     f"PreQuant W{b4} = r{R}", f"QLoRA W{b4} r{R}", keeps))
     rows.append(row("AlphaTuning: training only BCQ's scales matches LoRA-style adaptation", where, tests,
                     f"AlphaTuning W{b4}", f"QLoRA W{b4} r{R}", keeps))
-rows.append(row("stable-rank-calibrated LoRA beats uniform LoRA at the same budget", f"{DATASET}, {ENCODER}", enc_t,
-                "stable-rank LoRA", f"LoRA r{R}", stats.beats_verdict))
+for where, tests in ((f"{DATASET}, {ENCODER}", enc_t), (f"{BIGBENCH_SET}, {ENCODER}", bb_t)):
+    rows.append(row("stable-rank-calibrated LoRA beats uniform LoRA at the same budget", where, tests,
+                    "stable-rank LoRA", f"LoRA r{R}", stats.beats_verdict))
+    rows.append(row("…and on the quantized model (QLoRA), ranks from the quantized weights", where, tests,
+                    f"stable-rank QLoRA W{BITS[0]}", f"QLoRA W{BITS[0]} r{R}", stats.beats_verdict))
+    rows.append(row("…and beats its inverse (ranks ∝ 1 / stable rank) on the quantized model", where, tests,
+                    f"stable-rank QLoRA W{BITS[0]}", f"inverse stable-rank QLoRA W{BITS[0]}", stats.beats_verdict))
 rows.append(row("a time-aware start of the lightweight tuning helps", f"{DATASET}, {ENCODER}", enc_t,
                 "stable-rank LoRA, time-aware", "stable-rank LoRA", stats.beats_verdict))
 rows.append(row("the dominant (1%) ticket keeps full fine-tuning's accuracy", f"{DATASET}, {ENCODER}", enc_t,
@@ -309,7 +324,7 @@ findings.style.hide(axis="index")
 # * **Noise.** Every accuracy above pools three seeds; on polarity a seed holds 60 held-out sentences, on navigate 300, on the causal task the same 40 additions. The intervals count both the items and the spread between seeds; with three seeds the seed spread itself is poorly known, so an interval that barely excludes zero is weak evidence.
 # * **Budgets.** Every method gets the same number of steps and its own default learning rate, not a tuned one. A method that needs more steps (full fine-tuning at 5e-5, PreQuant's sparse updates, the L1 ticket's shrinking, the time-aware warm-up) is at a disadvantage at 60.
 # * **Time-aware start.** The calibration paper picks when the lightweight fine-tuning starts from the training dynamics; here `start` is a step count given by hand.
-# * **Not yet faithful.** The L1 ticket is scored as the largest changes kept alone, never re-trained; the paper re-trains the ticket and tries 0.05%–5%. Stable-rank calibration runs on the unquantized encoder only. AlphaTuning starts from the default BCQ fit (notebook 01 compares fits).
+# * **Not yet faithful.** The L1 ticket is scored as the largest changes kept alone, never re-trained; the paper re-trains the ticket and tries 0.05%–5%. Stable-rank calibration (and its inverse) runs on the encoder, unquantized and at 4 bits, not on the causal model. AlphaTuning starts from the default BCQ fit (notebook 01 compares fits).
 # * **Models.** MiniLM-L6 is a 22.7M sentence-embedding model and SmolLM2-135M's full precision is a dequantized 4-bit checkpoint (notebook 00). The papers work with BERT-base/large, RoBERTa and OPT/LLaMA on GLUE and generation tasks.
 # * **Run it at scale.** Point the parameters at a hub model and a standard set. The functions are the same:
 #   ```python

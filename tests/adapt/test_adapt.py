@@ -348,3 +348,17 @@ def test_results_over_seeds_carry_n_interval_and_each_seed(model, task):
         adapt.paired_runs({"a": dict(none, correct=None), "b": none}, "a", "b")
     with pytest.raises(ValueError, match="the same seeds"):
         adapt.paired_runs({"a": [seeds[0], seeds[1]], "b": list(seeds.values())}, "a", "b")
+
+
+def test_stable_rank_qlora_takes_its_ranks_from_the_quantized_weights(model, task):
+    from workbench.modules import HEAD
+    from workbench.quant import quantize_model
+
+    qmodel, _ = quantize_model(model, {adapt.TARGETS: QuantConfig(bits=2, group_size=16)}, skip=HEAD, progress=False)
+    for inverse in (False, True):
+        tuned, rec = adapt.stable_rank_qlora(model, task, bits=2, group_size=16, r=2, inverse=inverse, steps=3)
+        assert rec["method"] == "stable_rank_qlora" and rec["bits"] == 2 and rec["inverse"] is inverse
+        assert rec["ranks"] == adapt.stable_rank_ranks(qmodel, r=2, inverse=inverse)     # the quantized spectra
+        base = {n: m.base_layer.weight for n, m in tuned.named_modules() if hasattr(m, "base_layer")}
+        assert base and all(torch.equal(w, dict(linear_modules(qmodel))[n.removeprefix("base_model.model.")].weight)
+                            for n, w in base.items())                                  # frozen, quantized, bit-identical

@@ -29,6 +29,7 @@ resumable sweep (workbench.experiments), its records committable as a snapshot.
     stable_rank_lora   LoRA whose rank per module follows the stable rank of its weight, at the
                        parameter count of uniform LoRA (modules whose share rounds to 0 rank are
                        not tuned); time-aware: the adapters join after `start` head-only steps
+    stable_rank_qlora  the same on an RTN-quantized model, ranks from the quantized weights
     l1_ticket          fine-tuning with an L1 penalty on W - W0 (proximal steps, so the change
                        is exactly sparse); the ticket is the largest changes, kept alone
     dsee               sparse + low-rank update: LoRA plus a sparse delta on the weights that
@@ -350,7 +351,7 @@ def stable_rank_ranks(model: nn.Module, r: int = 8, targets: str = TARGETS, inve
 
 def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS, inverse: bool = False,
                      start: int = 0, steps: int = 100, lr: float = 1e-3, batch_size: int = 16, seed: int = 0,
-                     head_lr: float = HEAD_LR):
+                     head_lr: float = HEAD_LR, _method: str = "stable_rank_lora", _extra: dict | None = None):
     """LoRA with ranks from `stable_rank_ranks` (the same parameter count as uniform rank r, up to
     rounding); the record adds the ranks chosen. Time-aware (`start` > 0): for the first `start`
     of the `steps`, only the task head trains (at head_lr); the adapters join afterwards, so
@@ -376,8 +377,21 @@ def stable_rank_lora(model: nn.Module, task, r: int = 8, targets: str = TARGETS,
         for p in adapters:
             p.requires_grad_(True)
     losses += train(tuned, task, steps=steps - start, lr=lr, batch_size=batch_size, seed=seed + start, head_lr=head_lr)
-    return tuned, _record("stable_rank_lora", model, tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
-                          modules=len(ranks), inverse=inverse, start=start)
+    return tuned, _record(_method, model, tuned, task, losses, t0, trainable, head, r=r, ranks=ranks,
+                          modules=len(ranks), inverse=inverse, start=start, **(_extra or {}))
+
+
+def stable_rank_qlora(model: nn.Module, task, bits: int = 4, group_size: int = 128, r: int = 8, targets: str = TARGETS,
+                      inverse: bool = False, start: int = 0, steps: int = 100, lr: float = 1e-3, batch_size: int = 16,
+                      seed: int = 0, head_lr: float = HEAD_LR):
+    """Stable-rank-calibrated LoRA on a quantized model: RTN-quantize the targets as `qlora` does,
+    then `stable_rank_lora` on top, its ranks from the stable ranks of the *quantized* weights
+    (what the adapters correct), or of their inverse (`inverse=True`: more rank where the
+    spectrum is concentrated). The record adds bits and the mean relative weight error."""
+    qmodel, report = _quantized(model, targets, bits, group_size)
+    return stable_rank_lora(qmodel, task, r=r, targets=targets, inverse=inverse, start=start, steps=steps, lr=lr,
+                            batch_size=batch_size, seed=seed, head_lr=head_lr, _method="stable_rank_qlora",
+                            _extra=dict(bits=bits, rel_weight_error=report.rel_weight_error.mean()))
 
 
 def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.01, targets: str = TARGETS,
@@ -591,4 +605,4 @@ def comparisons(records: dict, pairs: list[tuple[str, str]], confidence: float =
 
 
 METHODS = {f.__name__: f for f in (unadapted, head_only, full_finetune, lora, qlora, prequant, alphatuning, stable_rank_lora,
-                                   l1_ticket, dsee)}
+                                   stable_rank_qlora, l1_ticket, dsee)}
