@@ -288,7 +288,7 @@ def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str 
     and `majority` (accuracies of guessing and of always answering the commonest label) are
     drawn as dotted lines."""
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    markers = dict(zip(results.method.unique(), "os^vDP*Xph"))
+    markers = dict(zip(results.method.unique(), "os^vDP*Xph<>8dH1"))
     bits = sorted(results.bits.unique(), reverse=True)
     colours = dict(zip(bits, sns.color_palette("viridis", len(bits))))
     labels = len(results) <= 12 if labels is None else labels

@@ -362,3 +362,18 @@ def test_stable_rank_qlora_takes_its_ranks_from_the_quantized_weights(model, tas
         base = {n: m.base_layer.weight for n, m in tuned.named_modules() if hasattr(m, "base_layer")}
         assert base and all(torch.equal(w, dict(linear_modules(qmodel))[n.removeprefix("base_model.model.")].weight)
                             for n, w in base.items())                                  # frozen, quantized, bit-identical
+
+
+def test_dominant_ticket_retrains_only_the_ticket_from_the_pretrained_weights(model, task):
+    tuned, rec = adapt.dominant_ticket(model, task, ticket=0.05, l1=0.5, find_steps=STEPS, find_lr=1e-3, steps=STEPS)
+    n = round(0.05 * adapt.target_params(model))
+    assert rec["method"] == "dominant_ticket" and len(rec["losses"]) == STEPS and rec["find_steps"] == STEPS
+    assert rec["ticket_weights"] == sum(rec["chosen"].values()) and n <= rec["ticket_weights"] <= n + 5    # ties aside
+    assert rec["trainable_params"] == rec["ticket_weights"] + rec["head_params"]
+    before, after = _targets(model), _targets(tuned)
+    moved = sum(int((after[k].weight != w.weight).sum()) for k, w in before.items())
+    assert 0 < moved <= rec["ticket_weights"]                      # only ticket entries left the pre-trained weights
+    found = adapt.l1_ticket(model, task, ticket=0.05, l1=0.5, steps=STEPS, lr=1e-3)[1]
+    assert rec["ticket_change_share"] == pytest.approx(found["ticket_change_share"])   # the same search found it
+    with pytest.raises(ValueError, match="budget must be positive"):
+        adapt.dominant_ticket(model, task, ticket=0, find_steps=1, steps=1)

@@ -32,6 +32,7 @@ resumable sweep (workbench.experiments), its records committable as a snapshot.
     stable_rank_qlora  the same on an RTN-quantized model, ranks from the quantized weights
     l1_ticket          fine-tuning with an L1 penalty on W - W0 (proximal steps, so the change
                        is exactly sparse); the ticket is the largest changes, kept alone
+    dominant_ticket    the same search, then only the ticket re-trained from the pre-trained weights
     dsee               sparse + low-rank update: LoRA plus a sparse delta on the weights that
                        the rank-r SVD of W explains worst; optionally prune the final weight
 
@@ -394,27 +395,16 @@ def stable_rank_qlora(model: nn.Module, task, bits: int = 4, group_size: int = 1
                             _extra=dict(bits=bits, rel_weight_error=report.rel_weight_error.mean()))
 
 
-def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.01, targets: str = TARGETS,
-              steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
-    """Dominant winning ticket: fine-tune the target weights (and the head) with an L1 penalty
-    l1 * sum |W - W0|, applied as a proximal step after each update (soft-thresholding of
-    W - W0 by lr * l1), so the change is exactly sparse. Adam moves a weight by about lr per step
-    whatever its gradient's scale, so l1 is in units of that step: 0.5 takes back half of a
-    typical step (only weights pushed the same way step after step keep moving), l1 >= 1 freezes
-    nearly everything. Then keep only the `ticket` largest
-    changes (a share or a count of the target weights) and reset the rest to W0. The record
-    adds changed_share (entries that moved at all), ticket_weights, ticket_change_share (the
-    ticket's share of sum |W - W0|), accuracy_full (before the reset) and accuracy (the ticket
-    alone)."""
-    t0 = time.perf_counter()
+def _l1_search(model: nn.Module, task, l1: float, targets: str, steps: int, lr: float, batch_size: int, seed: int,
+               head_lr: float):
+    """Fine-tune a copy of `model`'s target weights and head with the proximal L1 penalty of
+    `l1_ticket`. Returns (tuned, head params, target modules of tuned, W0 per module, losses, trainable)."""
     if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not math.isfinite(l1) or l1 < 0:
         raise ValueError(f"l1 must be a finite number >= 0, got {l1!r} (a NaN would switch the penalty off)")
     tuned = copy.deepcopy(model)
     head = _freeze_all_but_head(tuned)
     mods = _targets(tuned, targets)
     W0 = {n: m.weight.detach().clone() for n, m in mods.items()}
-    total = sum(w.numel() for w in W0.values())
-    n_ticket = _count(ticket, total, "weights")
     for m in mods.values():
         m.weight.requires_grad_(True)
     trainable = _trainable(tuned)
@@ -426,23 +416,83 @@ def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.0
 
     losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr,
                    after_step=prox if l1 > 0 else None)
+    return tuned, head, mods, W0, losses, trainable
+
+
+@torch.no_grad()
+def _ticket(deltas: dict[str, torch.Tensor], n_ticket: int) -> tuple[dict[str, torch.Tensor], int, float]:
+    """The `n_ticket` largest |changes| over all modules: (mask per module, entries that moved at
+    all, the ticket's share of sum |change|)."""
+    flat = torch.cat([d.abs().flatten() for d in deltas.values()])
+    changed = int((flat > 0).sum())
+    cut = flat.topk(n_ticket).values[-1]
+    masks = {n: d.abs() >= cut if cut > 0 else d != 0 for n, d in deltas.items()}
+    kept = sum(deltas[n].abs()[masks[n]].sum().item() for n in deltas)
+    share = kept / flat.sum().item() if flat.sum() > 0 else float("nan")
+    return masks, changed, share
+
+
+def l1_ticket(model: nn.Module, task, l1: float = 0.5, ticket: float | int = 0.01, targets: str = TARGETS,
+              steps: int = 100, lr: float = 5e-5, batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
+    """Dominant winning ticket, found: fine-tune the target weights (and the head) with an L1 penalty
+    l1 * sum |W - W0|, applied as a proximal step after each update (soft-thresholding of
+    W - W0 by lr * l1), so the change is exactly sparse. Adam moves a weight by about lr per step
+    whatever its gradient's scale, so l1 is in units of that step: 0.5 takes back half of a
+    typical step (only weights pushed the same way step after step keep moving), l1 >= 1 freezes
+    nearly everything. Then keep only the `ticket` largest
+    changes (a share or a count of the target weights) and reset the rest to W0. The record
+    adds changed_share (entries that moved at all), ticket_weights, ticket_change_share (the
+    ticket's share of sum |W - W0|), accuracy_full (before the reset) and accuracy (the ticket
+    alone). `dominant_ticket` re-trains the ticket instead, as the paper does."""
+    t0 = time.perf_counter()
+    n_ticket = _count(ticket, target_params(model, targets), "weights")             # a bad budget fails before training
+    tuned, head, mods, W0, losses, trainable = _l1_search(model, task, l1, targets, steps, lr, batch_size, seed, head_lr)
     accuracy_full = task.accuracy(tuned)
     with torch.no_grad():
-        deltas = {n: (m.weight - W0[n]) for n, m in mods.items()}
-        flat = torch.cat([d.abs().flatten() for d in deltas.values()])
-        changed = int((flat > 0).sum())
-        cut = flat.topk(n_ticket).values[-1]
-        kept = 0.0
+        masks, changed, share = _ticket({n: m.weight - W0[n] for n, m in mods.items()}, n_ticket)
         for n, m in mods.items():
-            keep = deltas[n].abs() >= cut if cut > 0 else deltas[n] != 0
-            m.weight.copy_(torch.where(keep, m.weight, W0[n]))
-            kept += deltas[n].abs()[keep].sum().item()
-        share = kept / flat.sum().item() if flat.sum() > 0 else float("nan")
+            m.weight.copy_(torch.where(masks[n], m.weight, W0[n]))
     for p in tuned.parameters():
         p.requires_grad_(False)
+    total = sum(w.numel() for w in W0.values())
     return tuned, _record("l1_ticket", model, tuned, task, losses, t0, trainable, head, l1=l1,
                           changed_share=changed / total, ticket_weights=n_ticket,
                           ticket_change_share=share, accuracy_full=accuracy_full)
+
+
+def dominant_ticket(model: nn.Module, task, ticket: float | int = 0.005, l1: float = 0.5, targets: str = TARGETS,
+                    find_steps: int = 100, find_lr: float = 5e-5, steps: int = 100, lr: float = 5e-4,
+                    batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
+    """Dominant winning ticket, found and re-trained: the L1 search of `l1_ticket` (`find_steps`
+    at `find_lr`) picks the `ticket` largest changes of the target weights; then, from the
+    pre-trained weights and the head as given (the lottery-ticket reset), only those entries and
+    the head train for `steps` at `lr` (gradient masks, as PreQuant trains its outliers; every
+    other weight stays bit-identical). The record's losses are the re-training's; it adds
+    ticket_weights, ticket_change_share, changed_share, find_steps and find_final_loss."""
+    t0 = time.perf_counter()
+    total = target_params(model, targets)
+    n_ticket = _count(ticket, total, "weights")                                      # a bad budget fails before training
+    found, _, mods, W0, find_losses, _ = _l1_search(model, task, l1, targets, find_steps, find_lr, batch_size, seed,
+                                                    head_lr)
+    with torch.no_grad():
+        masks, changed, share = _ticket({n: m.weight - W0[n] for n, m in mods.items()}, n_ticket)
+    del found
+    tuned = copy.deepcopy(model)
+    head = _freeze_all_but_head(tuned)
+    modules = _targets(tuned, targets)
+    handles = _mask_gradients([(modules[n].weight, m) for n, m in masks.items() if m.any()])
+    trainable = head + sum(int(m.sum()) for m in masks.values())
+    try:
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
+    finally:
+        for h in handles:
+            h.remove()
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    return tuned, _record("dominant_ticket", model, tuned, task, losses, t0, trainable, head, l1=l1,
+                          changed_share=changed / total, ticket_weights=trainable - head, ticket_change_share=share,
+                          find_steps=find_steps, find_final_loss=find_losses[-1] if find_losses else float("nan"),
+                          chosen={n: int(m.sum()) for n, m in masks.items()})
 
 
 def dsee(model: nn.Module, task, r: int = 4, budget: float | int = 0.005, final_sparsity: float | None = None,
@@ -605,4 +655,4 @@ def comparisons(records: dict, pairs: list[tuple[str, str]], confidence: float =
 
 
 METHODS = {f.__name__: f for f in (unadapted, head_only, full_finetune, lora, qlora, prequant, alphatuning, stable_rank_lora,
-                                   stable_rank_qlora, l1_ticket, dsee)}
+                                   stable_rank_qlora, l1_ticket, dominant_ticket, dsee)}
