@@ -311,11 +311,14 @@ def accuracy_vs_params(results: pd.DataFrame, x: str = "adapted_params", y: str 
                       for name, m in markers.items()]
     if baseline is not None:
         ax.axhline(baseline, color="gray", ls="--", lw=1)
-    for value, name, colour in ((chance, "chance", "tab:red"), (majority, "majority class", "tab:orange")):
+    lines = [(chance, "chance", "tab:red"), (majority, "majority class", "tab:orange")]
+    if chance is not None and majority is not None and abs(chance - majority) < 1e-9:   # one line, both names
+        lines = [(chance, "chance = majority class", "tab:red")]
+    for value, name, colour in lines:
         if value is not None:
             ax.axhline(value, color=colour, ls=":", lw=1)
-            ax.annotate(name, (1, value), xycoords=("axes fraction", "data"), xytext=(-2, 2),
-                        textcoords="offset points", ha="right", fontsize=7, color=colour)
+            ax.annotate(name, (0, value), xycoords=("axes fraction", "data"), xytext=(4, 2),
+                        textcoords="offset points", ha="left", fontsize=7, color=colour)
     ax.set(xscale="log", xlabel=f"{x} (log)", ylabel=y, title=title)
     widths = ax.legend(handles=width_handles, fontsize=8, loc="lower right")
     ax.add_artist(widths)
