@@ -229,7 +229,8 @@ bb_tests
 # Pick a method, a bit width and a budget: the run's training curve (a dashed line where the time-aware adapters join) and what it trained (per-module weights for PreQuant, ranks for stable-rank LoRA, the ticket's or the pruning's numbers otherwise). Seed 0's runs. Live in JupyterLab; below, the first run.
 
 # %% tags=["nbval-ignore-output"]
-adaptation_explorer({label: recs[0] for label, recs in records.items()}, n_params=n_params)
+first_seed = {label: recs[0] for label, recs in records.items()}          # seed 0's run of each label
+adaptation_explorer(first_seed, n_params=n_params)
 
 # %% [markdown]
 # ## 5. The causal setting: win back an ability of a quantized LM

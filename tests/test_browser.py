@@ -25,7 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = "06_quantize_then_adapt.ipynb"
-EXPLORER_CALL = "adaptation_explorer(records"       # the source of the cell that shows the explorer
+EXPLORER_CALL = "adaptation_explorer(first_seed"       # the source of the cell that shows the explorer
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
 RUN_ALL_TIMEOUT_S = 15 * 60                          # generous: the CPU may be shared
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
