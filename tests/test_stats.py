@@ -228,3 +228,13 @@ def test_a_paired_test_reads_as_one_findings_cell():
          "p_value": 0.1234, "n": 180, "seeds": 3}
     assert paired_cell(t) == "QLoRA 0.70 vs LoRA 0.65: +0.05 [-0.01, +0.11], p=0.12, n=180 (3 seeds)"
     assert paired_cell({**t, "seeds": 1}, digits=3, unit=" nats") .endswith("+0.050 nats [-0.010, +0.110], p=0.12, n=180")
+
+
+def test_paired_outcomes_uses_mcnemar_for_outcomes_and_the_bootstrap_otherwise():
+    a, b = [1, 1, 1, 0, 1, 0, 1, 1], [0, 1, 0, 0, 1, 0, 0, 1]
+    t = stats.paired_outcomes(a, b)
+    assert t["test"] == "exact McNemar" and t["p_value"] == stats.mcnemar_test(a, b)["p_value"]
+    assert t["difference"] == pytest.approx(3 / 8) and t["low"] <= t["difference"] <= t["high"]
+    x = [0.5, 1.0, 0.25, 0.75]
+    u = stats.paired_outcomes(x, [0.0, 0.5, 0.25, 0.5])
+    assert u["test"] == "paired bootstrap" and u["p_value"] == stats.paired_bootstrap(x, [0.0, 0.5, 0.25, 0.5])["p_value"]

@@ -125,6 +125,18 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
     return {"n": len(d), "difference": est, "low": low, "high": high, "p_value": float(p)}
 
 
+def paired_outcomes(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+    """Two models' scores on the same items: the mean difference a - b with its paired bootstrap
+    interval, and the p-value of the exact McNemar test when every score is 0 or 1 (else the
+    bootstrap's). Returns {"n", "difference", "low", "high", "p_value", "test"}."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    boot = paired_bootstrap(x, y, confidence=confidence)
+    binary = set(x) | set(y) <= {0.0, 1.0}
+    p, test = (mcnemar_test(x, y)["p_value"], "exact McNemar") if binary else (boot["p_value"], "paired bootstrap")
+    return {"n": boot["n"], "difference": boot["difference"], "low": boot["low"], "high": boot["high"],
+            "p_value": p, "test": test}
+
+
 def _groups(groups, name: str) -> list[np.ndarray]:
     out = [np.asarray(g, dtype=float) for g in groups]
     if len(out) < 2 or any(g.ndim != 1 or len(g) < 1 or not np.isfinite(g).all() for g in out):
@@ -154,11 +166,8 @@ def seeds_bootstrap(groups: Sequence[Sequence[float]], confidence: float = 0.95,
     per_seed = [float(g.mean()) for g in gs]
     est = float(np.mean(per_seed))
     alpha = (1 - confidence) / 2
-    if not any(g.any() for g in gs) or all((g == gs[0][0]).all() for g in gs):
-        p = 1.0 if est == 0 else 2 / (n_resamples + 1)
-    else:
-        k_out = min((means <= 0).sum(), (means >= 0).sum())
-        p = min(1.0, 2 * (k_out + 1) / (n_resamples + 1))
+    k_out = min((means <= 0).sum(), (means >= 0).sum())
+    p = min(1.0, 2 * (k_out + 1) / (n_resamples + 1))
     return {"seeds": k, "n": int(sum(len(g) for g in gs)), "estimate": est, "low": float(np.quantile(means, alpha)),
             "high": float(np.quantile(means, 1 - alpha)), "p_value": float(p), "per_seed": per_seed}
 

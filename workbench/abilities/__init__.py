@@ -930,7 +930,7 @@ def paired_items(samples: pd.DataFrame, a: str, b: str, column: str, confidence:
     paired bootstrap of a - b over items, and with one draw (0/1 outcomes) the exact McNemar
     test. Returns {"column", "a", "b", "n", "a_score", "b_score", "difference", "low", "high",
     "p_value", "test"}."""
-    from workbench.stats import mcnemar_test, paired_bootstrap
+    from workbench.stats import paired_outcomes
 
     items = item_scores(samples)
     items = items[items.column == column]
@@ -947,11 +947,9 @@ def paired_items(samples: pd.DataFrame, a: str, b: str, column: str, confidence:
         raise ValueError(f"{a!r} and {b!r} scored the items of {column!r} over different exemplar draws "
                          f"({sorted(set(ia.seeds))} and {sorted(set(ib.seeds))}): a paired test needs the same prompts")
     x, y = pa[common].to_numpy(), pb[common].to_numpy()
-    boot = paired_bootstrap(x, y, confidence=confidence)
-    binary = set(x) | set(y) <= {0.0, 1.0}
-    p, test = (mcnemar_test(x, y)["p_value"], "exact McNemar") if binary else (boot["p_value"], "paired bootstrap")
+    t = paired_outcomes(x, y, confidence=confidence)
     return {"column": column, "a": a, "b": b, "n": len(common), "a_score": float(x.mean()), "b_score": float(y.mean()),
-            "difference": boot["difference"], "low": boot["low"], "high": boot["high"], "p_value": p, "test": test}
+            "difference": t["difference"], "low": t["low"], "high": t["high"], "p_value": t["p_value"], "test": t["test"]}
 
 
 def paired_costs(windows: pd.DataFrame, base: str, a: str, b: str, corpus: str, per_a: float = 1.0,

@@ -108,6 +108,21 @@ def _mask_gradients(params_masks: list[tuple[nn.Parameter, torch.Tensor]]) -> li
     return handles
 
 
+def _train_masked(tuned: nn.Module, modules: dict[str, nn.Module], masks: dict[str, torch.Tensor], task, steps: int,
+                  lr: float, batch_size: int, seed: int, head_lr: float) -> list[float]:
+    """Train the head and, of each module's weight, only the entries its mask selects (gradient
+    masks: every other entry stays bit-identical); then freeze everything. Returns the losses."""
+    handles = _mask_gradients([(modules[n].weight, m) for n, m in masks.items() if m.any()])
+    try:
+        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
+    finally:
+        for h in handles:
+            h.remove()
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    return losses
+
+
 def _record(method: str, model: nn.Module, tuned: nn.Module, task, losses: list[float], t0: float, trainable: int,
             head: int, **extra) -> dict:
     """The record of a run: `model` is the one the method was given (total_params counts it, not
@@ -272,15 +287,8 @@ def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budge
     with torch.no_grad():
         for name, mask in masks.items():
             modules[name].weight[mask] = weights[name].detach()[mask].to(modules[name].weight.dtype)
-    handles = _mask_gradients([(modules[n].weight, m) for n, m in masks.items() if m.any()])
+    losses = _train_masked(tuned, modules, masks, task, steps, lr, batch_size, seed, head_lr)
     trainable = head + sum(int(m.sum()) for m in masks.values())
-    try:
-        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
-    finally:
-        for h in handles:
-            h.remove()
-    for p in tuned.parameters():
-        p.requires_grad_(False)
     tuned.__dict__.pop("quant_state", None)                  # the outliers left the grid: not a packed model
     chosen = {n: int(m.sum()) for n, m in masks.items()}
     return tuned, _record("prequant", model, tuned, task, losses, t0, trainable, head, bits=bits, unit=unit,
@@ -480,15 +488,8 @@ def dominant_ticket(model: nn.Module, task, ticket: float | int = 0.005, l1: flo
     tuned = copy.deepcopy(model)
     head = _freeze_all_but_head(tuned)
     modules = _targets(tuned, targets)
-    handles = _mask_gradients([(modules[n].weight, m) for n, m in masks.items() if m.any()])
+    losses = _train_masked(tuned, modules, masks, task, steps, lr, batch_size, seed, head_lr)
     trainable = head + sum(int(m.sum()) for m in masks.values())
-    try:
-        losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
-    finally:
-        for h in handles:
-            h.remove()
-    for p in tuned.parameters():
-        p.requires_grad_(False)
     return tuned, _record("dominant_ticket", model, tuned, task, losses, t0, trainable, head, l1=l1,
                           changed_share=changed / total, ticket_weights=trainable - head, ticket_change_share=share,
                           find_steps=find_steps, find_final_loss=find_losses[-1] if find_losses else float("nan"),
@@ -617,7 +618,7 @@ def paired_runs(records: dict, a: str, b: str, confidence: float = 0.95) -> dict
     run without a seed, such as `unadapted`, is paired with each seed of the other); with one
     seed each, the exact McNemar test, its interval from the paired bootstrap. Returns {"a",
     "b", "seeds", "n", "a_score", "b_score", "difference" (a - b), "low", "high", "p_value", "test"}."""
-    from workbench.stats import mcnemar_test, paired_bootstrap, paired_seeds
+    from workbench.stats import paired_outcomes, paired_seeds
 
     for x in (a, b):
         if x not in records:
@@ -638,11 +639,9 @@ def paired_runs(records: dict, a: str, b: str, confidence: float = 0.95) -> dict
         return {"a": a, "b": b, "seeds": t["seeds"], "n": t["n"], "a_score": t["a_score"], "b_score": t["b_score"],
                 "difference": t["difference"], "low": t["low"], "high": t["high"], "p_value": t["p_value"],
                 "test": f"two-level bootstrap over {t['seeds']} seeds and their items"}
-    boot = paired_bootstrap(ca[0], cb[0], confidence=confidence)
-    mc = mcnemar_test(ca[0], cb[0])
-    return {"a": a, "b": b, "seeds": 1, "n": boot["n"], "a_score": sum(ca[0]) / len(ca[0]),
-            "b_score": sum(cb[0]) / len(cb[0]), "difference": boot["difference"], "low": boot["low"],
-            "high": boot["high"], "p_value": mc["p_value"], "test": "exact McNemar"}
+    t = paired_outcomes(ca[0], cb[0], confidence=confidence)
+    return {"a": a, "b": b, "seeds": 1, "n": t["n"], "a_score": sum(ca[0]) / len(ca[0]), "b_score": sum(cb[0]) / len(cb[0]),
+            "difference": t["difference"], "low": t["low"], "high": t["high"], "p_value": t["p_value"], "test": t["test"]}
 
 
 def comparisons(records: dict, pairs: list[tuple[str, str]], confidence: float = 0.95) -> "pd.DataFrame":
