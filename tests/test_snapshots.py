@@ -48,7 +48,7 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "quantizers_gguf_grid_botchan": lambda p: True,
     **{f"quantizers_{n}": _fixed_weights for n in ("method_bits", "method_bits_gptq", "bcq_init", "gptq_order",
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
-                                                  "zero_point", "mixed_precision")},
+                                                  "zero_point", "mixed_precision", "bcq_zero")},
     "outliers_retention": _fixed_weights,
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora")

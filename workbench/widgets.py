@@ -39,8 +39,8 @@ def quantize_one(w: torch.Tensor, method: str, bits: int, group_size: int,
     if cfg.method == "bcq":
         from workbench.quant.bcq import bcq_dequantize, bcq_fit
 
-        alpha, binary = bcq_fit(w, cfg)
-        return bcq_dequantize(alpha, binary, cfg.group_len(w.shape[1]))
+        alpha, binary, offset = bcq_fit(w, cfg)
+        return bcq_dequantize(alpha, binary, cfg.group_len(w.shape[1]), offset)
     if hessian is None:
         raise ValueError("GPTQ needs the layer's Hessian: pass hessians=collect_hessians(model, names, calibration)")
     from workbench.quant.gptq import gptq_quantize_weight

@@ -100,23 +100,33 @@ def test_outlier_masks_take_whole_rows_or_columns_within_the_budget(model, unit)
         assert torch.equal(m.any(dim=1) if unit == "row" else m.any(dim=0), lines)
 
 
-def test_alphatuning_changes_only_the_scales(model, task):
-    tuned, rec = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2)
+@pytest.mark.parametrize("offset", [True, False])
+def test_alphatuning_changes_only_the_scales(model, task, offset):
+    tuned, rec = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2, offset=offset)
     layers = {n: m for n, m in tuned.named_modules() if isinstance(m, BCQLinear)}
     assert set(layers) == set(_targets(model))
-    cfg = QuantConfig(bits=2, group_size=16, method="bcq", bcq_iters=3, bcq_init="uniform")
+    cfg = QuantConfig(bits=2, group_size=16, method="bcq", bcq_iters=3, bcq_init="uniform", bcq_offset=offset)
     changed = 0
     for name, layer in layers.items():
-        alpha0, binary0 = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
+        alpha0, binary0, offset0 = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
         assert torch.equal(layer.binary, binary0), name                     # binary planes identical
+        assert (layer.offset is None) if not offset else torch.equal(layer.offset, offset0)   # offsets frozen
         changed += int((layer.alpha.detach() != alpha0).sum())
     assert changed > 0
     assert rec["trainable_params"] == rec["head_params"] + sum(l.alpha.numel() for l in layers.values())
     assert rec["total_params"] == sum(p.numel() for p in model.parameters())   # the model given, not the BCQ one
-    first, _ = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2, first_scale_only=True)
+    assert rec["offset"] is offset
+    first, rec1 = adapt.alphatuning(model, task, bits=2, group_size=16, steps=STEPS, lr=1e-2, first_scale_only=True,
+                                    offset=offset)
+    n_first = 0
     for name, layer in ((n, m) for n, m in first.named_modules() if isinstance(m, BCQLinear)):
-        alpha0, _ = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
-        assert torch.equal(layer.alpha.detach()[1:], alpha0[1:])           # only alpha_1 trained
+        alpha0, _, _ = bcq_fit(model.get_submodule(name).weight.detach(), cfg)
+        largest = torch.zeros_like(alpha0, dtype=torch.bool).scatter_(0, alpha0.argmax(0, keepdim=True), True)
+        a = layer.alpha.detach()
+        assert torch.equal(a[~largest], alpha0[~largest])                  # only alpha_1, each group's largest, trained
+        assert not torch.equal(a[largest], alpha0[largest])
+        n_first += int(largest.sum())
+    assert rec1["trainable_params"] == rec1["head_params"] + n_first
 
 
 def test_qlora_leaves_the_quantized_base_untouched(model, task):

@@ -125,14 +125,16 @@ def test_save_load_mixed_spec(tiny_lm, tmp_path):
     assert meta["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
 
 
-def test_save_load_bcq(tiny_lm, tmp_path):
+@pytest.mark.parametrize("offset", [False, True])
+def test_save_load_bcq(tiny_lm, tmp_path, offset):
     bcq = pytest.importorskip("workbench.quant.bcq")
     model, _, _ = tiny_lm
-    spec = {r"self_attn": QuantConfig(method="bcq", bits=2, group_size=16),
+    spec = {r"self_attn": QuantConfig(method="bcq", bits=2, group_size=16, bcq_offset=offset),
             r"mlp": QuantConfig(bits=4, group_size=32)}
     qmodel, loaded, folder = _round_trip(model, spec, tmp_path)
     layer = loaded.get_submodule("model.layers.1.self_attn.o_proj")
     assert isinstance(layer, bcq.BCQLinear) and layer.alpha.requires_grad
+    assert (layer.offset is not None) == offset
     assert loaded.quant_state["model.layers.1.self_attn.o_proj"] == spec[r"self_attn"]
     sizes = packed_size(folder).set_index("module")
     assert sizes.loc["model.layers.1.self_attn.o_proj", "format"] == "bcq"

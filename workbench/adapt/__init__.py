@@ -297,26 +297,31 @@ def prequant(model: nn.Module, task, bits: int = 4, group_size: int = 128, budge
 
 
 def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, first_scale_only: bool = False,
-                bcq_iters: int = 3, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
+                offset: bool = True, bcq_iters: int = 3, targets: str = TARGETS, steps: int = 100, lr: float = 1e-3,
                 batch_size: int = 16, seed: int = 0, head_lr: float = HEAD_LR):
     """AlphaTuning: binary-coding quantization of the target modules (workbench.quant.bcq, `bits`
-    planes), then train only the scales alpha (with `first_scale_only`, only alpha_1, as in the
-    paper's cheapest variant); the binary planes never change."""
+    planes), then train only the scales alpha; the binary planes (and offsets) never change. With
+    `offset` (the default) the fit has a per-group offset and starts on RTN's grid, one of whose
+    levels is zero (`bcq_offset`; notebook 01: at 3 planes the plain fit's missing zero alone costs
+    perplexity 85 -> 6e4); `offset=False` is the paper's plain BCQ. With `first_scale_only`, only
+    α₁ trains: each group's largest scale (the paper's first greedy plane), its cheapest variant."""
     from workbench.quant.bcq import BCQLinear
 
     t0 = time.perf_counter()
     tuned, report = _quantized(model, targets, bits, group_size, method="bcq", bcq_iters=bcq_iters,
-                               bcq_init="uniform")
+                               bcq_init="uniform", bcq_offset=offset)
     head = _freeze_all_but_head(tuned)
     layers = [m for m in tuned.modules() if isinstance(m, BCQLinear)]
-    handles = []
+    handles, per_layer = [], []
     for layer in layers:
         layer.alpha.requires_grad_(True)
         if first_scale_only:
-            mask = torch.zeros_like(layer.alpha, dtype=torch.bool)
-            mask[0] = True
+            a = layer.alpha.detach()                                           # [q, out, G]
+            mask = torch.zeros_like(a, dtype=torch.bool).scatter_(0, a.argmax(0, keepdim=True), True)
             handles += _mask_gradients([(layer.alpha, mask)])
-    per_layer = [(l.alpha[:1] if first_scale_only else l.alpha).numel() for l in layers]
+            per_layer.append(int(mask.sum()))
+        else:
+            per_layer.append(layer.alpha.numel())
     trainable = head + sum(per_layer)
     try:
         losses = train(tuned, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, head_lr=head_lr)
@@ -324,7 +329,8 @@ def alphatuning(model: nn.Module, task, bits: int = 3, group_size: int = 128, fi
         for h in handles:
             h.remove()
     return tuned, _record("alphatuning", model, tuned, task, losses, t0, trainable, head, bits=bits,
-                          first_scale_only=first_scale_only, rel_weight_error=report.rel_weight_error.mean())
+                          first_scale_only=first_scale_only, offset=offset,
+                          rel_weight_error=report.rel_weight_error.mean())
 
 
 def lora_params(model: nn.Module, r: int = 8, targets: str = TARGETS) -> int:

@@ -21,7 +21,8 @@ A checkpoint folder holds:
                                M.outlier_index int32 flat indices, M.outlier_value in the
                                         weight's dtype (only with outliers)
                              per BCQ module: M.binary (the q planes ±1 packed at 1 bit each,
-                             +1 -> 1) and M.alpha [q, out, n_groups] at scale_dtype
+                             +1 -> 1), M.alpha [q, out, n_groups] at scale_dtype and, with
+                             bcq_offset, M.offset [out, n_groups] at scale_dtype
     unquantized.safetensors  every other tensor of the state dict (embeddings, norms, biases),
                              unchanged, each stored once (tied weights are recorded as aliases);
                              not named model.safetensors, so that from_pretrained refuses the
@@ -340,7 +341,10 @@ def _pack_bcq(name: str, module: nn.Module, cfg: QuantConfig) -> tuple[dict, dic
         raise ValueError(f"{name}: BCQ binary planes must hold only -1 and +1")
     t = {f"{name}.binary": pack_bits((binary > 0).to(torch.uint8), 1),
          f"{name}.alpha": _compact(alpha, cfg.scale_dtype)}
-    meta = dict(format="bcq", config=cfg.to_json(), shape=list(binary.shape[1:]),
+    offset = getattr(module, "offset", None)
+    if offset is not None:
+        t[f"{name}.offset"] = _compact(offset.detach().cpu(), cfg.scale_dtype)
+    meta = dict(format="bcq", config=cfg.to_json(), shape=list(binary.shape[1:]), offset=offset is not None,
                 planes=binary.shape[0], n_groups=alpha.shape[2], group_size=module.group_size,
                 dtype=_dtype_name(alpha.dtype), binary_dtype=_dtype_name(binary.dtype), tensors=list(t))
     return t, meta
@@ -504,11 +508,14 @@ def load_quantized(folder: str | os.PathLike, model: nn.Module | None = None) ->
             binary = unpack_bits(qt[f"{name}.binary"], 1, q * out * cols).view(q, out, cols)
             binary = (binary.to(torch.int8) * 2 - 1).to(getattr(torch, m["binary_dtype"]))
             alpha = qt[f"{name}.alpha"].to(getattr(torch, m["dtype"]))
+            offset = qt[f"{name}.offset"].float() if m.get("offset") else None
             linear = model.get_submodule(name)
-            layer = BCQLinear(alpha, binary, m["group_size"], getattr(linear, "bias", None))
+            layer = BCQLinear(alpha, binary, m["group_size"], getattr(linear, "bias", None), offset)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, layer)
             sd[f"{name}.alpha"], sd[f"{name}.binary"] = alpha, binary
+            if offset is not None:
+                sd[f"{name}.offset"] = offset
             quant_state[name] = QuantConfig.from_json(m["config"])
         else:
             raise ValueError(f"{folder}: module {name} has unknown format {m['format']!r}")
@@ -532,7 +539,7 @@ def _ideal_bytes(m: dict) -> int:
     out, cols = m["shape"]
     n_params, s = out * m["n_groups"], _nbytes(cfg.scale_dtype)
     if m["format"] == "bcq":
-        return math.ceil(m["planes"] * out * cols / 8) + m["planes"] * n_params * s
+        return math.ceil(m["planes"] * out * cols / 8) + (m["planes"] + bool(m.get("offset"))) * n_params * s
     zero = 0 if cfg.symmetric else (math.ceil(n_params * cfg.bits / 8) if cfg.round_zero else n_params * s)
     outliers = m["n_outliers"] * (torch.iinfo(INDEX_DTYPE).bits // 8 + _nbytes(m["dtype"]))
     return math.ceil(out * cols * cfg.bits / 8) + n_params * s + zero + outliers
@@ -556,7 +563,7 @@ def packed_size(folder: str | os.PathLike) -> pd.DataFrame:
     ideal_bytes, stored_bytes (the module's tensors in quantized.safetensors), overhead
     (stored / ideal - 1). Ideal, uniform: ceil(n*bits/8) codes + out*G scales at scale_dtype +
     zeros (ceil(out*G*bits/8) when integer, out*G at scale_dtype when real, none when symmetric)
-    + outliers at 4 + bytes(weight dtype) each; BCQ: ceil(q*n/8) + q*out*G at scale_dtype.
+    + outliers at 4 + bytes(weight dtype) each; BCQ: ceil(q*n/8) + q*out*G (+ out*G offsets) at scale_dtype.
     `df.attrs` holds the whole-file comparison: file_bytes (quantized.safetensors on disk, its
     JSON header included), ideal_bytes (sum over modules), file_overhead, header_bytes.
     """
