@@ -67,3 +67,18 @@ def test_installer_tools_are_pinned_and_installed_at_their_pins():
     for tool in ("pip", "setuptools", "wheel"):
         assert tool in pins, f"{tool} is not pinned in constraints.txt"
         assert version(tool) == pins[tool], f"{tool} {version(tool)} installed, {pins[tool]} pinned: run `make setup`"
+
+
+def test_a_non_editable_install_ships_every_subpackage():
+    """pyproject's package list must cover every package folder of workbench (a plain `pip install .`
+    once shipped workbench/ without quant/, adapt/ and abilities/)."""
+    import fnmatch
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    include = cfg.get("packages", {}).get("find", {}).get("include") if isinstance(cfg.get("packages"), dict) \
+        else cfg.get("packages")
+    assert include, "pyproject.toml lists no packages"
+    packages = sorted(".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "workbench").rglob("__init__.py"))
+    assert len(packages) > 1
+    missing = [p for p in packages if not any(fnmatch.fnmatchcase(p, pat) for pat in include)]
+    assert not missing, f"not shipped by a non-editable install: {missing}"
