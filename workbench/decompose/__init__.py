@@ -11,3 +11,6 @@
 
 from workbench.decompose.mpo import (MPOLinear, bond_dims, central_index, factorize, full_bond_dims,
                                      mpo_contract, mpo_decompose, mpo_params, truncation_table)
+
+__all__ = ["MPOLinear", "bond_dims", "central_index", "factorize", "full_bond_dims", "mpo_contract", "mpo_decompose",
+           "mpo_params", "truncation_table"]
