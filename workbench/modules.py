@@ -38,6 +38,10 @@ _COMPONENTS = [
 LM_HEAD = r"(^|\.)(lm_head|embed_out)$"                       # a language model's output layer: quantize_model skips it
 TASK_HEAD = r"(^|\.)(classifier|score)(\.|$)"                 # a freshly initialized task head (module or parameter)
 HEAD = r"(^|\.)(classifier|score|lm_head|embed_out)(\.|$)"    # either: never an adapter target, never quantized by adapt
+# A model's components, for sensitivity analyses and bit budgets: name -> regex over linear-module
+# names ("embeddings": the token embedding and the output head, quantized with `quantize_embeddings`).
+COMPONENT_GROUPS = {"attention": r"self_attn|attention\.", "ffn": r"mlp|intermediate\.dense|(?<!attention\.)output\.dense",
+                    "embeddings": None}
 
 
 def is_task_head(name: str) -> bool:

@@ -70,10 +70,7 @@ HUB_SUITES = {"icl": ("mmlu", "bbh_fewshot"), "cot": ("gsm8k_cot", "gsm8k", "bbh
 ABILITY_PROTOCOL = 2
 # The headline metric of a task: the first of these it reports.
 PRIMARY_METRICS = ("prompt_level_strict_acc", "exact_match", "acc")
-# Components for the sensitivity analysis: name -> regex over linear-module names ("embeddings"
-# means the token embedding and the output head, quantized with `quantize_embeddings`).
-COMPONENT_GROUPS = {"attention": r"self_attn|attention\.", "ffn": r"mlp|intermediate\.dense|(?<!attention\.)output\.dense",
-                    "embeddings": None}
+from workbench.modules import COMPONENT_GROUPS  # noqa: E402,F401  (components for the sensitivity analysis)
 
 
 class AbilityResult(NamedTuple):

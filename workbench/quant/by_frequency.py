@@ -40,12 +40,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.modules import LM_HEAD, linear_modules
+from workbench.modules import COMPONENT_GROUPS, LM_HEAD, linear_modules
 from workbench.quant.grid import QuantConfig, QuantizedWeight, _check_weight
 from workbench.quant.rtn import RTNConfig, rtn_quantize_weight
 
 DEFAULT_CHOICES = (2, 3, 4, 8)               # widths a row (or a block) may take
-BLOCKS = ("embeddings", "attention", "ffn")  # the keys of workbench.abilities.COMPONENT_GROUPS
+BLOCKS = ("embeddings", "attention", "ffn")  # the keys of workbench.modules.COMPONENT_GROUPS
 GRID_SETTINGS = tuple(f.name for f in fields(QuantConfig) if f.name not in ("bits", "group_size", "method"))
 
 
@@ -400,15 +400,13 @@ def _scale_bytes(grid: dict) -> int:
 # ----------------------------------------------------------------------------- bits per block
 
 def _component_groups(groups: dict | None) -> dict:
-    from workbench.abilities import COMPONENT_GROUPS       # lazily: quant never needs abilities at import
-
     return COMPONENT_GROUPS if groups is None else groups
 
 
 def block_parameters(model: nn.Module,        # a causal LM
                      blocks=BLOCKS,           # block names: keys of `groups`
                      groups: dict | None = None,  # {block: module regex, None for the embeddings}; default
-                                              # workbench.abilities.COMPONENT_GROUPS
+                                              # workbench.modules.COMPONENT_GROUPS
                      ) -> dict[str, int]:
     """Weights in each block: {block: count}. "embeddings" (regex None) counts the input embedding
     and an untied output head (a tied head is the same matrix); another block counts the weights
