@@ -103,8 +103,9 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
     `name` (workbench.experiments, measure `perplexity_point`) per spec, stored with every
     window's NLL as it finishes and read back on the next call.
 
-    `specs` maps a label to a quantization spec (`QuantConfig` or {regex: config}) or to None
-    for the unquantized model. `record` is the ModelRecord from `load_model`, and `model` must be
+    `specs` maps a label to a quantization spec (`QuantConfig`, {regex: config}, or a component
+    spec {"linears": ..., "embeddings": QuantConfig or `FrequencyBits`}) or to None for the
+    unquantized model. `record` is the ModelRecord from `load_model`, and `model` must be
     what `load_model(record.name)` gives (other processes load that name). `calibration` (e.g.
     {"n_samples": 16, "seqlen": 512, "seed": 0}) is drawn from `corpus` with
     `workbench.data.calibration_batch` and handed to `quantize_model` (GPTQ and channel
@@ -155,13 +156,13 @@ def rerun_windows(point: dict, windows: list[int]) -> list[dict]:
     items in the record's format ({"window", "nll", "tokens"}), in window order."""
     from workbench.data import calibration_batch, evaluation_text
     from workbench.models import load_model
-    from workbench.quant import quantize_model, spec_from_json
+    from workbench.quant import quantize_for_spec, spec_from_json
 
     p = {**PERPLEXITY_DEFAULTS, **point}
     model, tokenizer, _ = load_model(p["model"])
     if p["spec"] is not None:
         calib = calibration_batch(tokenizer, **{"corpus": p["corpus"], **p["calibration"]}) if p["calibration"] else None
-        model, _ = quantize_model(model, spec_from_json(p["spec"]), calibration=calib, progress=False)
+        model, _ = quantize_for_spec(model, spec_from_json(p["spec"]), calibration=calib, tokenizer=tokenizer)
     seqs = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
     index = sorted(int(w) for w in windows)
     if index and not 0 <= index[0] <= index[-1] < len(seqs):
@@ -191,10 +192,12 @@ def perplexity_point(point: dict) -> dict:
     the quantization time. Run it with `defaults=PERPLEXITY_DEFAULTS`; the model is loaded once
     per process. For a local model folder pass `versions={"model": record.key}`, so that new
     weights make new keys."""
+    import pandas as pd
+
     from workbench.data import calibration_batch, evaluation_text
     from workbench.experiments import loaded
     from workbench.models import load_model
-    from workbench.quant import quantize_model, spec_from_json
+    from workbench.quant import quantize_for_spec, spec_from_json
 
     p = {**PERPLEXITY_DEFAULTS, **point}
     model, tokenizer, _ = loaded(("model", "causal-lm", p["model"]), lambda: load_model(p["model"]))
@@ -203,7 +206,9 @@ def perplexity_point(point: dict) -> dict:
     if p["spec"] is not None:
         calib = calibration_batch(tokenizer, **{"corpus": p["corpus"], **p["calibration"]}) if p["calibration"] else None
         t0 = time.perf_counter()
-        model, report = quantize_model(model, spec_from_json(p["spec"]), calibration=calib, progress=False)
+        model, report = quantize_for_spec(model, spec_from_json(p["spec"]), calibration=calib, tokenizer=tokenizer)
+        if report is None:                            # a component spec that quantizes nothing
+            report = pd.DataFrame({"rel_weight_error": []})
         quant = {"rel_weight_error": float(report.rel_weight_error.mean()),
                  "rel_output_error": float(report["rel_output_error"].mean()) if "rel_output_error" in report
                  else float("nan"),

@@ -149,7 +149,7 @@ def test_quantize_embeddings_by_frequency_on_the_tiny_lm(tiny_lm):
 
 
 def test_block_allocation_meets_the_budget_and_its_spec_quantizes(tiny_lm):
-    from workbench.abilities import quantize_for_spec
+    from workbench.quant import quantize_for_spec
 
     model = tiny_lm.model
     n = block_parameters(model)
@@ -175,3 +175,39 @@ def test_block_allocation_meets_the_budget_and_its_spec_quantizes(tiny_lm):
     assert block_spec({"ffn": 2})["linears"][r"self_attn|attention\."] is None
     with pytest.raises(ValueError, match="unknown block"):
         block_spec({"embedding": 2})
+
+
+def test_frequency_bits_is_a_sweep_spec_with_clear_errors():
+    from workbench.quant import FrequencyBits, spec_from_json, spec_to_json
+
+    spec = {"linears": {r"mlp": None}, "embeddings": FrequencyBits(avg_bits=2.5, rule="random", seed=3)}
+    data = spec_to_json(spec)
+    assert data["embeddings"]["by_frequency"]["rule"] == "random"
+    back = spec_from_json(data)
+    assert back["embeddings"] == spec["embeddings"] and spec_to_json(back) == data
+    with pytest.raises(ValueError, match="rule"):
+        FrequencyBits(rule="zipf")
+    with pytest.raises(ValueError, match="integer"):
+        FrequencyBits(avg_bits=2.5, rule="uniform")
+    with pytest.raises(ValueError, match="avg_bits"):
+        FrequencyBits(avg_bits=9)
+
+
+@pytest.mark.integration
+def test_quantize_for_spec_applies_frequency_bits_with_the_tokenizer(tiny_lm):
+    """Counts come from the corpus's calibration split; the rules keep the same size; no tokenizer is an error."""
+    from workbench.quant import FrequencyBits, quantize_for_spec
+
+    model, tokenizer, _ = tiny_lm
+    spec = {"linears": {}, "embeddings": FrequencyBits(avg_bits=3.0, choices=(2, 3, 4, 8))}
+    with pytest.raises(ValueError, match="tokenizer"):
+        quantize_for_spec(model, spec)
+    sizes = {}
+    for rule in ("frequency", "random", "uniform"):
+        s = {"linears": {}, "embeddings": FrequencyBits(avg_bits=3.0, rule=rule)}
+        q, report = quantize_for_spec(model, s, tokenizer=tokenizer)
+        assert q is not model and len(report) == 1 and 0 < report.rel_weight_error.iloc[0] < 1
+        assert not torch.equal(q.get_input_embeddings().weight, model.get_input_embeddings().weight)
+        sizes[rule] = report.ideal_bytes.iloc[0]
+        assert report.bits.iloc[0] <= 3.0
+    assert sizes["frequency"] == sizes["random"]

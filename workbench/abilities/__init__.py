@@ -71,6 +71,7 @@ ABILITY_PROTOCOL = 2
 # The headline metric of a task: the first of these it reports.
 PRIMARY_METRICS = ("prompt_level_strict_acc", "exact_match", "acc")
 from workbench.modules import COMPONENT_GROUPS  # noqa: E402,F401  (components for the sensitivity analysis)
+from workbench.quant.model import quantize_for_spec  # noqa: E402,F401  (applies a component spec; re-exported)
 
 
 class AbilityResult(NamedTuple):
@@ -540,27 +541,6 @@ def component_specs(bits: int = 2, method: str = "rtn", group_size: int = 128,
     return specs
 
 
-def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None = None,
-                      progress: bool = False) -> tuple[nn.Module, pd.DataFrame | None]:
-    """Apply a sweep spec to a copy of `model`: None (unchanged), a `quantize_model` spec, or a component spec."""
-    from workbench.quant import quantize_embeddings, quantize_model
-
-    if spec is None:
-        return model, None
-    if isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}:
-        linears = {rx: c for rx, c in spec["linears"].items() if c is not None}
-        reports = []
-        qmodel = model
-        if linears:
-            qmodel, rep = quantize_model(model, linears, calibration=calibration, progress=progress)
-            reports.append(rep)
-        if spec["embeddings"] is not None:
-            qmodel, rep = quantize_embeddings(qmodel, spec["embeddings"], inplace=qmodel is not model)
-            reports.append(rep)
-        return qmodel, (pd.concat(reports, ignore_index=True) if reports else None)
-    return quantize_model(model, spec, calibration=calibration, progress=progress)
-
-
 def _configs(spec) -> list:
     if isinstance(spec, dict) and "linears" in spec:
         return [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
@@ -611,7 +591,7 @@ def _point_model(p: dict):
 
     model, tokenizer, _ = loaded(("model", "causal-lm", p["model"]), lambda: load_model(p["model"]))
     calib = calibration_batch(tokenizer, **p["calibration"]) if p["calibration"] else None
-    qmodel, _ = quantize_for_spec(model, spec_from_json(p["spec"]), calib)
+    qmodel, _ = quantize_for_spec(model, spec_from_json(p["spec"]), calib, tokenizer=tokenizer)
     lora = None
     if p["lora"]:
         from workbench.adapt import lora as train_lora

@@ -9,10 +9,14 @@
                  choose_qparams, quantize, dequantize, QuantizedWeight, relative_output_error
     rtn.py       RTNConfig; round-to-nearest, with full-precision outliers (by weight or input channel)
     gptq.py      GPTQConfig; GPTQ (Frantar et al. 2023), block by block, act-order, static groups
-    bcq.py       BCQConfig; binary-coding quantization (AlphaTuning's format) and BCQLinear
+    bcq.py       BCQConfig; binary-coding quantization (AlphaTuning's format, optionally with an
+                 offset per group) and BCQLinear
+    by_frequency.py  per-word bits for the token embedding (FrequencyBits, a spec's "embeddings"
+                 entry) and bits per block under a size budget
     registry.py  method name -> (config class, handler); `register_method` adds one
     model.py     resolve_spec, quantize_model (one loop over the registry), quantize_embeddings,
-                 spec_to_json / spec_from_json (a spec as a sweep point's plain data)
+                 quantize_for_spec (component specs), spec_to_json / spec_from_json (a spec as a
+                 sweep point's plain data)
     packing.py   bit-packed checkpoints: save_quantized, load_quantized, packed_size
     compare.py   the same grid through hqq, quanto and torchao (imported on its own: optional deps)
 
@@ -25,11 +29,12 @@ from workbench.quant.registry import METHODS, QuantMethod, register_method
 from workbench.quant.rtn import RTNConfig, as_rtn, fake_quantize, outlier_mask, rtn_quantize_weight
 from workbench.quant.gptq import GPTQConfig
 from workbench.quant.bcq import BCQConfig
-from workbench.quant.model import (DEFAULT_SKIP, Spec, quantize_embeddings, quantize_model, resolve_spec,
-                                   spec_from_json, spec_to_json)
+from workbench.quant.by_frequency import FrequencyBits
+from workbench.quant.model import (DEFAULT_SKIP, Spec, quantize_embeddings, quantize_for_spec, quantize_model,
+                                   resolve_spec, spec_from_json, spec_to_json)
 from workbench.quant.packing import load_quantized, packed_size, save_quantized
 
 __all__ = ["QuantConfig", "QuantizedWeight", "choose_qparams", "dequantize", "quantize", "relative_output_error",
            "METHODS", "QuantMethod", "register_method", "RTNConfig", "GPTQConfig", "BCQConfig", "as_rtn", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
-           "DEFAULT_SKIP", "Spec", "quantize_embeddings", "quantize_model", "resolve_spec", "spec_from_json", "spec_to_json",
+           "FrequencyBits", "DEFAULT_SKIP", "Spec", "quantize_embeddings", "quantize_for_spec", "quantize_model", "resolve_spec", "spec_from_json", "spec_to_json",
            "load_quantized", "packed_size", "save_quantized"]

@@ -9,7 +9,8 @@
     control, _ = quantize_embeddings_by_frequency(model, freq, row_bits=random_row_bits(freq, row_bits, seed=0))
     packed_row_bits_size(row_bits, dim=576, group_size=128)          # ideal bytes of the mixed-width table
     alloc = allocate_block_bits(model, budget_bits=3.0)              # {"embeddings": 3, "attention": 3, "ffn": 3}
-    qmodel, report = quantize_for_spec(model, block_spec(alloc))     # workbench.abilities' component spec
+    qmodel, report = quantize_for_spec(model, block_spec(alloc))     # workbench.quant's component spec
+    spec = {"linears": {}, "embeddings": FrequencyBits(avg_bits=3.0)}  # a sweep spec: perplexity_sweep takes it
 
 After Chung et al., "Extremely Low Bit Transformer Quantization for On-Device Neural Machine
 Translation" (Findings of EMNLP 2020): inside the embedding block each word contributes very
@@ -33,7 +34,7 @@ import copy
 import itertools
 import math
 import re
-from dataclasses import fields
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import pandas as pd
@@ -397,6 +398,71 @@ def _scale_bytes(grid: dict) -> int:
     return {"float16": 2, "bfloat16": 2, "float32": 4}[grid.get("scale_dtype", "float16")]
 
 
+# ----------------------------------------------------------------------------- as a sweep spec
+
+FREQUENCY_RULES = ("frequency", "random", "uniform")
+
+
+@dataclass(frozen=True)
+class FrequencyBits:
+    """The token embedding quantized row by row: the "embeddings" entry of a component spec
+    ({"linears": {...}, "embeddings": FrequencyBits(...)}), stored in a sweep point by
+    `spec_to_json` and applied by `workbench.quant.quantize_for_spec` (which needs the tokenizer
+    to count the tokens). Every field keys the point."""
+
+    avg_bits: float = 3.0              # mean bits per embedding row (the size budget)
+    rule: str = "frequency"            # "frequency": allocate_row_bits; "random": the same widths shuffled
+                                       # over the rows (random_row_bits, the same size); "uniform": every row
+                                       # at avg_bits (an integer)
+    choices: tuple = DEFAULT_CHOICES   # the widths a row may take
+    corpus: str = "lee"                # token counts from this corpus's calibration split (never its evaluation split)
+    smoothing: float = 0.0             # added to every count before allocating (allocate_row_bits)
+    group_size: int = 128              # columns per group along a row
+    seed: int = 0                      # the random rule's permutation
+
+    def __post_init__(self):
+        if self.rule not in FREQUENCY_RULES:
+            raise ValueError(f"rule must be one of {FREQUENCY_RULES}, got {self.rule!r}")
+        object.__setattr__(self, "choices", _check_choices(self.choices))
+        if self.rule == "uniform":
+            uniform_row_bits(1, self.avg_bits)                 # its clear error for a non-integer width
+        else:
+            _check_avg(self.avg_bits, self.choices)
+
+    def to_json(self) -> dict:
+        return {"by_frequency": {**asdict(self), "choices": list(self.choices)}}
+
+    @staticmethod
+    def from_json(obj: dict) -> "FrequencyBits":
+        return FrequencyBits(**{**obj["by_frequency"], "choices": tuple(obj["by_frequency"]["choices"])})
+
+
+def apply_frequency_bits(model: nn.Module, tokenizer, spec: FrequencyBits,
+                         inplace: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+    """Quantize `model`'s token embedding (and a tied head with it) as `spec` says: count the
+    tokens of spec.corpus's calibration split, choose each row's width by spec.rule, RTN each row.
+    Returns the model and a one-row report (module, method "rtn by frequency", bits = the mean
+    width, rel_weight_error, freq_weighted_error, ideal_bytes, tied), the form quantize_for_spec
+    concatenates with the linear layers' report."""
+    from workbench.data import calibration_text
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    freq = token_frequencies(tokenizer, [calibration_text(spec.corpus)], vocab)
+    if spec.rule == "uniform":
+        row_bits = uniform_row_bits(vocab, spec.avg_bits)
+    else:
+        row_bits = allocate_row_bits(freq, spec.avg_bits, spec.choices, spec.smoothing)
+        if spec.rule == "random":
+            row_bits = random_row_bits(freq, row_bits, seed=spec.seed)
+    qmodel, report = quantize_embeddings_by_frequency(model, freq, row_bits=row_bits, group_size=spec.group_size,
+                                                      inplace=inplace)
+    a = report.attrs
+    return qmodel, pd.DataFrame([{"module": "embeddings (by frequency)", "method": f"rtn by {spec.rule}",
+                                  "bits": a["mean_bits"], "rel_weight_error": a["rel_error"],
+                                  "freq_weighted_error": a["freq_weighted_error"], "ideal_bytes": a["ideal_bytes"],
+                                  "tied": a["tied"]}])
+
+
 # ----------------------------------------------------------------------------- bits per block
 
 def _component_groups(groups: dict | None) -> dict:
@@ -489,7 +555,7 @@ def block_spec(allocation: dict[str, int | None],  # {block: bits or None (left 
                ) -> dict:
     """A block allocation as the component spec of `workbench.abilities.component_specs`:
     {"linears": {regex: QuantConfig or None}, "embeddings": QuantConfig or None}, which
-    `workbench.abilities.quantize_for_spec` applies and `spec_to_json` stores; its "linears" part
+    `workbench.quant.quantize_for_spec` applies and `spec_to_json` stores; its "linears" part
     alone (None entries dropped) is a `quantize_model` spec. The embeddings are quantized with RTN
     (`quantize_embeddings` turns another method into RTN). Blocks left out of `allocation` stay
     in full precision."""

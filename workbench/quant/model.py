@@ -24,6 +24,7 @@ from torch import nn
 
 from workbench.modules import LM_HEAD, linear_modules, module_info, select_modules, to_linear
 from workbench.quant import bcq, gptq, rtn  # noqa: F401  (each registers its method)
+from workbench.quant.by_frequency import FrequencyBits, apply_frequency_bits
 from workbench.quant.gptq import collect_hessians
 from workbench.quant.grid import QuantConfig, relative_output_error
 from workbench.quant.registry import METHODS
@@ -71,10 +72,10 @@ def spec_to_json(spec) -> dict | None:
     """A spec as plain data for a sweep point: None (unquantized); a QuantConfig as
     `QuantConfig.to_json()`; {regex: config or None} as {"patterns": [[regex, config or None], ...]}
     (order kept: the first match wins); the component spec of `workbench.abilities.component_specs`
-    ({"linears": {...}, "embeddings": config or None}) with its linears in the same form."""
+    ({"linears": {...}, "embeddings": config, FrequencyBits or None}) with its linears in the same form."""
     if spec is None:
         return None
-    if isinstance(spec, QuantConfig):
+    if isinstance(spec, (QuantConfig, FrequencyBits)):
         return spec.to_json()
     if isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}:
         return {"linears": spec_to_json(spec["linears"])["patterns"], "embeddings": spec_to_json(spec["embeddings"])}
@@ -91,7 +92,37 @@ def spec_from_json(obj: dict | None):
         return {k: spec_from_json(v) for k, v in obj["patterns"]}
     if "linears" in obj:
         return {"linears": {k: spec_from_json(v) for k, v in obj["linears"]}, "embeddings": spec_from_json(obj["embeddings"])}
+    if "by_frequency" in obj:
+        return FrequencyBits.from_json(obj)
     return QuantConfig.from_json(obj)
+
+
+def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None = None, tokenizer=None,
+                      progress: bool = False) -> tuple[nn.Module, pd.DataFrame | None]:
+    """Apply a sweep spec to a copy of `model`: None (the model itself, unchanged), a
+    `quantize_model` spec, or a component spec {"linears": {regex: config or None}, "embeddings":
+    QuantConfig (`quantize_embeddings`), FrequencyBits (row widths by token frequency: needs
+    `tokenizer`) or None}. Returns (model, report: one row per quantized module, or None)."""
+    if spec is None:
+        return model, None
+    if not (isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}):
+        return quantize_model(model, spec, calibration=calibration, progress=progress)
+    linears = {rx: c for rx, c in spec["linears"].items() if c is not None}
+    reports, qmodel = [], model
+    if linears:
+        qmodel, rep = quantize_model(model, linears, calibration=calibration, progress=progress)
+        reports.append(rep)
+    emb = spec["embeddings"]
+    if isinstance(emb, FrequencyBits):
+        if tokenizer is None:
+            raise ValueError("an embeddings spec by token frequency needs the tokenizer to count tokens: "
+                             "quantize_for_spec(model, spec, tokenizer=tokenizer)")
+        qmodel, rep = apply_frequency_bits(qmodel, tokenizer, emb, inplace=qmodel is not model)
+        reports.append(rep)
+    elif emb is not None:
+        qmodel, rep = quantize_embeddings(qmodel, emb, inplace=qmodel is not model)
+        reports.append(rep)
+    return qmodel, (pd.concat(reports, ignore_index=True) if reports else None)
 
 
 @torch.no_grad()
