@@ -145,3 +145,27 @@ def test_accuracy_vs_params_joins_the_budgets_of_a_method():
     assert len(fig.axes[0].lines) == 2                                        # LoRA's two budgets + the baseline
     assert len(fig.axes[0].texts) == len(records)                             # each run labelled (<= 12 runs)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()][:3] == ["head_only", "lora", "prequant"]
+
+
+def test_frequency_bits_explorer_redraws_and_reports_a_bad_width(tiny_lm, capsys):
+    import matplotlib.pyplot as plt
+
+    from workbench.widgets import frequency_bits_explorer
+
+    model = tiny_lm.model
+    vocab = model.get_input_embeddings().weight.shape[0]
+    freq = torch.arange(vocab, 0, -1)                         # token 0 the most frequent
+    box = frequency_bits_explorer(model, freq, group_size=16)
+    avg, rule, smoothing = box.children[0].children
+    for r, expected in (("random", "random"), ("uniform", "uniform"), ("frequency", "frequency")):
+        plt.close("all")
+        rule.value = r
+        ax = plt.gcf().axes[0]
+        assert ax.get_title().startswith(expected) and "mean 3 bits" in ax.get_title()
+    plt.close("all")
+    avg.value = 4.0
+    widths = plt.gcf().axes[0].lines[0].get_ydata()            # by frequency rank: never rising
+    assert (widths[:-1] >= widths[1:]).all() and widths.max() > widths.min()
+    rule.value = "uniform"
+    avg.value = 2.5                                           # no uniform table at a fractional width
+    assert "integer width" in capsys.readouterr().out

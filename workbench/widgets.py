@@ -4,6 +4,7 @@
     quantizer_explorer(model, hessians=None)   # pick layer, component, bits, method
     outlier_explorer(model, act_channels)      # ... and see the outlier channels and their error share
     stable_rank_explorer(model, spectra_df)    # click a layer x component cell to see its spectrum
+    frequency_bits_explorer(model, freq)       # mean bits and rule -> each embedding row's width and the error
 
 Each explorer recomputes only the one matrix it shows, so it reacts in well under a second for
 RTN and in a second or two for GPTQ or BCQ on the default model.
@@ -324,3 +325,47 @@ def adaptation_explorer(records: dict, n_params: int | None = None):
     set_bits()
     show()
     return W.VBox([W.HBox([method, bits]), budget, plot, table])
+
+
+def frequency_bits_explorer(model, freq: torch.Tensor, group_size: int = 128, choices=(2, 3, 4, 8)):
+    """Pick a mean width and a rule (by frequency, the same widths at random, uniform) for the
+    token embedding: see each row's width against its token's frequency rank and what it costs
+    (plain and frequency-weighted relative error, ideal packed bytes). Recomputes the one matrix."""
+    from workbench.quant.by_frequency import (allocate_row_bits, frequency_rank, packed_row_bits_size,
+                                              quantize_rows, random_row_bits, relative_row_error, uniform_row_bits)
+
+    w = model.get_input_embeddings().weight.detach()
+    rank = frequency_rank(freq)
+    avg = W.FloatSlider(value=3.0, min=min(choices), max=max(choices), step=0.25, description="mean bits")
+    rule = W.Dropdown(options=["frequency", "random", "uniform"], value="frequency", description="rule")
+    smoothing = W.Dropdown(options=[0.0, 1.0], value=0.0, description="smoothing")
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            try:
+                if rule.value == "uniform":
+                    bits = uniform_row_bits(w.shape[0], avg.value)
+                else:
+                    bits = allocate_row_bits(freq, avg.value, choices, smoothing.value)
+                    if rule.value == "random":
+                        bits = random_row_bits(freq, bits, seed=0)
+            except ValueError as e:                # e.g. a uniform table at a fractional width
+                print(e)
+                return
+            w_hat, _ = quantize_rows(w, bits, group_size)
+            fig, ax = plt.subplots(figsize=(7, 3))
+            ax.plot(np.arange(len(rank)), bits[rank].numpy(), drawstyle="steps-post")
+            ax.set_xscale("symlog")
+            ax.set(xlabel="token, by calibration frequency (most frequent first)", ylabel="bits",
+                   title=f"{rule.value}: mean {bits.float().mean():.3g} bits; rel. error {relative_row_error(w, w_hat):.3g}, "
+                         f"frequency-weighted {relative_row_error(w, w_hat, freq.to(w.dtype)):.3g}; "
+                         f"{packed_row_bits_size(bits, w.shape[1], group_size) / 1e6:.2f} MB")
+            ax.title.set_fontsize(8)
+            plt.show()
+
+    for control in (avg, rule, smoothing):
+        control.observe(redraw, names="value")
+    redraw()
+    return W.VBox([W.HBox([avg, rule, smoothing]), out])
