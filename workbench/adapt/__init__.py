@@ -38,6 +38,14 @@ resumable sweep (workbench.experiments), its records committable as a snapshot.
     earlybert          EarlyBERT (adapt/slimming.py): slimming coefficients on every head and FFN
                        neuron under L1, the early-bird ticket by mask distance, then the really
                        smaller model trained; random_structured_ticket is its same-size control
+    mpop               MPOP (adapt/mpo_methods.py): truncate each target's MPO to max_bond, then
+                       train only the auxiliary tensors (central tensors frozen) and the head
+    opf                OPF: over-parameterize n matrices by a full-bond MPO of more factors, fine-tune
+                       in full, contract back (the original architecture); static or dynamic choice
+    mpobert            MPOBERT-style sharing: one central tensor per matrix type across layers,
+                       layer-specific auxiliary tensors, fine-tuned in full
+    mpoe               MPOE: each FFN a mixture of experts sharing central tensors, own auxiliaries,
+                       a router per layer; the central's updates scaled by central_grad_scale
 
 A budget is a share of the target weights (0 < budget < 1) or a count (an int >= 1); anything
 else, or more than the targets hold, is an error that says so.
@@ -573,6 +581,8 @@ def comparisons(records: dict, pairs: list[tuple[str, str]], confidence: float =
 
 
 from workbench.adapt.slimming import earlybert, random_structured_ticket  # noqa: E402  (it imports adapt.common only)
+from workbench.adapt.mpo_methods import mpobert, mpoe, mpop, opf  # noqa: E402  (it imports adapt.common only)
 
 METHODS = {f.__name__: f for f in (unadapted, head_only, full_finetune, lora, qlora, prequant, alphatuning, stable_rank_lora,
-                                   stable_rank_qlora, l1_ticket, dominant_ticket, dsee, earlybert, random_structured_ticket)}
+                                   stable_rank_qlora, l1_ticket, dominant_ticket, dsee, earlybert, random_structured_ticket,
+                                   mpop, opf, mpobert, mpoe)}
