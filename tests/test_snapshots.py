@@ -50,9 +50,11 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
                                                   "zero_point", "mixed_precision", "bcq_zero")},
     "outliers_retention": _fixed_weights,
+    "by_frequency_embeddings": lambda p: True,         # RTN rows by frequency: the same on any CPU
+    "by_frequency_blocks": lambda p: True,
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora")
-PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_")))
+PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
 
 
 def _measure(name):
