@@ -1,10 +1,12 @@
 """Benchmark of the quantize-then-adapt methods: wall time per method on the encoder task.
 
     python benchmarks/bench_adapt.py [--model minilm-l6] [--dataset polarity] [--steps 100]
-                                     [--batch-size 16] [--threads 2]        (or: make benchmark-adapt)
+                                     [--batch-size 16] [--threads 2] [--only mpo,opf,earlybert,ticket]
+                                                                            (or: make benchmark-adapt)
 
 Each method of workbench.adapt (default settings: 4-bit QLoRA/PreQuant, 3-bit AlphaTuning,
-rank 8 LoRA) fine-tunes the classifier on the fixed split of --dataset (a set of
+rank 8 LoRA; EarlyBERT's search and ticket training each --steps; the MPO methods at their
+defaults) fine-tunes the classifier on the fixed split of --dataset (a set of
 workbench.data.CLASSIFICATION_SETS) for --steps steps; the table
 gives wall time (quantization and the held-out accuracy included), steps/s, trainable
 parameters and held-out accuracy. Not a test.
@@ -23,6 +25,7 @@ def main():
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated substrings: run only the methods whose label has one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -45,7 +48,19 @@ def main():
         "stable-rank lora r8, start 1/3": lambda: adapt.stable_rank_lora(model, task, r=8, start=args.steps // 3, **kw),
         "l1 ticket 1%": lambda: adapt.l1_ticket(model, task, ticket=0.01, **kw),
         "dsee r4 + 0.5%": lambda: adapt.dsee(model, task, r=4, budget=0.005, **kw),
+        "earlybert 1/3 heads, 40% neurons": lambda: adapt.earlybert(model, task, search_steps=args.steps, **kw),
+        "random structured ticket": lambda: adapt.random_structured_ticket(model, task, **kw),
+        "mpop bond 64": lambda: adapt.mpop(model, task, max_bond=64, **kw),
+        "opf static, 6 matrices": lambda: adapt.opf(model, task, choice="static", **kw),
+        "opf dynamic, 6 matrices": lambda: adapt.opf(model, task, choice="dynamic", **kw),
+        "mpobert shared centrals": lambda: adapt.mpobert(model, task, **kw),
+        "mpoe 4 experts": lambda: adapt.mpoe(model, task, experts=4, **kw),
     }
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        methods = {label: run for label, run in methods.items() if any(k in label for k in keys)}
+        if not methods:
+            raise SystemExit(f"--only {args.only!r} matches no method")
     rows = []
     for label, run in methods.items():
         t0 = time.perf_counter()

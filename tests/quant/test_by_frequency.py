@@ -185,6 +185,9 @@ def test_frequency_bits_is_a_sweep_spec_with_clear_errors():
     assert data["embeddings"]["by_frequency"]["rule"] == "random"
     back = spec_from_json(data)
     assert back["embeddings"] == spec["embeddings"] and spec_to_json(back) == data
+    assert spec_to_json(FrequencyBits(avg_bits=3)) == spec_to_json(FrequencyBits(avg_bits=3.0))   # one sweep key
+    fb = FrequencyBits(avg_bits=2.5)
+    assert fb.bits == 2.5 and fb.method == "rtn" and not fb.needs_calibration    # what sweep tables read of a spec
     with pytest.raises(ValueError, match="rule"):
         FrequencyBits(rule="zipf")
     with pytest.raises(ValueError, match="integer"):

@@ -135,6 +135,9 @@ def test_save_load_bcq(tiny_lm, tmp_path, offset):
     layer = loaded.get_submodule("model.layers.1.self_attn.o_proj")
     assert isinstance(layer, bcq.BCQLinear) and layer.alpha.requires_grad
     assert (layer.offset is not None) == offset
+    from safetensors import safe_open
+    with safe_open(folder / packing.PLAIN_FILE, "pt") as f:                 # every tensor stored once
+        assert not [k for k in f.keys() if k.endswith((".offset", ".alpha", ".binary"))]
     assert loaded.quant_state["model.layers.1.self_attn.o_proj"] == spec[r"self_attn"]
     sizes = packed_size(folder).set_index("module")
     assert sizes.loc["model.layers.1.self_attn.o_proj", "format"] == "bcq"

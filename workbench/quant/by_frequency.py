@@ -420,7 +420,20 @@ class FrequencyBits:
     group_size: int = 128              # columns per group along a row
     seed: int = 0                      # the random rule's permutation
 
+    method = "rtn"                     # what quantizes each row (for sweep tables that read a spec's method)
+    needs_calibration = False          # counts come from the corpus's text, not from calibration activations
+
+    @property
+    def bits(self) -> float:
+        """The mean width, where a sweep table reads a spec's bits."""
+        return self.avg_bits
+
     def __post_init__(self):
+        for name in ("avg_bits", "smoothing"):                 # 3 and 3.0 must key the same sweep point
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         if self.rule not in FREQUENCY_RULES:
             raise ValueError(f"rule must be one of {FREQUENCY_RULES}, got {self.rule!r}")
         object.__setattr__(self, "choices", _check_choices(self.choices))

@@ -402,7 +402,7 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
             qkeys.add(f"{name}.weight")
         elif isinstance(entry, QuantConfig) and entry.method == "bcq":
             t, meta = _pack_bcq(name, modules[name], entry)
-            qkeys.update({f"{name}.alpha", f"{name}.binary"})
+            qkeys.update(t)                                    # alpha, binary and, with bcq_offset, the offset
         else:
             raise TypeError(f"quant_state[{name!r}] is a {type(entry).__name__}; expected a QuantizedWeight "
                             "or a QuantConfig(method='bcq')")
