@@ -6,32 +6,14 @@ import torch
 
 from workbench import adapt
 from workbench.quant.bcq import BCQLinear, bcq_fit
-from workbench.finetune import ClassificationTask, classification_task, train
+from workbench.finetune import classification_task, train
 from workbench.modules import linear_modules
 from workbench.quant import QuantConfig, fake_quantize
 
 STEPS = 12
 
 
-def _tiny_classifier(seed=0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(config).eval()
-
-
-def _tiny_task(n=96, length=12, seed=0):
-    """Label 1 iff token 7 occurs in the sentence: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(8, 64, (n, length), generator=g)
-    labels = torch.arange(n) % 2
-    pos = torch.randint(1, length, (n,), generator=g)
-    ids[labels == 1, pos[labels == 1]] = 7
-    ids[:, 0] = 2                                                     # [CLS]
-    mask = torch.ones_like(ids)
-    return ClassificationTask("tiny", ids[:64], mask[:64], labels[:64], ids[64:], mask[64:], labels[64:], 2)
+from tiny_models import tiny_classifier as _tiny_classifier, tiny_task as _tiny_task  # noqa: E402
 
 
 @pytest.fixture(scope="module")

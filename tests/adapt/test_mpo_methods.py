@@ -10,32 +10,17 @@ from torch import nn
 
 from workbench.adapt import mpo_methods as mm
 from workbench.decompose import MPOLinear, mpo_contract, mpo_decompose
-from workbench.finetune import ClassificationTask, train
+from workbench.finetune import train
 
-HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 2
+from tiny_models import HIDDEN, LAYERS  # noqa: E402  (the tiny classifier's sizes)
 N_TARGETS = 6 * LAYERS
 
 
-def _tiny_classifier(seed=0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-                        num_attention_heads=HEADS, max_position_embeddings=32, num_labels=2)
-    return BertForSequenceClassification(config).eval()
+from tiny_models import tiny_classifier as _tiny_classifier, tiny_task  # noqa: E402
 
 
 def _tiny_task(n=96, length=12, seed=0):
-    """Label 1 iff token 7 occurs in the sentence: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(8, 64, (n, length), generator=g)
-    labels = torch.arange(n) % 2
-    pos = torch.randint(1, length, (n,), generator=g)
-    ids[labels == 1, pos[labels == 1]] = 7
-    ids[:, 0] = 2                                                     # [CLS]
-    mask = torch.ones_like(ids)
-    mask[::3, -3:] = 0                                                # some padding, so the attention mask matters
-    return ClassificationTask("tiny", ids[:64], mask[:64], labels[:64], ids[64:], mask[64:], labels[64:], 2)
+    return tiny_task(n, length, seed, padding=True)
 
 
 @pytest.fixture(scope="module")
