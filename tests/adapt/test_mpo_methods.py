@@ -16,7 +16,7 @@ from tiny_models import HIDDEN, LAYERS  # noqa: E402  (the tiny classifier's siz
 N_TARGETS = 6 * LAYERS
 
 
-from tiny_models import tiny_classifier as _tiny_classifier, tiny_task  # noqa: E402
+from tiny_models import hidden as _hidden, logits as _logits, tiny_classifier as _tiny_classifier, tiny_task  # noqa: E402
 
 
 def _tiny_task(n=96, length=12, seed=0):
@@ -31,17 +31,6 @@ def model():
 @pytest.fixture(scope="module")
 def task():
     return _tiny_task()
-
-
-def _logits(m, task):
-    with torch.no_grad():
-        return m(input_ids=task.dev_ids, attention_mask=task.dev_mask).logits
-
-
-def _hidden(m, task):
-    """The encoder's last hidden states: finer than 2 logits for comparing two models."""
-    with torch.no_grad():
-        return m.bert(input_ids=task.dev_ids, attention_mask=task.dev_mask).last_hidden_state
 
 
 def _shapes(m):

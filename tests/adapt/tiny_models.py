@@ -31,3 +31,15 @@ def tiny_task(n: int = 96, length: int = 12, seed: int = 0, padding: bool = Fals
     if padding:
         mask[::3, -3:] = 0
     return ClassificationTask("tiny", ids[:64], mask[:64], labels[:64], ids[64:], mask[64:], labels[64:], 2)
+
+
+def logits(m, task: ClassificationTask) -> torch.Tensor:
+    """The classifier's held-out logits [n_dev, 2], without gradients."""
+    with torch.no_grad():
+        return m(input_ids=task.dev_ids, attention_mask=task.dev_mask).logits
+
+
+def hidden(m, task: ClassificationTask) -> torch.Tensor:
+    """The encoder's last hidden states on the held-out rows: finer than 2 logits for comparing two models."""
+    with torch.no_grad():
+        return m.bert(input_ids=task.dev_ids, attention_mask=task.dev_mask).last_hidden_state
