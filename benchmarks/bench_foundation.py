@@ -4,7 +4,7 @@
 
 Cold load converts the GGUF checkpoint to a safetensors folder in a temporary WORKBENCH_HOME
 (the downloaded assets are linked in, so no download is timed); warm load reads that folder.
-Throughput compares `workbench.evaluate.perplexity` (batched windows, inference mode, no KV
+Throughput compares, each in its own process (so that peak memory is its own), `workbench.evaluate.perplexity` (batched windows, inference mode, no KV
 cache) with a plain Hugging Face loop over the same windows (`model(ids, labels=ids)` one
 window at a time under `torch.no_grad`), and checks that both give the same perplexity.
 Prints a pandas table; not a test.
@@ -13,6 +13,7 @@ Prints a pandas table; not a test.
 import argparse
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,36 @@ def hf_loop_perplexity(model, windows: torch.Tensor) -> float:
     return math.exp(total / (windows.shape[0] * (windows.shape[1] - 1)))
 
 
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(args) -> None:
+    """One way of scoring (`--child workbench|hf`) in its own process, so that its peak memory is its own:
+    prints best seconds, perplexity and the peak resident memory added by scoring (MB)."""
+    model, tok, _ = load_model(args.model)
+    windows = token_windows(tok, evaluation_text("lee"), args.seqlen, args.windows)
+    if args.child == "workbench":
+        run = lambda: perplexity(model, tok, evaluation_text("lee"), args.seqlen, args.batch_size,  # noqa: E731
+                                 args.windows, progress=False)
+    else:
+        run = lambda: hf_loop_perplexity(model, windows)  # noqa: E731
+    base = _peak_rss_mb()
+    times = []
+    for _ in range(args.repeats + 1):                       # the first is a warm-up
+        t = time.perf_counter()
+        ppl = run()
+        times.append(time.perf_counter() - t)
+    print(min(times[1:]), ppl, _peak_rss_mb() - base)
+
+
+def scored(args, how: str) -> tuple[float, float, float]:
+    cmd = [sys.executable, __file__, "--child", how, "--model", args.model, "--windows", str(args.windows),
+           "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
+    out = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True, check=True)
+    return tuple(float(v) for v in out.stdout.strip().splitlines()[-1].split())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -53,36 +84,33 @@ def main():
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-load", action="store_true", help="time only the perplexity throughput")
+    ap.add_argument("--child", choices=["workbench", "hf"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        return child(args)
     rows = []
 
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        (home / "assets").symlink_to(workbench_home() / "assets")
-        (home / "downloads").symlink_to(workbench_home() / "downloads")
-        rows.append({"measure": "load, cold (GGUF -> fp32 safetensors)", "value": timed_load(args.model, home), "unit": "s"})
-        warm = [timed_load(args.model, home) for _ in range(args.repeats)]
-        rows.append({"measure": "load, warm (safetensors folder)", "value": min(warm), "unit": "s"})
+    if not args.skip_load:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            (home / "assets").symlink_to(workbench_home() / "assets")
+            (home / "downloads").symlink_to(workbench_home() / "downloads")
+            rows.append({"measure": "load, cold (GGUF -> fp32 safetensors)", "value": timed_load(args.model, home),
+                         "unit": "s"})
+            warm = [timed_load(args.model, home) for _ in range(args.repeats)]
+            rows.append({"measure": "load, warm (safetensors folder)", "value": min(warm), "unit": "s"})
 
-    model, tok, _ = load_model(args.model)
-    windows = token_windows(tok, evaluation_text("lee"), args.seqlen, args.windows)
-    n_tokens = windows.numel()
-    text = evaluation_text("lee")
-    perplexity(model, tok, text, args.seqlen, args.batch_size, 1, progress=False)  # warm-up
-    t_wb, t_hf = [], []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        ppl_wb = perplexity(model, tok, text, args.seqlen, args.batch_size, args.windows, progress=False)
-        t_wb.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ppl_hf = hf_loop_perplexity(model, windows)
-        t_hf.append(time.perf_counter() - t)
+    n_tokens = args.windows * args.seqlen
+    t_wb, ppl_wb, mem_wb = scored(args, "workbench")
+    t_hf, ppl_hf, mem_hf = scored(args, "hf")
     assert math.isclose(ppl_wb, ppl_hf, rel_tol=1e-3), (ppl_wb, ppl_hf)  # HF averages in float32
-    tps_wb, tps_hf = n_tokens / min(t_wb), n_tokens / min(t_hf)
     rows += [
-        {"measure": f"perplexity, workbench (batch {args.batch_size})", "value": tps_wb, "unit": "tokens/s"},
-        {"measure": "perplexity, plain HF loop (batch 1)", "value": tps_hf, "unit": "tokens/s"},
-        {"measure": "throughput ratio workbench / HF loop", "value": tps_wb / tps_hf, "unit": "x"},
+        {"measure": f"perplexity, workbench (batch {args.batch_size})", "value": n_tokens / t_wb, "unit": "tokens/s"},
+        {"measure": "perplexity, plain HF loop (batch 1)", "value": n_tokens / t_hf, "unit": "tokens/s"},
+        {"measure": "throughput ratio workbench / HF loop", "value": t_hf / t_wb, "unit": "x"},
+        {"measure": f"peak memory added, workbench (batch {args.batch_size})", "value": mem_wb, "unit": "MB"},
+        {"measure": "peak memory added, plain HF loop (batch 1)", "value": mem_hf, "unit": "MB"},
         {"measure": f"perplexity (both; {args.windows} x {args.seqlen} tokens of lee)", "value": ppl_wb, "unit": ""},
     ]
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats}")

@@ -49,6 +49,8 @@ GROUP_SIZE = 128
 import math
 import tempfile
 
+import numpy as np
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -399,6 +401,79 @@ plt.show()
 quantizer_explorer(model)
 
 # %% [markdown]
+# ## 8. A second model: Gemma-3-270M
+# Is what happens to SmolLM2-135M a property of the quantizers or of one small model? The same methods, bits and groups on Gemma-3-270M (twice the parameters, a 262,144-word vocabulary, the whole held-out split of the same corpus cut by its own tokenizer). Its bundled checkpoint is a dequantized Q4_K_M GGUF too (4-bit blocks of 32 with 6-bit scales; a few tensors at 6 bits), so both models start from a 4-bit grid and "unquantized" means that grid. The two tokenizers cut the corpus differently, so perplexities are not comparable across models; what is comparable is each model's added loss in nats per token against its own unquantized windows, and that difference is tested between the models with an unpaired bootstrap over windows.
+
+# %%
+SCALE_MODEL = "gemma3-270m"
+SCALE_METHODS = {"RTN": {}, "BCQ + offset": METHODS["BCQ + offset"], "GPTQ (act-order)": METHODS["GPTQ (act-order)"]}
+
+gemma, gemma_tokenizer, gemma_record = load_model(SCALE_MODEL)
+print(gemma_record.name, gemma_record.architecture, f"{gemma_record.n_params / 1e6:.1f}M parameters")
+scale_specs = {(m, b): QuantConfig(bits=b, group_size=GROUP_SIZE, **kw) for m, kw in SCALE_METHODS.items() for b in BITS}
+
+
+def with_windows(model_, tokenizer_, record_, specs_, name, calibration=None):
+    """(table, windows) of a perplexity sweep over the whole split; the unquantized point leads every sweep."""
+    return perplexity_sweep(model_, tokenizer_, record_, specs_, corpus=CORPUS, seqlen=SEQLEN, max_windows=MAX_WINDOWS,
+                            calibration=calibration, name=name, snapshot=True, return_windows=True, progress=False)
+
+
+def split_by_calibration(specs_):
+    plain_ = {k: v for k, v in specs_.items() if v is None or not v.needs_calibration}
+    return plain_, {"unquantized": None, **{k: v for k, v in specs_.items() if k not in plain_}}
+
+
+parts = []
+for model_, tokenizer_, record_, specs_, name in (
+        (gemma, gemma_tokenizer, gemma_record, {"unquantized": None, **scale_specs}, "quantizers_scale_gemma"),
+        (model, tokenizer, record, specs, "quantizers_method_bits")):          # SmolLM2: section 1's points, read back
+    plain_, calibrated_ = split_by_calibration(specs_)
+    for part, suffix, calib in ((plain_, "", None), (calibrated_, "_gptq", CALIBRATION)):
+        t, w = with_windows(model_, tokenizer_, record_, part, name + suffix, calib)
+        if suffix:                                    # its unquantized point repeats the plain sweep's
+            t, w = t[t.label != "unquantized"], w[w.label != "unquantized"]
+        parts.append((t.assign(model=record_.name), w.assign(model=record_.name)))
+del gemma
+scale = pd.concat([t for t, _ in parts], ignore_index=True)
+scale = scale[scale.label.map(lambda k: k == "unquantized" or k in scale_specs)]
+scale_w = pd.concat([w for _, w in parts], ignore_index=True)
+scale["method"] = [k if k == "unquantized" else k[0] for k in scale.label]
+save_table(scale.drop(columns=["label", "quantize_time_s"]), "quantizers_scale")
+scale.pivot_table(index=["model", "method"], columns="bits", values="perplexity", sort=False)[BITS]
+
+# %% [markdown]
+# The unquantized perplexities with their intervals (uniform guessing is 49,152 for SmolLM2 and 262,144 for Gemma):
+
+# %%
+scale[scale.method == "unquantized"][["model", "perplexity", "low", "high", "windows"]]
+
+# %% [markdown]
+# The added loss of each quantization in nats per token (log of the perplexity ratio) for each model, with its paired interval over that model's windows, and Gemma's minus SmolLM2's (negative: the larger model loses less), with the unpaired bootstrap's interval and p-value. Uniform guessing over Gemma's vocabulary is a perplexity of 262,144.
+
+# %%
+def added_loss(model_name, label):
+    w = scale_w[(scale_w.model == model_name)]
+    base = w[w.label == "unquantized"].set_index("window")
+    q = w[w.label.map(lambda k: k == label)].set_index("window").loc[base.index]
+    return (q.nll / q.tokens - base.nll / base.tokens).to_numpy()
+
+
+scale_rows = []
+for label in scale_specs:
+    losses = {m: added_loss(m, label) for m in (gemma_record.name, record.name)}
+    row = {"method": label[0], "bits": label[1]}
+    for m, d in losses.items():
+        t = stats.paired_bootstrap(d, np.zeros_like(d))
+        row |= {f"{m} nats/token": t["difference"], f"{m} low": t["low"], f"{m} high": t["high"]}
+    cmp_ = stats.unpaired_bootstrap(losses[gemma_record.name], losses[record.name])
+    row |= {"Gemma − SmolLM2": cmp_["difference"], "low": cmp_["low"], "high": cmp_["high"], "p_value": cmp_["p_value"]}
+    scale_rows.append(row)
+scale_tests = pd.DataFrame(scale_rows)
+save_table(scale_tests, "quantizers_scale_tests")
+scale_tests.drop(columns=[c for c in scale_tests if c.endswith(" low") or c.endswith(" high")])
+
+# %% [markdown]
 # ## Findings
 # Each row decided by a paired test: over the windows of the whole held-out split for perplexity ("keeps" agrees when the whole interval of the added loss lies below log 1.01 nats per token, a 1% perplexity increase), over weight matrices for the output error.
 
@@ -432,6 +507,14 @@ for a in ("BCQ, 3 rounds", "BCQ + offset, 3 rounds"):
                  "this workbench": f"{a} {t['a_score']:.4g} vs RTN {t['b_score']:.4g}: {t['difference']:+.3g} nats/token "
                                    f"[{t['low']:+.3g}, {t['high']:+.3g}], p={t['p_value']:.2g}, n={t['n']} windows",
                  "verdict": stats.keeps_verdict(t, margin=math.log(1.01))})
+for t in scale_tests[scale_tests.bits.isin([4, 3]) & scale_tests.method.isin(["RTN", "GPTQ (act-order)"])].to_dict("records"):
+    rows.append({"claim": "a larger model loses less to the same low-bit quantization (Dettmers & Zettlemoyer 2023)",
+                 "setting": f"Gemma-3-270M vs SmolLM2-135M, {t['method']} W{t['bits']} g{GROUP_SIZE}",
+                 "this workbench": (f"added loss {t[gemma_record.name + ' nats/token']:+.3g} vs "
+                                    f"{t[record.name + ' nats/token']:+.3g} nats/token: Gemma − SmolLM2 "
+                                    f"{t['Gemma − SmolLM2']:+.3g} [{t['low']:+.3g}, {t['high']:+.3g}], p={t['p_value']:.2g}, "
+                                    "unpaired bootstrap over windows"),
+                 "verdict": stats.beats_verdict({"difference": -t["Gemma − SmolLM2"], "p_value": t["p_value"]})})
 findings = pd.DataFrame(rows)
 save_table(findings, "quantizers_findings")
 findings.style.hide(axis="index")

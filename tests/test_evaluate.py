@@ -84,3 +84,50 @@ def test_a_list_of_documents_is_scored_whole(tiny_lm, tiny_text):
     for bad in ([], [1, 2], None):
         with pytest.raises(TypeError, match="text must be a string or a non-empty list of strings"):
             perplexity(model, tok, bad, seqlen=16, progress=False)
+
+
+def _full_logits_nll(model, windows):
+    with torch.no_grad():
+        logits = model(input_ids=windows, use_cache=False).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").double().sum(1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3-softcap"])
+def test_the_head_in_chunks_gives_the_full_logits_nll(arch, tiny_lm, tiny_text, monkeypatch):
+    """window_nll never holds [batch, seqlen, vocab] logits; split into many chunks (here 7 tokens)
+    it must give what the whole-logits loss gives, including Gemma's logit soft-capping."""
+    import workbench.evaluate as ev
+
+    model, tok, _ = tiny_lm
+    if arch == "gemma3-softcap":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        torch.manual_seed(0)
+        model = Gemma3ForCausalLM(Gemma3TextConfig(
+            vocab_size=model.config.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+            final_logit_softcapping=3.0)).eval()
+    assert ev._body_and_head(model) is not None
+    windows = token_windows(tok, tiny_text, 20, max_windows=3)
+    monkeypatch.setattr(ev, "LOGIT_CHUNK_ELEMENTS", 7 * model.config.vocab_size)
+    got = window_nll(model, windows, batch_size=2, progress=False)
+    assert torch.allclose(got, _full_logits_nll(model, windows), rtol=1e-5)
+
+
+def test_a_model_that_is_not_a_hub_causal_lm_is_run_whole(tiny_lm, tiny_text):
+    import workbench.evaluate as ev
+
+    model, tok, _ = tiny_lm
+
+    class Wrapped(torch.nn.Module):                 # e.g. a user's wrapper: no body/head split to trust
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            return self.inner(**kw)
+
+    wrapped = Wrapped(model)
+    assert ev._body_and_head(wrapped) is None
+    windows = token_windows(tok, tiny_text, 20, max_windows=2)
+    assert torch.allclose(window_nll(wrapped, windows, progress=False), _full_logits_nll(model, windows), rtol=1e-5)

@@ -238,3 +238,18 @@ def test_paired_outcomes_uses_mcnemar_for_outcomes_and_the_bootstrap_otherwise()
     x = [0.5, 1.0, 0.25, 0.75]
     u = stats.paired_outcomes(x, [0.0, 0.5, 0.25, 0.5])
     assert u["test"] == "paired bootstrap" and u["p_value"] == stats.paired_bootstrap(x, [0.0, 0.5, 0.25, 0.5])["p_value"]
+
+
+def test_unpaired_bootstrap_finds_a_shift_between_independent_samples_and_not_a_null_one():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.5, 1.0, 40), rng.normal(0.0, 1.0, 30)        # different sizes: nothing is paired
+    shifted = stats.unpaired_bootstrap(a, b)
+    assert shifted["n"] == (40, 30)
+    assert shifted["low"] < shifted["difference"] < shifted["high"]
+    assert shifted["difference"] == pytest.approx(a.mean() - b.mean())
+    null = stats.unpaired_bootstrap(rng.normal(0, 1, 40), rng.normal(0, 1, 30))
+    assert null["low"] < 0 < null["high"] and null["p_value"] > 0.05
+    big = stats.unpaired_bootstrap(a + 3, b)
+    assert big["low"] > 2 and big["p_value"] < 0.001
+    with pytest.raises(ValueError, match="at least 2 finite"):
+        stats.unpaired_bootstrap([1.0], b)

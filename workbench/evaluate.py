@@ -59,21 +59,58 @@ def token_windows(tokenizer, text: str | list[str], seqlen: int = 512, max_windo
     return ids[: n * seqlen].view(n, seqlen)
 
 
+LOGIT_CHUNK_ELEMENTS = 2 ** 26    # logits held at once by `window_nll`: 256 MB of float32 (1,365 tokens of
+                                 # SmolLM2's 49,152-word vocabulary, 256 of Gemma-3's 262,144)
+
+
+def _body_and_head(model: nn.Module):
+    """(body, head, softcap) when `model`'s logits are head(body(ids)[0]) (capped by
+    softcap·tanh(x/softcap) when softcap is set), as in every Hugging Face `*ForCausalLM`
+    (Llama, Gemma, GPT-2, ...); None for anything else, which `window_nll` runs whole."""
+    from transformers import PreTrainedModel
+
+    if not (isinstance(model, PreTrainedModel) and type(model).__name__.endswith("ForCausalLM")):
+        return None
+    body = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or body is model or not isinstance(head, nn.Module):
+        return None
+    return body, head, getattr(model.config, "final_logit_softcapping", None)
+
+
 @torch.inference_mode()
 def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
                progress: bool = True) -> torch.Tensor:
     """Summed next-token NLL of each window: [n, seqlen] token ids -> [n] float64 nats.
 
     Windows are run `batch_size` at a time without a KV cache; each window predicts its own
-    tokens 2..seqlen.
+    tokens 2..seqlen. For a Hugging Face causal LM the output head runs on the last hidden
+    state a chunk of tokens at a time (`LOGIT_CHUNK_ELEMENTS`), so the [batch, seqlen, vocab]
+    logits are never held whole: 400 MB for 4 windows of SmolLM2, 2.1 GB for Gemma-3. Any
+    other model is run whole.
     """
     device = next(model.parameters()).device
+    split = _body_and_head(model)
     out = []
     starts = range(0, windows.shape[0], batch_size)
     for s in tqdm(starts, desc="perplexity", unit="batch", disable=not progress, leave=False):
         batch = windows[s : s + batch_size].to(device)                        # [B, T]
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1]       # [B, T-1, V]
-        nll = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")  # [B, T-1]
+        targets = batch[:, 1:]                                                # [B, T-1]
+        if split is None:
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]   # [B, T-1, V]
+            nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        else:
+            body, head, cap = split
+            hidden = body(input_ids=batch, use_cache=False)[0][:, :-1]        # [B, T-1, H]
+            flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+            chunk = max(1, LOGIT_CHUNK_ELEMENTS // model.config.vocab_size)
+            parts = []
+            for c in range(0, flat_t.numel(), chunk):
+                logits = head(flat_h[c : c + chunk]).float()                  # [chunk, V]
+                if cap:
+                    logits = cap * torch.tanh(logits / cap)
+                parts.append(F.cross_entropy(logits, flat_t[c : c + chunk], reduction="none"))
+            nll = torch.cat(parts).view_as(targets)                           # [B, T-1]
         out.append(nll.double().sum(dim=1).cpu())
     return torch.cat(out)
 

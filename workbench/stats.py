@@ -125,6 +125,26 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float =
     return {"n": len(d), "difference": est, "low": low, "high": high, "p_value": float(p)}
 
 
+def unpaired_bootstrap(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, n_resamples: int = 10_000,
+                       seed: int = 0) -> dict:
+    """Mean of `a` minus mean of `b` for two independent samples (units that cannot be paired: two
+    models' windows cut by different tokenizers, say), each resampled on its own; the percentile
+    bootstrap interval and a two-sided bootstrap p-value for "no difference", as in
+    `paired_bootstrap`. Returns {"n" (a's, b's), "difference", "low", "high", "p_value"}."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    for name, v in (("a", x), ("b", y)):
+        if v.ndim != 1 or len(v) < 2 or not np.isfinite(v).all():
+            raise ValueError(f"{name} must be at least 2 finite numbers, got {v.size}")
+    _z(confidence)
+    means = (x[_resample(len(x), n_resamples, seed)].mean(axis=1)
+             - y[_resample(len(y), n_resamples, seed + 1)].mean(axis=1))
+    alpha = (1 - confidence) / 2
+    k = min((means <= 0).sum(), (means >= 0).sum())
+    return {"n": (len(x), len(y)), "difference": float(x.mean() - y.mean()),
+            "low": float(np.quantile(means, alpha)), "high": float(np.quantile(means, 1 - alpha)),
+            "p_value": float(min(1.0, 2 * (k + 1) / (n_resamples + 1)))}
+
+
 def paired_outcomes(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
     """Two models' scores on the same items: the mean difference a - b with its paired bootstrap
     interval, and the p-value of the exact McNemar test when every score is 0 or 1 (else the
