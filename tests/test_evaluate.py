@@ -131,3 +131,33 @@ def test_a_model_that_is_not_a_hub_causal_lm_is_run_whole(tiny_lm, tiny_text):
     assert ev._body_and_head(wrapped) is None
     windows = token_windows(tok, tiny_text, 20, max_windows=2)
     assert torch.allclose(window_nll(wrapped, windows, progress=False), _full_logits_nll(model, windows), rtol=1e-5)
+
+
+class _BosTokenizer:
+    """A whitespace tokenizer that begins every text with BOS (id 1), as Gemma's does."""
+    bos_token_id = 1
+
+    def __call__(self, text, return_tensors=None):
+        ids = [1] + [10 + int(w[1:]) if w[1:].isdigit() else 5 for w in text.split()]
+        from types import SimpleNamespace
+
+        return SimpleNamespace(input_ids=torch.tensor([ids]) if return_tensors == "pt" else ids)
+
+
+def test_a_tokenizer_that_starts_with_bos_gets_bos_before_every_window():
+    from workbench.evaluate import starts_with_bos
+
+    tok = _BosTokenizer()
+    text = " ".join(f"w{i}" for i in range(25))              # 25 text tokens after the one BOS
+    assert starts_with_bos(tok)
+    windows = token_windows(tok, text, seqlen=8)
+    assert windows.shape == (3, 8)                           # 25 // 7 windows of BOS + 7 text tokens
+    assert (windows[:, 0] == 1).all()
+    assert windows[:, 1:].flatten().tolist() == [10 + i for i in range(21)]   # the text in order, no overlap
+    assert token_windows(tok, text, seqlen=8, max_windows=2).shape == (2, 8)
+
+
+def test_a_tokenizer_without_bos_keeps_gptqs_windows(tiny_lm):
+    from workbench.evaluate import starts_with_bos
+
+    assert not starts_with_bos(tiny_lm.tokenizer)

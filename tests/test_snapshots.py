@@ -35,6 +35,7 @@ def _fixed_weights(p):
 SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_bits_sweep": lambda p: p["spec"] is None or _rtn3(p),
     "abilities_cot_probe": lambda p: True,             # the base model only
+    "abilities_scale_gemma": lambda p: p["spec"] is None or _rtn3(p),
     "component_sensitivity_w4": _only_attention,
     "abilities_lora": lambda p: _rtn3(p),              # LoRA: its training and perplexity (below)
     # adaptation runs: one point drawn at random (its seed among them) from the runs that take under a minute
@@ -42,18 +43,22 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "adapt_navigate": lambda p: p["method"] in ("head_only", "qlora", "prequant"),
     "adapt_causal": lambda p: p["method"] in ("unadapted", "qlora") and p["args"]["bits"] == 3 and p["args"].get("steps", 0) <= 20,
     "adapt_causal_fp": lambda p: p["method"] == "stable_rank_lora",
+    "decompositions_polarity": lambda p: p["method"] in ("head_only", "lora", "mpop", "random_structured_ticket"),
+    "decompositions_navigate": lambda p: p["method"] in ("head_only", "lora", "random_structured_ticket"),
     "quickstart_lee": lambda p: True,                  # perplexity sweeps: a few windows of a random point
     "quickstart_botchan": lambda p: True,
     "quantizers_gguf_grid_lee": lambda p: True,
     "quantizers_gguf_grid_botchan": lambda p: True,
     **{f"quantizers_{n}": _fixed_weights for n in ("method_bits", "method_bits_gptq", "bcq_init", "gptq_order",
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
-                                                  "zero_point", "mixed_precision", "bcq_zero")},
+                                                  "zero_point", "mixed_precision", "bcq_zero",
+                                                  "scale_gemma", "scale_gemma_gptq")},
     "outliers_retention": _fixed_weights,
     "by_frequency_embeddings": lambda p: True,         # RTN rows by frequency: the same on any CPU
     "by_frequency_blocks": lambda p: True,
 }
-ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora")
+ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
+                     "abilities_scale_gemma")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
 
 
@@ -92,9 +97,10 @@ def test_snapshot_records_are_current(name):
 
         current = sweep_versions(load_model(point["model"]).record)
     elif name in PERPLEXITY_SNAPSHOTS:
-        import json
+        from workbench.evaluate import perplexity_versions
 
-        current = {"model": json.loads(json.dumps(load_model(point["model"]).record.key, default=str))}
+        loaded_ = load_model(point["model"])
+        current = perplexity_versions(loaded_.record, loaded_.tokenizer)
     else:
         from workbench.adapt.sweeps import load_model_for, versions
 

@@ -169,3 +169,22 @@ def test_frequency_bits_explorer_redraws_and_reports_a_bad_width(tiny_lm, capsys
     rule.value = "uniform"
     avg.value = 2.5                                           # no uniform table at a fractional width
     assert "integer width" in capsys.readouterr().out
+
+
+def test_mpo_explorer_shows_error_falling_with_the_bond_and_zero_at_full_bond(tiny_lm):
+    import matplotlib.pyplot as plt
+
+    from workbench.widgets import mpo_explorer
+
+    box = mpo_explorer(tiny_lm.model, bonds=(1, 2, 4, 1024))
+    name, parts, bond = box.children[0].children
+    curve = plt.gcf().axes[0].lines[0]
+    errors = curve.get_ydata()
+    assert (errors[:-1] >= errors[1:] - 1e-9).all() and errors[0] > 0.1   # a larger bond never loses
+    assert errors[-1] < 1e-5                                               # 1024 >= every full bond: exact
+    plt.close("all")
+    bond.value = 1024
+    assert "error 0.000" in plt.gcf().axes[0].get_title()
+    plt.close("all")
+    parts.value = 2
+    assert "central tensor" in plt.gcf().axes[0].get_title()

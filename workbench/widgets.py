@@ -5,6 +5,7 @@
     outlier_explorer(model, act_channels)      # ... and see the outlier channels and their error share
     stable_rank_explorer(model, spectra_df)    # click a layer x component cell to see its spectrum
     frequency_bits_explorer(model, freq)       # mean bits and rule -> each embedding row's width and the error
+    mpo_explorer(model)                        # matrix, tensors, max bond -> MPO error and parameters
 
 Each explorer recomputes only the one matrix it shows, so it reacts in well under a second for
 RTN and in a second or two for GPTQ or BCQ on the default model.
@@ -369,3 +370,44 @@ def frequency_bits_explorer(model, freq: torch.Tensor, group_size: int = 128, ch
         control.observe(redraw, names="value")
     redraw()
     return W.VBox([W.HBox([avg, rule, smoothing]), out])
+
+
+def mpo_explorer(model, bonds=(4, 8, 16, 32, 64, 128, 256)):
+    """Pick a linear layer, the number of local tensors and a maximum bond dimension: see the MPO's
+    reconstruction error ||W - W_hat|| / ||W|| and parameter count against the bond (the curve
+    over `bonds`, the current bond marked), its bonds and which tensor is central. Recomputes the
+    one matrix (a few SVDs): under a second for a MiniLM or SmolLM2 projection."""
+    from workbench.decompose.mpo import bond_dims, central_index, factorize, mpo_decompose, truncation_table
+
+    linears = linear_modules(model)
+    names = [n for n in linears if linears[n].weight.dim() == 2]
+    name = W.Dropdown(options=names, value=names[0], description="matrix", layout=W.Layout(width="420px"))
+    parts = W.IntSlider(value=3, min=2, max=5, description="tensors")
+    bond = W.SelectionSlider(options=list(bonds), value=bonds[len(bonds) // 2], description="max bond")
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            w = linears[name.value].weight.detach().float()                        # [out, in]
+            of, inf = factorize(w.shape[0], parts.value), factorize(w.shape[1], parts.value)
+            curve = truncation_table(w, of, inf, list(bonds))
+            tensors = mpo_decompose(w, of, inf, max_bond=bond.value)
+            here = curve[curve.max_bond == bond.value].iloc[0]
+            fig, ax = plt.subplots(figsize=(7, 3))
+            ax.plot(curve.params, curve.rel_error, marker="o")
+            ax.plot([here.params], [here.rel_error], marker="o", markersize=12, color="C3")
+            ax.axvline(w.numel(), color="grey", linestyle=":", label="dense W")
+            ax.set_xscale("log")
+            ax.set(xlabel="MPO parameters", ylabel="relative error", ylim=(0, None),
+                   title=f"{name.value} {tuple(w.shape)} = {of} x {inf}; bonds {bond_dims(tensors)}, "
+                         f"central tensor {central_index(tensors)}; max bond {bond.value}: error "
+                         f"{here.rel_error:.3f}, {here.compression:.2f} x W's parameters")
+            ax.title.set_fontsize(8)
+            ax.legend(fontsize=8)
+            plt.show()
+
+    for control in (name, parts, bond):
+        control.observe(redraw, names="value")
+    redraw()
+    return W.VBox([W.HBox([name, parts, bond]), out])
