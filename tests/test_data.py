@@ -231,3 +231,18 @@ def test_bigbench_classification_sets(name):
     assert first["target_scores"][data.BIGBENCH_LABELS[name][df.label[0]]] == 1   # the label names the correct target
     with pytest.raises(ValueError, match="known: polarity, sports_understanding, navigate"):
         data.classification_data("sst2")
+
+
+def test_calibration_windows_start_with_bos_for_a_tokenizer_that_begins_texts_with_it(monkeypatch):
+    class BosTokenizer:                                  # begins every text with BOS (id 1), as Gemma's does
+        bos_token_id = 1
+
+        def __call__(self, text):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(input_ids=[1, 7])
+
+    monkeypatch.setattr(data, "_token_stream", lambda tok, corpus: torch.arange(100, 400))
+    batch = data.calibration_batch(BosTokenizer(), "lee", n_samples=5, seqlen=16, seed=0)
+    assert batch.shape == (5, 16) and (batch[:, 0] == 1).all()
+    assert (batch[:, 2:] - batch[:, 1:-1] == 1).all()     # then 15 consecutive tokens of the corpus

@@ -333,6 +333,14 @@ def _token_stream(tokenizer, corpus: str) -> torch.Tensor:
     return _cached_tokens(tok, corpus)
 
 
+def starts_with_bos(tokenizer) -> bool:
+    """Whether `tokenizer` begins every text with its BOS token (Gemma, Llama-2; not SmolLM2 or
+    GPT-2). Such models are trained to see BOS first, and `evaluate.token_windows` and
+    `calibration_batch` give each window one."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
 def calibration_batch(tokenizer, corpus: str = "lee", n_samples: int = 128, seqlen: int = 512,
                       seed: int = 0) -> torch.Tensor:
     """Sample GPTQ calibration windows from the calibration split: LongTensor [n_samples, seqlen].
@@ -340,8 +348,9 @@ def calibration_batch(tokenizer, corpus: str = "lee", n_samples: int = 128, seql
     Tokenizes `calibration_text(corpus)` once (no special tokens; cached per tokenizer
     name_or_path and corpus), draws `n_samples` start offsets uniformly from
     [0, n_tokens - seqlen] with `torch.Generator().manual_seed(seed)`, and returns the token
-    windows starting there (windows may overlap). The same seed gives the same tensor on every
-    run. Raises ValueError when n_samples < 1, seqlen < 2, or the corpus has fewer than
+    windows starting there (windows may overlap); for a tokenizer that begins texts with BOS
+    (`starts_with_bos`: Gemma) each window is BOS and seqlen - 1 tokens, as the model is run. The
+    same seed gives the same tensor on every run. Raises ValueError when n_samples < 1, seqlen < 2, or the corpus has fewer than
     seqlen + 1 tokens.
     """
     if n_samples < 1:
@@ -354,10 +363,15 @@ def calibration_batch(tokenizer, corpus: str = "lee", n_samples: int = 128, seql
         raise ValueError(f"the calibration split of corpus {corpus!r} has only {n_tokens} tokens, fewer "
                          f"than seqlen + 1 = {seqlen + 1}; lower seqlen or choose a larger corpus "
                          f"({', '.join(CORPORA)})")
+    bos = starts_with_bos(tokenizer)
+    width = seqlen - 1 if bos else seqlen                  # with BOS first, as the model will be run
     g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, n_tokens - seqlen + 1, (n_samples,), generator=g)  # [n_samples]
-    index = starts[:, None] + torch.arange(seqlen)                              # [n_samples, seqlen]
-    return ids[index]                                                            # [n_samples, seqlen]
+    starts = torch.randint(0, n_tokens - width + 1, (n_samples,), generator=g)   # [n_samples]
+    index = starts[:, None] + torch.arange(width)                               # [n_samples, width]
+    windows = ids[index]
+    if bos:
+        windows = torch.cat([torch.full((n_samples, 1), tokenizer.bos_token_id, dtype=windows.dtype), windows], dim=1)
+    return windows                                                               # [n_samples, seqlen]
 
 
 # -----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.data import starts_with_bos
 from workbench.modules import check_finite
 
 
@@ -43,13 +44,6 @@ def join_documents(text: str | list[str] | tuple[str, ...]) -> str:
         return "\n\n".join(text)
     raise TypeError(f"text must be a string or a non-empty list of strings (documents), got "
                     f"{type(text).__name__}{' (empty)' if isinstance(text, (list, tuple)) and not text else ''}")
-
-
-def starts_with_bos(tokenizer) -> bool:
-    """Whether `tokenizer` begins every text with its BOS token (Gemma, Llama-2; not SmolLM2 or
-    GPT-2). Such models are trained to see BOS first, and `token_windows` gives each window one."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
 
 
 def token_windows(tokenizer, text: str | list[str], seqlen: int = 512, max_windows: int | None = None) -> torch.Tensor:
