@@ -67,7 +67,7 @@ def test_channel_and_tensor_granularity():
     (dict(group_size=-128), "group_size must be a positive integer"),
     (dict(group_size=12.5), "group_size must be a positive integer"),
     (dict(granularity="row"), "granularity must be one of"),
-    (dict(method="awq"), "unknown quantization method"),
+    (dict(method="smoothquant"), "unknown quantization method"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

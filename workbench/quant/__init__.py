@@ -9,6 +9,8 @@
                  choose_qparams, quantize, dequantize, QuantizedWeight, relative_output_error
     rtn.py       RTNConfig; round-to-nearest, with full-precision outliers (by weight or input channel)
     gptq.py      GPTQConfig; GPTQ (Frantar et al. 2023), block by block, act-order, static groups
+    awq.py       AWQConfig, AWQGPTQConfig; activation-aware input-channel scales (Lin et al. 2024),
+                 then RTN with searched ranges ("awq") or GPTQ ("awq_gptq")
     bcq.py       BCQConfig; binary-coding quantization (AlphaTuning's format, optionally with an
                  offset per group) and BCQLinear
     by_frequency.py  per-word bits for the token embedding (FrequencyBits, a spec's "embeddings"
@@ -29,12 +31,13 @@ from workbench.quant.registry import METHODS, QuantMethod, register_method
 from workbench.quant.rtn import RTNConfig, as_rtn, fake_quantize, outlier_mask, rtn_quantize_weight
 from workbench.quant.gptq import GPTQConfig
 from workbench.quant.bcq import BCQConfig
+from workbench.quant.awq import AWQConfig, AWQGPTQConfig
 from workbench.quant.by_frequency import FrequencyBits
 from workbench.quant.model import (DEFAULT_SKIP, Spec, quantize_embeddings, quantize_for_spec, quantize_model,
                                    resolve_spec, spec_from_json, spec_to_json)
 from workbench.quant.packing import load_quantized, packed_size, save_quantized
 
 __all__ = ["QuantConfig", "QuantizedWeight", "choose_qparams", "dequantize", "quantize", "relative_output_error",
-           "METHODS", "QuantMethod", "register_method", "RTNConfig", "GPTQConfig", "BCQConfig", "as_rtn", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
+           "METHODS", "QuantMethod", "register_method", "RTNConfig", "GPTQConfig", "BCQConfig", "AWQConfig", "AWQGPTQConfig", "as_rtn", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
            "FrequencyBits", "DEFAULT_SKIP", "Spec", "quantize_embeddings", "quantize_for_spec", "quantize_model", "resolve_spec", "spec_from_json", "spec_to_json",
            "load_quantized", "packed_size", "save_quantized"]

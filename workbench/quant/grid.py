@@ -259,13 +259,15 @@ def _check_weight(w: torch.Tensor) -> None:
 class QuantizedWeight:
     """What a packed checkpoint stores for one uniformly quantized weight (besides the codes,
     which are `quantize(Ŵ, scale, zero, config)`): per-group scale and zero [out, n_groups],
-    and the full-precision outliers as flat indices into [out, in] and their values."""
+    the full-precision outliers as flat indices into [out, in] and their values, and for AWQ the
+    input-channel scales s [in] (the codes are then `quantize(Ŵ diag(s), ...)`)."""
 
     config: QuantConfig
     scale: torch.Tensor
     zero: torch.Tensor
     outlier_index: torch.Tensor | None = None
     outlier_value: torch.Tensor | None = None
+    column_scale: torch.Tensor | None = None   # [in] AWQ's s: the codes hold W diag(s), Ŵ = dequantized / s
 
 
 def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:

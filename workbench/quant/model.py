@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from workbench.modules import LM_HEAD, linear_modules, module_info, select_modules, to_linear
-from workbench.quant import bcq, gptq, rtn  # noqa: F401  (each registers its method)
+from workbench.quant import awq, bcq, gptq, rtn  # noqa: F401  (each registers its method)
 from workbench.quant.by_frequency import FrequencyBits, apply_frequency_bits
 from workbench.quant.gptq import collect_hessians
 from workbench.quant.grid import QuantConfig, relative_output_error

@@ -299,8 +299,9 @@ def _pack_uniform(name: str, module: nn.Module, qw: QuantizedWeight) -> tuple[di
         raise ValueError(f"{name}: quant_state has a QuantizedWeight but the module has no 2-D weight")
     w = weight.detach().cpu()
     scale, zero = qw.scale.detach().cpu().float(), qw.zero.detach().cpu().float()
-    codes = quantize(w, scale, zero, cfg)
-    w_rec = dequantize(codes, scale, zero, cfg)
+    s = None if qw.column_scale is None else qw.column_scale.detach().cpu().float()   # AWQ: codes of W diag(s)
+    codes = quantize(w.float() if s is None else w.float() * s, scale, zero, cfg)
+    w_rec = dequantize(codes, scale, zero, cfg) if s is None else dequantize(codes, scale, zero, cfg) / s
     idx = None
     if qw.outlier_index is not None and qw.outlier_index.numel():
         idx = qw.outlier_index.detach().cpu().long().reshape(-1)
@@ -324,7 +325,9 @@ def _pack_uniform(name: str, module: nn.Module, qw: QuantizedWeight) -> tuple[di
             raise ValueError(f"{name}: too many weights for int32 outlier indices")
         t[f"{name}.outlier_index"] = idx.to(INDEX_DTYPE)
         t[f"{name}.outlier_value"] = w.reshape(-1)[idx].clone()
-    meta = dict(format="uniform", config=cfg.to_json(), shape=list(w.shape),
+    if s is not None:
+        t[f"{name}.column_scale"] = _compact(s, cfg.scale_dtype)
+    meta = dict(format="uniform", config=cfg.to_json(), shape=list(w.shape), column_scale=s is not None,
                 n_groups=scale.shape[1], dtype=_dtype_name(w.dtype), zero=zero_format,
                 n_outliers=0 if idx is None else idx.numel(), tensors=list(t))
     return t, meta
@@ -459,6 +462,9 @@ def _unpack_uniform(t: dict, name: str, m: dict) -> tuple[torch.Tensor, Quantize
         zero = t[f"{name}.zero"].float()
     w = dequantize(codes, scale, zero, cfg)
     qw = QuantizedWeight(cfg, scale, zero)
+    if m.get("column_scale"):                      # AWQ: the codes hold W diag(s)
+        qw.column_scale = t[f"{name}.column_scale"].float()
+        w = w / qw.column_scale
     if m["n_outliers"]:
         idx, val = t[f"{name}.outlier_index"].long(), t[f"{name}.outlier_value"]
         w.view(-1)[idx] = val.float()
@@ -542,7 +548,8 @@ def _ideal_bytes(m: dict) -> int:
         return math.ceil(m["planes"] * out * cols / 8) + (m["planes"] + bool(m.get("offset"))) * n_params * s
     zero = 0 if cfg.symmetric else (math.ceil(n_params * cfg.bits / 8) if cfg.round_zero else n_params * s)
     outliers = m["n_outliers"] * (torch.iinfo(INDEX_DTYPE).bits // 8 + _nbytes(m["dtype"]))
-    return math.ceil(out * cols * cfg.bits / 8) + n_params * s + zero + outliers
+    columns = cols * s if m.get("column_scale") else 0               # AWQ's s, one per input column
+    return math.ceil(out * cols * cfg.bits / 8) + n_params * s + zero + outliers + columns
 
 
 def _tensor_bytes(path: Path) -> dict[str, int]:
