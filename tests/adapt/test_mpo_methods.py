@@ -193,7 +193,8 @@ def test_mpobert_model_shares_one_parameter_per_matrix_type_and_a_step_moves_it_
 def test_mpobert_refit_lowers_the_sharing_error(model):
     _, no_refit = mm.mpobert_model(model, refit_sweeps=0)
     _, refit = mm.mpobert_model(model, refit_sweeps=2)
-    assert (refit.rel_error_shared <= no_refit.rel_error_shared + 1e-9).all()
+    # the layer whose central is shared keeps its own, an error of float32 round-off (~1e-7) either way
+    assert (refit.rel_error_shared <= no_refit.rel_error_shared + 1e-6).all()
     assert refit.rel_error_shared.mean() < no_refit.rel_error_shared.mean()
 
 
