@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt pip setuptools wheel
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,compare,ray]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,compare,ray,export]'
 	touch $@
 
 assets: setup

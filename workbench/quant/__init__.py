@@ -20,9 +20,11 @@
                  quantize_for_spec (component specs), spec_to_json / spec_from_json (a spec as a
                  sweep point's plain data)
     packing.py   bit-packed checkpoints: save_quantized, load_quantized, packed_size
+    export.py    export(qmodel, folder): compressed-tensors' pack-quantized format, which transformers
+                 and vLLM load (imported on its own: needs the `export` extra)
     compare.py   the same grid through hqq, quanto and torchao (imported on its own: optional deps)
 
-Imports run one way: grid <- methods <- model <- packing; nothing here imports a method from grid.
+Imports run one way: grid <- methods <- model <- packing <- export; nothing here imports a method from grid.
 """
 
 from workbench.quant.grid import (QuantConfig, QuantizedWeight, choose_qparams, dequantize, quantize,
