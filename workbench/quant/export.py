@@ -31,14 +31,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from workbench.quant.grid import QuantizedWeight
-from workbench.quant.packing import _finish_swap
+from workbench.quant.packing import write_folder
 
 FORMATS = ("compressed-tensors",)
 
@@ -126,20 +125,13 @@ def export(qmodel: nn.Module, folder: str | os.PathLike, tokenizer=None, format:
     from safetensors.torch import save_file
 
     tensors, quantization_config = _compressed_tensors(qmodel, state)
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-{os.getpid()}-", dir=folder.parent))
-    aside = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         config = copy.deepcopy(qmodel.config)
         config.quantization_config = quantization_config
         config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if folder.exists():
-            os.replace(folder, aside)
-        os.replace(tmp, folder)
-    finally:
-        _finish_swap(folder, tmp, aside)
-    return folder
+
+    return write_folder(Path(folder), write)

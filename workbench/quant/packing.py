@@ -427,19 +427,29 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
                 hf_config=hasattr(hf_config, "save_pretrained"), torch_version=torch.__version__,
                 checksums=checksums)
 
+    def write(tmp: Path) -> None:
+        save_file(qtensors, tmp / QUANT_FILE, metadata={"format": FORMAT})
+        save_file(plain, tmp / PLAIN_FILE, metadata={"format": "pt"})
+        if meta["hf_config"]:
+            config = copy.deepcopy(hf_config)
+            config.architectures = [type(model).__name__]         # as save_pretrained records it
+            config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))      # last: marks the folder complete
+
+    return write_folder(folder, write)
+
+
+def write_folder(folder: Path, write) -> Path:
+    """Fill a new folder with `write(tmp)` beside `folder`, then rename it into place (the old one
+    set aside, then deleted): a failure at any point leaves the previous folder whole."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-{os.getpid()}-"))
     aside = folder.with_name(f".{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        save_file(qtensors, tmp / QUANT_FILE, metadata={"format": FORMAT})
-        save_file(plain, tmp / PLAIN_FILE, metadata={"format": "pt"})
-        if meta["hf_config"]:
-            hf_config = copy.deepcopy(hf_config)
-            hf_config.architectures = [type(model).__name__]      # as save_pretrained records it
-            hf_config.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))      # last: marks the folder complete
+        write(tmp)
         if folder.exists():
             os.replace(folder, aside)
         os.replace(tmp, folder)
