@@ -112,3 +112,36 @@ def test_awq_on_a_real_model_never_loses_to_rtn_where_one_linear_reads_an_input(
     alone = awq_rep[awq_rep.component.isin(["o", "down"])]
     assert len(alone) == 4
     assert (alone.rel_output_error <= alone.rtn_rel_output_error * (1 + 1e-4)).all()
+
+
+def test_awq_gptq_with_unit_scales_is_gptq(tiny_lm):
+    """awq_grid=1 tries α = 0 only (s = 1): the hooks and the scaling then change nothing, and the
+    result is GPTQ's with the same settings."""
+    model, _, _ = tiny_lm
+    calib = _calibration(8, 32)
+    kw = dict(bits=3, group_size=16, act_order=True, static_groups=True)
+    awq_q, rep = quantize_model(model, QuantConfig(method="awq_gptq", awq_grid=1, **kw), calibration=calib, progress=False)
+    gptq_q, _ = quantize_model(model, QuantConfig(method="gptq", **kw), calibration=calib, progress=False)
+    assert (rep.alpha == 0).all()
+    for name in gptq_q.quant_state:
+        torch.testing.assert_close(awq_q.get_submodule(name).weight, gptq_q.get_submodule(name).weight,
+                                   rtol=0, atol=1e-6, msg=name)
+
+
+def test_awq_gptq_restores_the_weights_when_gptq_fails(tiny_lm, monkeypatch):
+    import workbench.quant.awq as awq
+
+    model, _, _ = tiny_lm
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("GPTQ failed")
+
+    monkeypatch.setattr(awq, "gptq_quantize_model", broken)
+    target = __import__("copy").deepcopy(model)
+    with pytest.raises(RuntimeError, match="GPTQ failed"):
+        quantize_model(target, QuantConfig(method="awq_gptq", bits=3, group_size=16), calibration=_calibration(),
+                       inplace=True, progress=False)
+    for n, p in target.named_parameters():
+        assert torch.equal(p, before[n]), n
+    assert all(not m._forward_pre_hooks for m in target.modules())
