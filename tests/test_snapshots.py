@@ -28,8 +28,8 @@ def _only_attention(p):
 
 def _fixed_weights(p):
     """Points whose quantized weights are the same on any CPU: not GPTQ, whose error feedback
-    turns last-bit differences into other rounding decisions, nor BCQ's least-squares fits."""
-    return p["spec"] is None or not any(f'"method": "{m}"' in json.dumps(p["spec"]) for m in ("gptq", "bcq"))
+    turns last-bit differences into other rounding decisions (nor AWQ + GPTQ), nor BCQ's least-squares fits."""
+    return p["spec"] is None or not any(f'"method": "{m}"' in json.dumps(p["spec"]) for m in ("gptq", "awq_gptq", "bcq"))
 
 
 SAMPLES = {                   # snapshot -> which of its points are re-run
@@ -52,7 +52,8 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     **{f"quantizers_{n}": _fixed_weights for n in ("method_bits", "method_bits_gptq", "bcq_init", "gptq_order",
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
                                                   "zero_point", "mixed_precision", "bcq_zero",
-                                                  "scale_gemma", "scale_gemma_gptq")},
+                                                  "scale_gemma", "scale_gemma_gptq",
+                                                  "awq_draw0", "awq_draw1", "awq_draw2")},
     "outliers_retention": _fixed_weights,
     "by_frequency_embeddings": lambda p: True,         # RTN rows by frequency: the same on any CPU
     "by_frequency_blocks": lambda p: True,
@@ -60,6 +61,13 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
                      "abilities_scale_gemma")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
+# snapshots of which one, drawn at random, is re-run per test run: the same sweep on several calibration
+# draws, whose points cost about 3 minutes each to rebuild (64 x 512 calibration tokens); and GPTQ sweeps
+# whose only CPU-independent point is the unquantized model, which the first of their group also holds
+ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2"),
+          ("quantizers_gptq_draw0", "quantizers_gptq_draw1", "quantizers_gptq_draw2", "quantizers_method_bits_gptq"),
+          ("quantizers_scale_gemma", "quantizers_scale_gemma_gptq"))
+PERPLEXITY_RERUNS = list(ONE_OF) + [(n,) for n in PERPLEXITY_SNAPSHOTS if not any(n in g for g in ONE_OF)]
 
 
 def _measure(name):
@@ -166,12 +174,13 @@ def test_ability_snapshot_items_rerun_from_scratch(name, tmp_path, monkeypatch, 
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", PERPLEXITY_SNAPSHOTS)
-def test_perplexity_snapshot_windows_rerun_from_scratch(name, sample_rng):
-    """A random point of a perplexity sweep rebuilt (quantized again) and a random sample of its
-    windows re-scored: each window's summed NLL must match the committed one."""
+@pytest.mark.parametrize("names", PERPLEXITY_RERUNS, ids="|".join)
+def test_perplexity_snapshot_windows_rerun_from_scratch(names, sample_rng):
+    """A random point of a perplexity sweep (of one of `names`, drawn) rebuilt (quantized again) and
+    a random sample of its windows re-scored: each window's summed NLL must match the committed one."""
     from workbench.evaluate import rerun_windows
 
+    name = sample_rng.choice(names)
     r = sample_rng.choice([r for r in read_snapshot(name) if SAMPLES[name](r["point"])])
     chosen = sorted(sample_rng.sample(r["items"], WINDOWS), key=lambda w: w["window"])
     fresh = rerun_windows(r["point"], [w["window"] for w in chosen])
