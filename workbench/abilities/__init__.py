@@ -256,8 +256,10 @@ def _check_tasks(tasks: list[str], include_path=None) -> None:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's parameters and buffers (names, shapes, bytes): a cache key for any model."""
+    """sha256 over the model's parameters and buffers (names, shapes, bytes), and the run-time
+    quantization of its activations and KV cache (`runtime_quant`): a cache key for any model."""
     h = hashlib.sha256()
+    h.update(json.dumps(getattr(model, "runtime_quant", {}), sort_keys=True).encode())
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
@@ -541,26 +543,26 @@ def component_specs(bits: int = 2, method: str = "rtn", group_size: int = 128,
     return specs
 
 
-def _configs(spec) -> list:
-    if isinstance(spec, dict) and "linears" in spec:
-        return [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
-    if isinstance(spec, dict):
-        return [c for c in spec.values() if c is not None]
-    return [spec]
-
-
 def _spec_bits(spec) -> int | None:
     """16 for the unquantized model, the bit width when every quantized part shares one, else None."""
+    from workbench.quant.model import is_runtime_spec, spec_configs
+
     if spec is None:
         return 16
-    bits = {c.bits for c in _configs(spec)}
+    if is_runtime_spec(spec):                # W x A x KV: the weights' width
+        return _spec_bits(spec["weights"])
+    bits = {c.bits for c in spec_configs(spec)}
     return bits.pop() if len(bits) == 1 else None
 
 
 def _spec_method(spec) -> str:
+    from workbench.quant.model import is_runtime_spec, spec_configs
+
     if spec is None:
         return "none"
-    methods = {c.method for c in _configs(spec)}
+    if is_runtime_spec(spec):
+        return _spec_method(spec["weights"])
+    methods = {c.method for c in spec_configs(spec)}
     return methods.pop() if len(methods) == 1 else "mixed"
 
 
@@ -712,6 +714,7 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
     from workbench import adapt
     from workbench.experiments import provide, run_sweep
     from workbench.quant import spec_to_json
+    from workbench.quant.model import spec_needs_calibration
 
     if perplexity_windows is not None and (isinstance(perplexity_windows, bool) or not isinstance(perplexity_windows, int)
                                            or perplexity_windows < 1):
@@ -728,7 +731,7 @@ def ability_sweep(model: nn.Module, tokenizer, record, specs: dict, suites: dict
         loras[i] = {"task": one["task"], "args": adapt.resolve_runs({"lora": ("lora", one["args"])})["lora"][1]}
     points, labels = [], []
     for label, spec in specs.items():
-        needs = spec is not None and any(c.needs_calibration for c in _configs(spec))
+        needs = spec_needs_calibration(spec)
         if needs and calibration is None:
             raise ValueError(f"spec {label!r} uses GPTQ, which needs calibration: pass "
                              "calibration={'corpus': 'lee', 'n_samples': 8, 'seqlen': 256, 'seed': 0}")

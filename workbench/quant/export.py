@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from workbench.quant.grid import QuantizedWeight
-from workbench.quant.packing import write_folder
+from workbench.quant.packing import check_weights_only, write_folder
 
 FORMATS = ("compressed-tensors",)
 
@@ -120,6 +120,7 @@ def export(qmodel: nn.Module, folder: str | os.PathLike, tokenizer=None, format:
     state = getattr(qmodel, "quant_state", None)
     if not state:
         raise ValueError("the model has no quant_state: export a model returned by quantize_model")
+    check_weights_only(qmodel, "export")
     if not hasattr(qmodel, "config") or not hasattr(qmodel.config, "to_dict"):
         raise ValueError(f"a {type(qmodel).__name__} has no transformers config to write; export a transformers model")
     from safetensors.torch import save_file

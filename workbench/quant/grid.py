@@ -276,3 +276,34 @@ def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.T
     num = torch.einsum("oi,ij,oj->", delta, hessian, delta)
     den = torch.einsum("oi,ij,oj->", w.float(), hessian, w.float())
     return (num.clamp(min=0) / den).sqrt().item()
+
+
+# -----------------------------------------------------------------------------
+# run-time tensors (activations, the KV cache): rounded along their last dimension, on the fly
+
+
+def fake_quantize_lastdim(x: torch.Tensor, bits: int, group_size: int | None = None, symmetric: bool = True,
+                          clip: float = 1.0) -> torch.Tensor:
+    """Round `x` [..., d] to `bits` along its last dimension, one scale per row (a token) or per
+    group of `group_size` entries of a row, and return the dequantized tensor (x's shape and dtype).
+
+    Symmetric: levels -qmax..qmax times clip·max|x| / qmax, qmax = 2^(bits-1) - 1 (the restricted
+    range of int8 kernels: 8 bits give 255 levels). Asymmetric: 2^bits levels from the row's
+    min to its max, with a real-valued offset (KIVI's and QLLM-Eval's min/scale). Both are
+    idempotent up to float rounding (the extreme values are grid points), so a cache re-rounded
+    at every step holds what it held after the first rounding. `clip` < 1 shrinks the range."""
+    d = x.shape[-1]
+    g = d if group_size is None else group_size
+    if d % g:
+        raise ValueError(f"group_size {g} does not divide the last dimension {d}; use a divisor of {d} or None "
+                         "(one group per row)")
+    xg = x.float().reshape(*x.shape[:-1], d // g, g)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (xg.abs().amax(-1, keepdim=True) * clip / qmax).clamp(min=1e-8)
+        out = (xg / scale).round().clamp(-qmax, qmax) * scale
+    else:
+        lo, hi = xg.amin(-1, keepdim=True) * clip, xg.amax(-1, keepdim=True) * clip
+        scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-8)
+        out = ((xg - lo) / scale).round().clamp(0, 2 ** bits - 1) * scale + lo
+    return out.reshape(x.shape).to(x.dtype)

@@ -24,9 +24,11 @@ from torch import nn
 
 from workbench.modules import LM_HEAD, linear_modules, module_info, select_modules, to_linear
 from workbench.quant import awq, bcq, gptq, rtn  # noqa: F401  (each registers its method)
+from workbench.quant.activations import ActQuantConfig, quantize_activations, smooth, smooth_scales
 from workbench.quant.by_frequency import FrequencyBits, apply_frequency_bits
 from workbench.quant.gptq import collect_hessians
 from workbench.quant.grid import QuantConfig, relative_output_error
+from workbench.quant.kv_cache import KVQuantConfig, quantize_kv_cache
 from workbench.quant.registry import METHODS
 from workbench.quant.rtn import as_rtn, rtn_quantize_weight
 
@@ -68,13 +70,71 @@ def _row(name: str, cfg: QuantConfig, shape, **measures) -> dict:
                 outlier_fraction=getattr(cfg, "outlier_fraction", 0.0), shape=tuple(shape), **measures)
 
 
+RUNTIME_KEYS = {"weights", "activations", "kv"}
+
+
+def is_runtime_spec(spec) -> bool:
+    """Whether `spec` is the W x A x KV form {"weights": a weight spec or None, "activations":
+    ActQuantConfig or None, "kv": KVQuantConfig or None} (see `precision_spec`)."""
+    return isinstance(spec, dict) and bool(spec) and set(spec) <= RUNTIME_KEYS and "weights" in spec
+
+
+_PRECISION = re.compile(r"^W(\d+)(?:A(\d+))?(?:KV(\d+))?$", re.IGNORECASE)
+
+
+def precision_spec(label: str, method: str = "rtn", group_size: int = 128, smooth_alpha: float | None = None,
+                   kv_group_size: int | None = None, **weight_options) -> dict | None:
+    """The spec that a label such as "W4A8KV4" names: weights at 4 bits (`method`, groups of
+    `group_size`, any other QuantConfig field in `weight_options`), every linear's input at 8
+    bits per token (SmoothQuant first when `smooth_alpha` is set), keys and values at 4 bits per
+    token and head (groups of `kv_group_size`). 16 leaves a part alone; a part not named stays at
+    16 ("W4" is weight-only, "W16A8" activations only); "W16" (or "W16A16KV16") is None, the
+    unquantized model. Returns {"weights", "activations", "kv"} for `quantize_for_spec`."""
+    m = _PRECISION.match(label.strip()) if isinstance(label, str) else None
+    if m is None:
+        raise ValueError(f"{label!r} is not a precision label: write W<bits>[A<bits>][KV<bits>], e.g. 'W4A8KV4', "
+                         "'W8A8', 'W16KV4' (16: that part unquantized)")
+    w, a, kv = (int(x) if x else 16 for x in m.groups())
+    if w == 16 and a == 16 and kv == 16:
+        return None
+    extra = {"act_order": True} if method == "gptq" and "act_order" not in weight_options else {}
+    return {"weights": None if w == 16 else QuantConfig(bits=w, group_size=group_size, method=method,
+                                                        **extra, **weight_options),
+            "activations": None if a == 16 and smooth_alpha is None else ActQuantConfig(bits=a, smooth_alpha=smooth_alpha),
+            "kv": None if kv == 16 else KVQuantConfig(bits=kv, group_size=kv_group_size)}
+
+
+def spec_configs(spec) -> list:
+    """Every config in a spec (weights, embeddings, activations, KV), for what they have in common."""
+    if spec is None:
+        return []
+    if is_runtime_spec(spec):
+        return spec_configs(spec["weights"]) + [c for c in (spec.get("activations"), spec.get("kv")) if c is not None]
+    if isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}:
+        return [c for c in [*spec["linears"].values(), spec["embeddings"]] if c is not None]
+    if isinstance(spec, dict):
+        return [c for c in spec.values() if c is not None]
+    return [spec]
+
+
+def spec_needs_calibration(spec) -> bool:
+    """Whether applying `spec` needs calibration data (GPTQ, AWQ, channel outliers, SmoothQuant)."""
+    return any(getattr(c, "needs_calibration", False) or getattr(c, "smooth_alpha", None) is not None
+               for c in spec_configs(spec))
+
+
 def spec_to_json(spec) -> dict | None:
     """A spec as plain data for a sweep point: None (unquantized); a QuantConfig as
     `QuantConfig.to_json()`; {regex: config or None} as {"patterns": [[regex, config or None], ...]}
     (order kept: the first match wins); the component spec of `workbench.abilities.component_specs`
-    ({"linears": {...}, "embeddings": config, FrequencyBits or None}) with its linears in the same form."""
+    ({"linears": {...}, "embeddings": config, FrequencyBits or None}) with its linears in the same
+    form; the W x A x KV spec of `precision_spec` as {"weights": ..., "activations": ..., "kv": ...}."""
     if spec is None:
         return None
+    if isinstance(spec, (ActQuantConfig, KVQuantConfig)):
+        return spec.to_json()
+    if is_runtime_spec(spec):
+        return {"runtime": {k: spec_to_json(spec.get(k)) for k in ("weights", "activations", "kv")}}
     if isinstance(spec, (QuantConfig, FrequencyBits)):
         return spec.to_json()
     if isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}:
@@ -88,6 +148,12 @@ def spec_from_json(obj: dict | None):
     """The spec that `spec_to_json` wrote."""
     if obj is None:
         return None
+    if "runtime" in obj:
+        return {k: spec_from_json(v) for k, v in obj["runtime"].items()}
+    if "activations" in obj:
+        return ActQuantConfig.from_json(obj)
+    if "kv" in obj:
+        return KVQuantConfig.from_json(obj)
     if "patterns" in obj:
         return {k: spec_from_json(v) for k, v in obj["patterns"]}
     if "linears" in obj:
@@ -102,9 +168,14 @@ def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None =
     """Apply a sweep spec to a copy of `model`: None (the model itself, unchanged), a
     `quantize_model` spec, or a component spec {"linears": {regex: config or None}, "embeddings":
     QuantConfig (`quantize_embeddings`), FrequencyBits (row widths by token frequency: needs
-    `tokenizer`) or None}. Returns (model, report: one row per quantized module, or None)."""
+    `tokenizer`) or None}, or the W x A x KV spec of `precision_spec` {"weights": any of these,
+    "activations": ActQuantConfig or None, "kv": KVQuantConfig or None}: SmoothQuant's scales
+    (from `calibration`) first, then the weights, then the run-time rounding of activations and
+    KV cache. Returns (model, report: one row per quantized module, or None)."""
     if spec is None:
         return model, None
+    if is_runtime_spec(spec):
+        return _quantize_runtime(model, spec, calibration, tokenizer, progress)
     if not (isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}):
         return quantize_model(model, spec, calibration=calibration, progress=progress)
     linears = {rx: c for rx, c in spec["linears"].items() if c is not None}
@@ -123,6 +194,30 @@ def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None =
         qmodel, rep = quantize_embeddings(qmodel, emb, inplace=qmodel is not model)
         reports.append(rep)
     return qmodel, (pd.concat(reports, ignore_index=True) if reports else None)
+
+
+def _quantize_runtime(model, spec, calibration, tokenizer, progress):
+    act, kv = spec.get("activations"), spec.get("kv")
+    for key, cls in (("activations", ActQuantConfig), ("kv", KVQuantConfig)):
+        if spec.get(key) is not None and not isinstance(spec[key], cls):
+            raise TypeError(f'spec["{key}"] must be a {cls.__name__} or None, got {type(spec[key]).__name__}')
+    qmodel = copy.deepcopy(model)
+    if act is not None and act.smooth_alpha is not None:
+        if calibration is None:
+            raise ValueError("SmoothQuant's scales come from calibration activations: pass calibration="
+                             "calibration_batch(tokenizer, n_samples=64, seqlen=512), or set smooth_alpha=None")
+        smooth(qmodel, smooth_scales(qmodel, calibration, act.smooth_alpha, act.skip))   # before the weights are rounded
+    report = None
+    if spec["weights"] is not None:
+        if is_runtime_spec(spec["weights"]):
+            raise TypeError('spec["weights"] is a weight spec (QuantConfig, {regex: config}, or a component spec), '
+                            "not another W x A x KV spec")
+        qmodel, report = quantize_for_spec(qmodel, spec["weights"], calibration, tokenizer=tokenizer, progress=progress)
+    if act is not None:
+        quantize_activations(qmodel, act, inplace=True)
+    if kv is not None:
+        quantize_kv_cache(qmodel, kv, inplace=True)
+    return qmodel, report
 
 
 @torch.no_grad()

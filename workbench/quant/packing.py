@@ -371,6 +371,16 @@ def _dedupe(state: dict[str, torch.Tensor], prefer: set[str]) -> tuple[list[str]
 
 # ----------------------------------------------------------------------------- save / load
 
+def check_weights_only(model: nn.Module, what: str) -> None:
+    """Refuse a model whose activations or KV cache are rounded at run time (`runtime_quant`):
+    a checkpoint holds weights, and SmoothQuant's weights are only right with their input scaling."""
+    runtime = {k: v for k, v in getattr(model, "runtime_quant", {}).items() if v}
+    if runtime:
+        raise ValueError(f"{what} writes quantized weights only, and this model also rounds its {' and '.join(runtime)} "
+                         "at run time (quantize_activations / quantize_kv_cache; SmoothQuant's scaled weights need "
+                         f"their input scaling): {what} the weight-only model, and re-apply the run-time rounding after loading")
+
+
 @torch.no_grad()
 def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) -> Path:
     """Write `model` (from `quantize_model`) as a bit-packed checkpoint folder and return its path.
@@ -386,6 +396,7 @@ def save_quantized(model: nn.Module, folder: str | os.PathLike, tokenizer=None) 
     if not isinstance(state, dict):
         raise ValueError(f"this {type(model).__name__} has no quant_state: quantize it with quantize_model "
                          "first (workbench.quant.quantize_model returns a model that save_quantized can pack)")
+    check_weights_only(model, "save_quantized")
     folder = Path(folder).expanduser()
     _recover(folder)                                           # a killed earlier save: its old checkpoint back
     if folder.exists():
