@@ -36,6 +36,7 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_bits_sweep": lambda p: p["spec"] is None or _rtn3(p),
     "abilities_cot_probe": lambda p: True,             # the base model only
     "abilities_scale_gemma": lambda p: p["spec"] is None or _rtn3(p),
+    "abilities_wakv": lambda p: True,                  # RTN weights, activations and KV rounded at run time
     "component_sensitivity_w4": _only_attention,
     "abilities_lora": lambda p: _rtn3(p),              # LoRA: its training and perplexity (below)
     # adaptation runs: one point drawn at random (its seed among them) from the runs that take under a minute
@@ -49,6 +50,8 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "quickstart_botchan": lambda p: True,
     "quantizers_gguf_grid_lee": lambda p: True,
     "quantizers_gguf_grid_botchan": lambda p: True,
+    "quantizers_wakv": lambda p: True,                # RTN weights; activations and KV cache rounded at run time
+    "quantizers_wakv_smooth": lambda p: p["spec"]["runtime"]["weights"] is None,   # W16A4 SQ: no weight Hessians
     **{f"quantizers_{n}": _fixed_weights for n in ("method_bits", "method_bits_gptq", "bcq_init", "gptq_order",
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
                                                   "zero_point", "mixed_precision", "bcq_zero",
@@ -59,14 +62,17 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "by_frequency_blocks": lambda p: True,
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
-                     "abilities_scale_gemma")
+                     "abilities_scale_gemma", "abilities_wakv")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
-# snapshots of which one, drawn at random, is re-run per test run: the same sweep on several calibration
-# draws, whose points cost about 3 minutes each to rebuild (64 x 512 calibration tokens); and GPTQ sweeps
-# whose only CPU-independent point is the unquantized model, which the first of their group also holds
-ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2"),
-          ("quantizers_gptq_draw0", "quantizers_gptq_draw1", "quantizers_gptq_draw2", "quantizers_method_bits_gptq"),
-          ("quantizers_scale_gemma", "quantizers_scale_gemma_gptq"))
+# snapshots of which one, drawn at random, is re-run per test run: notebook 01's sweeps over calibration
+# draws (GPTQ's, whose only CPU-independent point is the unquantized model, and AWQ's, whose points cost
+# about 3 minutes each to rebuild from 64 x 512 calibration tokens: three runs in seven re-run AWQ), the
+# Gemma sweeps, whose GPTQ part's only CPU-independent point is the unquantized model the other also
+# holds, and the W x A x KV sweep's two parts (SmoothQuant's points need a 64 x 512 calibration pass)
+ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2",
+           "quantizers_gptq_draw0", "quantizers_gptq_draw1", "quantizers_gptq_draw2", "quantizers_method_bits_gptq"),
+          ("quantizers_scale_gemma", "quantizers_scale_gemma_gptq"),
+          ("quantizers_wakv", "quantizers_wakv_smooth"))    # one sweep, split where SmoothQuant needs calibration
 PERPLEXITY_RERUNS = list(ONE_OF) + [(n,) for n in PERPLEXITY_SNAPSHOTS if not any(n in g for g in ONE_OF)]
 
 

@@ -117,7 +117,7 @@ def test_collect_hessians(tiny_lm):
     calib = _calibration(n=5)
     name = "model.layers.1.mlp.down_proj"
     seen = []
-    handle = model.get_submodule(name).register_forward_hook(lambda m, a, o: seen.append(a[0].reshape(-1, 96)))
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, 96)))
     try:
         H, n = collect_hessians(model, [name, "model.layers.0.self_attn.q_proj"], calib, batch_size=2,
                                 return_counts=True)
@@ -128,6 +128,30 @@ def test_collect_hessians(tiny_lm):
     assert H[name].shape == (96, 96) and H["model.layers.0.self_attn.q_proj"].shape == (48, 48)
     assert torch.allclose(H[name], 2 / X.shape[0] * X.T @ X, rtol=1e-4, atol=1e-6)
     assert torch.allclose(collect_hessians(model, [name], calib, batch_size=5)[name], H[name], rtol=1e-4, atol=1e-6)
+    _assert_no_hooks(model)
+
+
+def test_collect_hessians_stops_each_forward_after_its_last_module(tiny_lm):
+    """After a first batch that calls every module once, later batches end at the last module:
+    the LM head runs once, and the Hessians are what full forwards give."""
+    model = tiny_lm.model
+    head_calls = []
+    handle = model.lm_head.register_forward_hook(lambda m, a, o: head_calls.append(1))
+    try:
+        H = collect_hessians(model, ["model.layers.0.mlp.down_proj"], _calibration(n=6), batch_size=2)
+    finally:
+        handle.remove()
+    assert head_calls == [1]
+    X = []
+    handle = model.get_submodule("model.layers.0.mlp.down_proj").register_forward_hook(
+        lambda m, a, o: X.append(a[0].reshape(-1, 96)))
+    try:
+        with torch.no_grad():
+            model(_calibration(n=6))
+    finally:
+        handle.remove()
+    X = torch.cat(X)
+    assert torch.allclose(H["model.layers.0.mlp.down_proj"], 2 / X.shape[0] * X.T @ X, rtol=1e-4, atol=1e-6)
     _assert_no_hooks(model)
 
 

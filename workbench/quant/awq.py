@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from workbench.modules import module_info
-from workbench.quant.gptq import GPTQConfig, _fusable, collect_hessians, gptq_quantize_model
+from workbench.quant.gptq import GPTQConfig, fusable, collect_hessians, gptq_quantize_model
 from workbench.quant.grid import (QuantConfig, QuantizedWeight, _check_bool, _check_weight, _grouped,
                                   choose_qparams, dequantize, group_range, qparams_from_range, quantize,
                                   relative_output_error)
@@ -211,7 +211,7 @@ def _shared_scales(model: nn.Module, plan: dict, hessians: dict) -> dict[str, tu
     same input with the same config (q/k/v, gate/up), searched on their stacked rows."""
     modules = dict(model.named_modules())
     found = {}
-    for run in _fusable(list(plan), plan, hessians):
+    for run in fusable(list(plan), plan, hessians):
         t0 = time.perf_counter()
         try:
             s, alpha, _ = awq_scales(torch.cat([modules[n].weight.data for n in run]), hessians[run[0]], plan[run[0]])

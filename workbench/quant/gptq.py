@@ -256,14 +256,21 @@ def _check_calibration(calibration: torch.Tensor) -> None:
 
 @contextlib.contextmanager
 def _accumulating_hessians(modules: dict[str, nn.Linear]):
-    """Forward hooks that keep H = 2/N sum x x^T [in, in] (float32, running average over the N
-    tokens seen) per module; yields (H, n_tokens) dicts and always removes the hooks."""
+    """Forward pre-hooks that keep H = 2/N sum x x^T [in, in] (float32, running average over the N
+    tokens seen) per module; yields (H, n_tokens, forward) and always removes the hooks.
+
+    `forward(call)` runs one forward pass (`call()`, e.g. the model on one batch). Once a pass has
+    shown every module called exactly once, later passes end as soon as the last of them has its
+    input (before its own product): whatever follows feeds no Hessian, and the Hessians are those
+    of full passes."""
     H = {name: torch.zeros(m.in_features, m.in_features, device=m.weight.device) for name, m in modules.items()}
     n = dict.fromkeys(modules, 0)
     last = {}  # the latest input and its x^T x: q/k/v (and gate/up) are called on the same tensor
+    calls = dict.fromkeys(modules, 0)            # calls per module in the current pass
+    state = {"stop": False}                       # whether passes may end at the last module
 
     def make_hook(name):
-        def hook(module, args, output):
+        def hook(module, args):
             x = args[0]
             if last.get("x") is not x:
                 x2 = x.detach().reshape(-1, x.shape[-1]).float()          # [tokens, in]
@@ -271,11 +278,22 @@ def _accumulating_hessians(modules: dict[str, nn.Linear]):
             total = n[name] + last["t"]
             H[name].mul_(n[name] / total).add_(last["xtx"], alpha=2 / total)
             n[name] = total
+            calls[name] += 1
+            if state["stop"] and all(calls.values()):
+                raise _StopForward
         return hook
 
-    handles = [m.register_forward_hook(make_hook(name)) for name, m in modules.items()]
+    def forward(call):
+        calls.update(dict.fromkeys(calls, 0))
+        try:
+            call()
+        except _StopForward:
+            pass
+        state["stop"] = all(c == 1 for c in calls.values())
+
+    handles = [m.register_forward_pre_hook(make_hook(name)) for name, m in modules.items()]
     try:
-        yield H, n
+        yield H, n, forward
     finally:
         for h in handles:
             h.remove()
@@ -289,8 +307,10 @@ def collect_hessians(model: nn.Module, module_names, calibration: torch.Tensor, 
     Runs the calibration token ids [n_samples, seqlen] through the model in batches of
     `batch_size` (inference mode, use_cache=False, eval mode) with forward hooks that keep a
     running average over the N tokens each module has seen, as the reference GPTQ does (which
-    counts sequences instead: only the scale differs). The hooks are always removed, also when
-    the forward fails. Returns {name: H}; with `return_counts=True`, ({name: H}, {name: N}).
+    counts sequences instead: only the scale differs). When the first batch shows every module
+    called once per forward, later batches stop at the last module's input (the LM head and any
+    later layer feed no Hessian). The hooks are always removed, also when the forward fails.
+    Returns {name: H}; with `return_counts=True`, ({name: H}, {name: N}).
     """
     modules = _linears(model, module_names)
     _check_calibration(calibration)
@@ -298,9 +318,9 @@ def collect_hessians(model: nn.Module, module_names, calibration: torch.Tensor, 
     was_training = model.training
     model.eval()
     try:
-        with _accumulating_hessians(modules) as (H, n), torch.inference_mode():
+        with _accumulating_hessians(modules) as (H, n, forward), torch.inference_mode():
             for batch in calibration.split(batch_size):
-                model(input_ids=batch.to(device), use_cache=False)
+                forward(lambda: model(input_ids=batch.to(device), use_cache=False))
     finally:
         model.train(was_training)
     H = {name: h.clone() for name, h in H.items()}
@@ -384,7 +404,7 @@ def _block_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _fusable(names: list[str], plan: dict, H: dict) -> list[list[str]]:
+def fusable(names: list[str], plan: dict, H: dict) -> list[list[str]]:
     """Split `names` into runs quantized in one GPTQ call: modules with the same config and the same
     Hessian (q/k/v read one input, as do gate/up). GPTQ treats the rows of W independently, so
     stacking the rows gives each module the result it would get alone, for one Cholesky and one
@@ -477,10 +497,11 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
                     raise ValueError(f"block {list_name}.{i} holds planned modules but the model's forward "
                                      "never calls it")
                 if names:
-                    with _accumulating_hessians({n: modules[n] for n in names}) as (H, n), torch.inference_mode():
+                    with _accumulating_hessians({n: modules[n] for n in names}) as (H, n, forward), \
+                            torch.inference_mode():
                         for x, (args, kwargs) in zip(hidden, extras[i]):
-                            block(x, *args, **kwargs)
-                    for run in _fusable(names, plan, H):
+                            forward(lambda: block(x, *args, **kwargs))    # ends at the block's last planned linear
+                    for run in fusable(names, plan, H):
                         for name, qp, row in _quantize_modules(run, modules, plan[run[0]], H[run[0]], n[run[0]]):
                             qparams[name] = qp
                             report.append(row)
@@ -491,7 +512,7 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
             del hidden, extras
         if outside:
             H, n = collect_hessians(model, outside, calibration, batch_size, return_counts=True)
-            for run in _fusable(outside, plan, H):
+            for run in fusable(outside, plan, H):
                 for name, qp, row in _quantize_modules(run, modules, plan[run[0]], H[run[0]], n[run[0]]):
                     qparams[name] = qp
                     report.append(row)
