@@ -214,6 +214,22 @@ def test_modules_reading_one_input_are_quantized_together_as_if_alone(tiny_lm, c
         assert torch.allclose(qparams[name][0], scale) and torch.allclose(qparams[name][1], zero)
 
 
+def test_a_gptq_only_spec_runs_no_whole_model_calibration_pass(tiny_lm):
+    """GPTQ replays the blocks alone; with no one-shot layer there is no output error to measure, so
+    quantize_model runs no full forward (it used to run one for nothing: a third of GPTQ's time)."""
+    from workbench.quant import quantize_model
+
+    calls = []
+    handle = tiny_lm.model.lm_head.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        q, report = quantize_model(tiny_lm.model, QuantConfig(bits=4, group_size=16, method="gptq"),
+                                   calibration=_calibration(), progress=False)
+    finally:
+        handle.remove()
+    assert calls == [] and len(report) == 14
+    assert collect_hessians(tiny_lm.model, [], _calibration()) == {}
+
+
 def test_gptq_quantize_model_leaves_unplanned_modules_alone(tiny_lm):
     original = tiny_lm.model
     model = copy.deepcopy(original)

@@ -314,6 +314,8 @@ def collect_hessians(model: nn.Module, module_names, calibration: torch.Tensor, 
     """
     modules = _linears(model, module_names)
     _check_calibration(calibration)
+    if not modules:                               # nothing to collect: no forward pass
+        return ({}, {}) if return_counts else {}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

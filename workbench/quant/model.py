@@ -249,9 +249,9 @@ def quantize_model(model: nn.Module, spec: Spec, calibration: torch.Tensor | Non
     modules = linear_modules(qmodel)
     original = {n: modules[n].weight.detach().clone() for n in plan}
     hessians = {}
-    if calibration is not None:             # for channel outliers and the output error of one-shot methods
-        hessians = collect_hessians(qmodel, [n for n, c in plan.items() if not METHODS[c.method].sequential],
-                                    calibration)
+    one_shot = [n for n, c in plan.items() if not METHODS[c.method].sequential]
+    if calibration is not None and one_shot:   # for channel outliers and the output error of one-shot methods
+        hessians = collect_hessians(qmodel, one_shot, calibration)
     state = dict(getattr(qmodel, "quant_state", {}))
     rows = []
     for method in sorted(METHODS.values(), key=lambda m: m.sequential):   # registration order, GPTQ-like last
