@@ -28,6 +28,7 @@ METHODS = {
     "bcq-greedy": dict(method="bcq", bcq_iters=3, bcq_init="greedy"),
     "gptq": dict(method="gptq"),
     "gptq-act-order": dict(method="gptq", act_order=True),
+    "gptq-act-order-static": dict(method="gptq", act_order=True, static_groups=True),   # what a GPTQ checkpoint stores
 }
 
 
