@@ -177,6 +177,17 @@ def smooth(model: nn.Module, scales: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
+def smooth_for(model: nn.Module, config: ActQuantConfig, calibration: torch.Tensor | None) -> nn.Module:
+    """SmoothQuant in place as `config.smooth_alpha` asks (nothing when it is None, or when the
+    model is already smoothed); its maxima come from `calibration`, token ids [n, seqlen]."""
+    if config.smooth_alpha is None or _hooked(model):
+        return model
+    if calibration is None:
+        raise ValueError("SmoothQuant's scales come from calibration activations: pass calibration="
+                         "calibration_batch(tokenizer, n_samples=64, seqlen=512), or set smooth_alpha=None")
+    return smooth(model, smooth_scales(model, calibration, config.smooth_alpha, config.skip))
+
+
 # -----------------------------------------------------------------------------
 # the model-level entry points
 
@@ -191,11 +202,7 @@ def quantize_activations(model: nn.Module, config: ActQuantConfig, calibration: 
     if not isinstance(config, ActQuantConfig):
         raise TypeError(f"config must be an ActQuantConfig, got {type(config).__name__}")
     qmodel = model if inplace else copy.deepcopy(model)
-    if config.smooth_alpha is not None and not _hooked(qmodel):
-        if calibration is None:
-            raise ValueError("SmoothQuant's scales come from calibration activations: pass calibration="
-                             "calibration_batch(tokenizer, n_samples=64, seqlen=512), or set smooth_alpha=None")
-        smooth(qmodel, smooth_scales(qmodel, calibration, config.smooth_alpha, config.skip))
+    smooth_for(qmodel, config, calibration)
     targets = {n: m for n, m in linear_modules(qmodel).items() if not re.search(config.skip, n)}
     if not targets:
         raise ValueError(f"this {type(qmodel).__name__} has no nn.Linear outside skip={config.skip!r}: no input to quantize")

@@ -24,7 +24,7 @@ from torch import nn
 
 from workbench.modules import LM_HEAD, linear_modules, module_info, select_modules, to_linear
 from workbench.quant import awq, bcq, gptq, rtn  # noqa: F401  (each registers its method)
-from workbench.quant.activations import ActQuantConfig, quantize_activations, smooth, smooth_scales
+from workbench.quant.activations import ActQuantConfig, quantize_activations, smooth_for
 from workbench.quant.by_frequency import FrequencyBits, apply_frequency_bits
 from workbench.quant.gptq import collect_hessians
 from workbench.quant.grid import QuantConfig, relative_output_error
@@ -202,11 +202,8 @@ def _quantize_runtime(model, spec, calibration, tokenizer, progress):
         if spec.get(key) is not None and not isinstance(spec[key], cls):
             raise TypeError(f'spec["{key}"] must be a {cls.__name__} or None, got {type(spec[key]).__name__}')
     qmodel = copy.deepcopy(model)
-    if act is not None and act.smooth_alpha is not None:
-        if calibration is None:
-            raise ValueError("SmoothQuant's scales come from calibration activations: pass calibration="
-                             "calibration_batch(tokenizer, n_samples=64, seqlen=512), or set smooth_alpha=None")
-        smooth(qmodel, smooth_scales(qmodel, calibration, act.smooth_alpha, act.skip))   # before the weights are rounded
+    if act is not None:
+        smooth_for(qmodel, act, calibration)          # before the weights are rounded
     report = None
     if spec["weights"] is not None:
         if is_runtime_spec(spec["weights"]):
