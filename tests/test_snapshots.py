@@ -28,8 +28,10 @@ def _only_attention(p):
 
 def _fixed_weights(p):
     """Points whose quantized weights are the same on any CPU: not GPTQ, whose error feedback
-    turns last-bit differences into other rounding decisions (nor AWQ + GPTQ), nor BCQ's least-squares fits."""
-    return p["spec"] is None or not any(f'"method": "{m}"' in json.dumps(p["spec"]) for m in ("gptq", "awq_gptq", "bcq"))
+    turns last-bit differences into other rounding decisions (nor AWQ + GPTQ), nor BCQ's least-squares fits,
+    nor SignRound, whose signed steps flip with the sign of a gradient that is zero up to rounding."""
+    return p["spec"] is None or not any(f'"method": "{m}"' in json.dumps(p["spec"])
+                                        for m in ("gptq", "awq_gptq", "bcq", "signround"))
 
 
 SAMPLES = {                   # snapshot -> which of its points are re-run

@@ -15,6 +15,8 @@
                  SmoothQuant's migration first (smooth_scales, smooth)
     kv_cache.py  KVQuantConfig; keys and values rounded per token and head inside attention (KV8/4/2),
                  in every forward and every generation step
+    signround.py SignRoundConfig; learned rounding and clipping trained block by block on the
+                 block's output error (SignRound, Cheng et al. 2023; Intel's auto-round)
     bcq.py       BCQConfig; binary-coding quantization (AlphaTuning's format, optionally with an
                  offset per group) and BCQLinear
     by_frequency.py  per-word bits for the token embedding (FrequencyBits, a spec's "embeddings"
@@ -39,6 +41,7 @@ from workbench.quant.rtn import RTNConfig, as_rtn, fake_quantize, outlier_mask, 
 from workbench.quant.gptq import GPTQConfig
 from workbench.quant.bcq import BCQConfig
 from workbench.quant.awq import AWQConfig, AWQGPTQConfig
+from workbench.quant.signround import SignRoundConfig
 from workbench.quant.by_frequency import FrequencyBits
 from workbench.quant.activations import ActQuantConfig, quantize_activations, remove_activation_quantization
 from workbench.quant.kv_cache import KVQuantConfig, quantize_kv_cache, remove_kv_quantization
@@ -47,7 +50,7 @@ from workbench.quant.model import (DEFAULT_SKIP, Spec, precision_spec, quantize_
 from workbench.quant.packing import load_quantized, packed_size, save_quantized
 
 __all__ = ["QuantConfig", "QuantizedWeight", "choose_qparams", "dequantize", "quantize", "relative_output_error",
-           "METHODS", "QuantMethod", "register_method", "RTNConfig", "GPTQConfig", "BCQConfig", "AWQConfig", "AWQGPTQConfig", "as_rtn", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
+           "METHODS", "QuantMethod", "register_method", "RTNConfig", "GPTQConfig", "BCQConfig", "AWQConfig", "AWQGPTQConfig", "SignRoundConfig", "as_rtn", "fake_quantize", "outlier_mask", "rtn_quantize_weight",
            "FrequencyBits", "ActQuantConfig", "quantize_activations", "remove_activation_quantization",
            "KVQuantConfig", "quantize_kv_cache", "remove_kv_quantization", "precision_spec", "DEFAULT_SKIP", "Spec", "quantize_embeddings", "quantize_for_spec", "quantize_model", "resolve_spec", "spec_from_json", "spec_to_json",
            "load_quantized", "packed_size", "save_quantized"]

@@ -178,8 +178,16 @@ def group_range(w: torch.Tensor, config: QuantConfig,
     return torch.where(torch.isinf(lo), 0.0, lo), torch.where(torch.isinf(hi), 0.0, hi)
 
 
-def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of the grid that covers [lo, hi] (elementwise) with 2^bits levels."""
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) whose gradient is that of x (the straight-through estimator)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig,
+                       ste: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of the grid that covers [lo, hi] (elementwise) with 2^bits levels.
+    With `ste`, the zero point is rounded straight-through, so that gradients reach lo and hi
+    (learned clipping, signround.py); the values are the same."""
     if config.zero_in_range:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     dtype = getattr(torch, config.scale_dtype)
@@ -193,7 +201,7 @@ def qparams_from_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) 
         lo, hi = torch.where(flat, lo - 1, lo), torch.where(flat, hi + 1, hi)
         scale = ((hi - lo) / config.maxq).to(dtype).float()
         zero = -lo / scale
-        zero = torch.round(zero) if config.round_zero else zero.to(dtype).float()
+        zero = (round_ste(zero) if ste else torch.round(zero)) if config.round_zero else zero.to(dtype).float()
     return scale, zero
 
 
