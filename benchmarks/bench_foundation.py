@@ -25,7 +25,7 @@ import torch
 
 from workbench.cache import workbench_home
 from workbench.data import evaluation_text
-from workbench.evaluate import perplexity, token_windows
+from workbench.evaluate import auto_batch_sizes, perplexity, token_windows
 from workbench.models import load_model
 
 
@@ -67,10 +67,11 @@ def child(args) -> None:
         t = time.perf_counter()
         ppl = run()
         times.append(time.perf_counter() - t)
-    print(min(times[1:]), ppl, _peak_rss_mb() - base)
+    chosen = auto_batch_sizes()
+    print(min(times[1:]), ppl, _peak_rss_mb() - base, next(iter(chosen.values())) if chosen else 0)
 
 
-def scored(args, how: str) -> tuple[float, float, float]:
+def scored(args, how: str) -> tuple[float, float, float, float]:
     cmd = [sys.executable, __file__, "--child", how, "--model", args.model, "--windows", str(args.windows),
            "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
     out = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True, check=True)
@@ -82,7 +83,8 @@ def main():
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="windows per batch, or 'auto' (measured: workbench.evaluate.window_nll)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-load", action="store_true", help="time only the perplexity throughput")
     ap.add_argument("--child", choices=["workbench", "hf"], help=argparse.SUPPRESS)
@@ -102,8 +104,11 @@ def main():
             rows.append({"measure": "load, warm (safetensors folder)", "value": min(warm), "unit": "s"})
 
     n_tokens = args.windows * args.seqlen
-    t_wb, ppl_wb, mem_wb = scored(args, "workbench")
-    t_hf, ppl_hf, mem_hf = scored(args, "hf")
+    t_wb, ppl_wb, mem_wb, chosen = scored(args, "workbench")
+    t_hf, ppl_hf, mem_hf, _ = scored(args, "hf")
+    if args.batch_size == "auto":
+        rows.append({"measure": "batch size measured fastest ('auto'; 0: too few windows to decide)",
+                     "value": chosen, "unit": "windows"})
     assert math.isclose(ppl_wb, ppl_hf, rel_tol=1e-3), (ppl_wb, ppl_hf)  # HF averages in float32
     rows += [
         {"measure": f"perplexity, workbench (batch {args.batch_size})", "value": n_tokens / t_wb, "unit": "tokens/s"},

@@ -161,3 +161,69 @@ def test_a_tokenizer_without_bos_keeps_gptqs_windows(tiny_lm):
     from workbench.evaluate import starts_with_bos
 
     assert not starts_with_bos(tiny_lm.tokenizer)
+
+
+def _counting(monkeypatch, seconds=lambda size: 1.0 + size, fail_above=None):
+    """Spy on the per-batch NLL on a fake clock: the sizes of the batches run, each taking
+    `seconds(size)` (optionally failing as out of memory above a size)."""
+    import types
+
+    import workbench.evaluate as ev
+
+    sizes, real, clock = [], ev._batch_nll, [0.0]
+
+    def spy(model, split, batch):
+        if fail_above is not None and batch.shape[0] > fail_above:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        sizes.append(batch.shape[0])
+        clock[0] += seconds(batch.shape[0])
+        return real(model, split, batch)
+
+    monkeypatch.setattr(ev, "_batch_nll", spy)
+    monkeypatch.setattr(ev, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(ev, "_auto_batch", {})
+    return sizes
+
+
+def test_auto_batch_size_scores_every_window_once_and_remembers_its_choice(tiny_lm, monkeypatch):
+    from workbench.evaluate import auto_batch_sizes
+
+    windows = torch.randint(0, 64, (40, 16), generator=torch.Generator().manual_seed(0))
+    one_by_one = window_nll(tiny_lm.model, windows, batch_size=1, progress=False)
+    sizes = _counting(monkeypatch, seconds=lambda size: 0.5 + size if size <= 4 else 2 * size)   # 4 fastest
+    auto = window_nll(tiny_lm.model, windows, batch_size="auto", progress=False)
+    assert sizes == [1, 1, 2, 4, 8] + [4] * 6                       # warm-up, trials up to the slower 8, then 4s
+    assert torch.allclose(auto, one_by_one, rtol=1e-5)
+    assert list(auto_batch_sizes().values()) == [4]
+    sizes.clear()
+    window_nll(tiny_lm.model, windows[:10], batch_size="auto", progress=False)   # remembered: no new trials
+    assert sizes == [4, 4, 2]
+
+
+def test_auto_batch_size_keeps_growing_while_larger_batches_are_faster(tiny_lm, monkeypatch):
+    from workbench.evaluate import auto_batch_sizes
+
+    sizes = _counting(monkeypatch)                                 # 1 + size seconds: larger is always faster
+    window_nll(tiny_lm.model, torch.randint(0, 64, (40, 16)), batch_size="auto", progress=False)
+    assert sizes == [1, 1, 2, 4, 8, 16, 8] and list(auto_batch_sizes().values()) == [16]
+
+
+def test_auto_batch_size_backs_off_when_memory_runs_out(tiny_lm, monkeypatch):
+    windows = torch.randint(0, 64, (30, 16), generator=torch.Generator().manual_seed(1))
+    sizes = _counting(monkeypatch, fail_above=2)
+    auto = window_nll(tiny_lm.model, windows, batch_size="auto", progress=False)
+    assert sum(sizes) == 30 and max(sizes) == 2 and auto.shape == (30,)
+
+
+def test_too_few_windows_to_decide_are_scored_but_not_remembered(tiny_lm, monkeypatch):
+    from workbench.evaluate import auto_batch_sizes
+
+    sizes = _counting(monkeypatch)
+    window_nll(tiny_lm.model, torch.randint(0, 64, (5, 16)), batch_size="auto", progress=False)
+    assert sizes == [1, 1, 2, 1] and auto_batch_sizes() == {}
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "fast", True])
+def test_a_bad_batch_size_is_a_clear_error(tiny_lm, bad):
+    with pytest.raises(ValueError, match="positive integer or 'auto'"):
+        window_nll(tiny_lm.model, torch.zeros(2, 8, dtype=torch.long), batch_size=bad, progress=False)

@@ -91,8 +91,44 @@ def _body_and_head(model: nn.Module):
     return body, head, getattr(model.config, "final_logit_softcapping", None)
 
 
+def _batch_nll(model: nn.Module, split, batch: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL of each window of one batch [B, T] -> [B] float64 (on the CPU)."""
+    targets = batch[:, 1:]                                                    # [B, T-1]
+    if split is None:
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1]       # [B, T-1, V]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    else:
+        body, head, cap = split
+        hidden = body(input_ids=batch, use_cache=False)[0][:, :-1]            # [B, T-1, H]
+        flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // model.config.vocab_size)
+        parts = []
+        for c in range(0, flat_t.numel(), chunk):
+            logits = head(flat_h[c : c + chunk]).float()                      # [chunk, V]
+            if cap:
+                logits = cap * torch.tanh(logits / cap)
+            parts.append(F.cross_entropy(logits, flat_t[c : c + chunk], reduction="none"))
+        nll = torch.cat(parts).view_as(targets)                               # [B, T-1]
+    return nll.double().sum(dim=1).cpu()
+
+
+AUTO_BATCH_SIZES = (1, 2, 4, 8, 16)   # what batch_size="auto" tries, in this order
+AUTO_BATCH_SLOWER = 0.97              # stop trying larger batches once one runs below this share of the best rate
+_auto_batch: dict[tuple, int] = {}    # (device, threads, model shape, seqlen) -> the batch size measured fastest
+
+
+def _auto_key(model: nn.Module, device, seqlen: int) -> tuple:
+    config = getattr(model, "config", None)
+    shape = json.dumps(config.to_dict(), sort_keys=True, default=str) if hasattr(config, "to_dict") else type(model).__name__
+    return (str(device), torch.get_num_threads(), shape, seqlen)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 @torch.inference_mode()
-def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
+def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int | str = 4,
                progress: bool = True) -> torch.Tensor:
     """Summed next-token NLL of each window: [n, seqlen] token ids -> [n] float64 nats.
 
@@ -100,42 +136,78 @@ def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
     tokens 2..seqlen. For a Hugging Face causal LM the output head runs on the last hidden
     state a chunk of tokens at a time (`LOGIT_CHUNK_ELEMENTS`), so the [batch, seqlen, vocab]
     logits are never held whole: 400 MB for 4 windows of SmolLM2, 2.1 GB for Gemma-3. Any
-    other model is run whole.
+    other model is run whole. `batch_size="auto"` measures: after one warm-up window it times
+    batches of 1, 2, 4, ... windows (AUTO_BATCH_SIZES; every window scored counts, none is run
+    twice), stops at the first that is slower per token than the best or runs out of memory,
+    and runs the rest at the fastest; the choice is remembered for this device, thread count,
+    model shape and seqlen (`auto_batch_sizes()`). The batch size changes no result beyond
+    float summation order.
     """
+    if not (batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool)
+                                     and batch_size >= 1)):
+        raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     device = next(model.parameters()).device
     split = _body_and_head(model)
-    out = []
-    starts = range(0, windows.shape[0], batch_size)
-    for s in tqdm(starts, desc="perplexity", unit="batch", disable=not progress, leave=False):
-        batch = windows[s : s + batch_size].to(device)                        # [B, T]
-        targets = batch[:, 1:]                                                # [B, T-1]
-        if split is None:
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]   # [B, T-1, V]
-            nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    n = windows.shape[0]
+    out: list[torch.Tensor] = []                                              # [B] per batch run
+    done = 0                                                                  # windows scored so far
+    bar = tqdm(total=n, desc="perplexity", unit="window", disable=not progress, leave=False)
+
+    def run(size: int) -> None:
+        nonlocal done
+        out.append(_batch_nll(model, split, windows[done : done + size].to(device)))
+        done += out[-1].shape[0]
+        bar.update(out[-1].shape[0])
+
+    if batch_size == "auto":
+        key = _auto_key(model, device, windows.shape[1])
+        if key not in _auto_batch and n > 1:
+            run(1)                                                            # warm-up: lazy initialisation
+            best, best_rate, decided = 1, 0.0, True
+            for size in AUTO_BATCH_SIZES:
+                if done + size > n:                                           # too few windows to decide
+                    decided = False
+                    break
+                t0 = time.perf_counter()
+                try:
+                    run(size)
+                except (RuntimeError, torch.OutOfMemoryError) as e:
+                    if not _out_of_memory(e):
+                        raise
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    break
+                rate = size / (time.perf_counter() - t0)
+                if rate > best_rate:
+                    best, best_rate = size, rate
+                elif rate < AUTO_BATCH_SLOWER * best_rate:
+                    break
+            if decided:
+                _auto_batch[key] = best
+            batch_size = best
         else:
-            body, head, cap = split
-            hidden = body(input_ids=batch, use_cache=False)[0][:, :-1]        # [B, T-1, H]
-            flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-            chunk = max(1, LOGIT_CHUNK_ELEMENTS // model.config.vocab_size)
-            parts = []
-            for c in range(0, flat_t.numel(), chunk):
-                logits = head(flat_h[c : c + chunk]).float()                  # [chunk, V]
-                if cap:
-                    logits = cap * torch.tanh(logits / cap)
-                parts.append(F.cross_entropy(logits, flat_t[c : c + chunk], reduction="none"))
-            nll = torch.cat(parts).view_as(targets)                           # [B, T-1]
-        out.append(nll.double().sum(dim=1).cpu())
-    return torch.cat(out)
+            batch_size = _auto_batch.get(key, 1)
+    while done < n:
+        run(batch_size)
+    bar.close()
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-def perplexity(model: nn.Module, tokenizer, text: str | list[str], seqlen: int = 512, batch_size: int = 4,
+def auto_batch_sizes() -> dict[tuple, int]:
+    """The batch sizes `window_nll(batch_size="auto")` measured in this process: {(device, threads,
+    model config, seqlen): windows per batch}."""
+    return dict(_auto_batch)
+
+
+def perplexity(model: nn.Module, tokenizer, text: str | list[str], seqlen: int = 512, batch_size: int | str = "auto",
                max_windows: int | None = None, progress: bool = True) -> float:
     """Token perplexity of `model` on `text` over non-overlapping `seqlen` windows (see module doc).
 
     `text` is one string or a list of documents (joined with "\\n\\n"). `max_windows` keeps only
-    the first windows, for quick looks; leave it None for the number a paper would report. A
-    model with a NaN or inf weight is an error naming the weight; a finite model whose
-    predictions overflow (a broken quantization) gets inf, never a hidden number.
+    the first windows, for quick looks; leave it None for the number a paper would report.
+    `batch_size` is windows per forward pass, "auto" (the default) measures the fastest on this
+    device (see `window_nll`). A model with a NaN or inf weight is an error naming the weight; a
+    finite model whose predictions overflow (a broken quantization) gets inf, never a hidden number.
     """
     check_finite(model, why="its perplexity would be meaningless")
     windows = token_windows(tokenizer, text, seqlen, max_windows)
@@ -168,7 +240,8 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
     {"n_samples": 16, "seqlen": 512, "seed": 0}) is drawn from `corpus` with
     `workbench.data.calibration_batch` and handed to `quantize_model` (GPTQ and channel
     outliers need it; with it the report also measures output error). The weights (record.key),
-    the spec, the calibration, the corpus, `seqlen` and `max_windows` key each point. Columns:
+    the spec, the calibration, the corpus, `seqlen`, `max_windows` and `batch_size` key each point
+    (the committed snapshots were made at batch 4, which stays the default here; "auto" works). Columns:
     label, bits, perplexity with its 95% bootstrap interval over windows (low, high; NaN with one
     window, inf when the perplexity overflows), the mean relative weight (and, with calibration, output) error over quantized
     modules, their number, the quantization time, the windows and the evaluated token count.
