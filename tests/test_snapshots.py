@@ -58,7 +58,7 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
                                                   "zero_point", "mixed_precision", "bcq_zero",
                                                   "scale_gemma", "scale_gemma_gptq",
-                                                  "awq_draw0", "awq_draw1", "awq_draw2")},
+                                                  "awq_draw0", "awq_draw1", "awq_draw2", "signround_botchan")},
     "outliers_retention": _fixed_weights,
     "by_frequency_embeddings": lambda p: True,         # RTN rows by frequency: the same on any CPU
     "by_frequency_blocks": lambda p: True,
@@ -68,10 +68,11 @@ ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_s
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
 # snapshots of which one, drawn at random, is re-run per test run: notebook 01's sweeps over calibration
 # draws (GPTQ's, whose only CPU-independent point is the unquantized model, and AWQ's, whose points cost
-# about 3 minutes each to rebuild from 64 x 512 calibration tokens: three runs in seven re-run AWQ), the
+# about 3 minutes each to rebuild from 64 x 512 calibration tokens: three runs in eight re-run AWQ; SignRound's
+# points are not CPU-independent, so its out-of-corpus sweep re-runs its unquantized model), the
 # Gemma sweeps, whose GPTQ part's only CPU-independent point is the unquantized model the other also
 # holds, and the W x A x KV sweep's two parts (SmoothQuant's points need a 64 x 512 calibration pass)
-ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2",
+ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2", "quantizers_signround_botchan",
            "quantizers_gptq_draw0", "quantizers_gptq_draw1", "quantizers_gptq_draw2", "quantizers_method_bits_gptq"),
           ("quantizers_scale_gemma", "quantizers_scale_gemma_gptq"),
           ("quantizers_wakv", "quantizers_wakv_smooth"))    # one sweep, split where SmoothQuant needs calibration
