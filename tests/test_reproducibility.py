@@ -63,6 +63,11 @@ def test_items_may_flip_only_as_many_as_allowed_and_are_listed():
     with pytest.raises(rep.NotReproduced, match=r"3 of 100 items differ \(2 allowed\):\n  1: .*\n  2: .*\n  4: "):
         rep.assert_items_agree(fresh, committed, "fixed")
     assert rep.assert_items_agree(fresh, committed, "trained", trained=True) == 3
+    assert rep.assert_items_agree(fresh, committed, "W8A8KV8", rounded_at_run_time=True) == 3
+    one = {0: 1.0, 1: 0.0}                                   # 2 items: a fixed model none, run-time rounding one
+    with pytest.raises(rep.NotReproduced, match="0 allowed"):
+        rep.assert_items_agree({0: 0.0, 1: 0.0}, one, "fixed")
+    assert rep.assert_items_agree({0: 0.0, 1: 0.0}, one, "W4A8", rounded_at_run_time=True) == 1
     with pytest.raises(rep.NotReproduced, match="items differ: only fresh"):
         rep.assert_items_agree({**committed, 100: 1.0}, committed, "fixed")
 

@@ -96,17 +96,23 @@ def assert_eval_reproduces(fresh, committed, what: str) -> float:
     return assert_close(fresh, committed, RTOL_EVAL, what, "eval")
 
 
-def assert_items_agree(fresh: Mapping, committed: Mapping, what: str, trained: bool = False) -> int:
+def assert_items_agree(fresh: Mapping, committed: Mapping, what: str, trained: bool = False,
+                       rounded_at_run_time: bool = False) -> int:
     """Per-item outcomes (item id -> score) of one model: equal on all but the allowed flips.
 
-    The same items must be present. A fixed model may flip `item_flips(n)` items, a trained one
-    `trained_flips(n)`; when more differ, every disagreeing item is listed. Returns the count."""
+    The same items must be present. A fixed model may flip `item_flips(n)` items; a trained one,
+    or one whose activations or KV cache are rounded at run time (a last-bit difference between a
+    batched and a one-by-one run can move a value across a rounding boundary, and greedy
+    generation then follows it), `trained_flips(n)`; when more differ, every disagreeing item is
+    listed. Returns the count."""
     if set(fresh) != set(committed):
         raise NotReproduced(f"{what}: items differ: only fresh {sorted(set(fresh) - set(committed))[:10]}, "
                             f"only committed {sorted(set(committed) - set(fresh))[:10]}")
     differ = sorted(k for k in committed if float(fresh[k]) != float(committed[k]))
-    allowed = (trained_flips if trained else item_flips)(len(committed))
-    _log("items_trained" if trained else "items", what, flips=len(differ), n=len(committed), allowed=allowed)
+    loose = trained or rounded_at_run_time
+    allowed = (trained_flips if loose else item_flips)(len(committed))
+    kind = "items_trained" if trained else "items_runtime" if rounded_at_run_time else "items"
+    _log(kind, what, flips=len(differ), n=len(committed), allowed=allowed)
     if len(differ) > allowed:
         lines = "\n".join(f"  {k}: fresh {fresh[k]!r} committed {committed[k]!r}" for k in differ)
         raise NotReproduced(f"{what}: {len(differ)} of {len(committed)} items differ "
