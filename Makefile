@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce reproduce-clean report test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-abilities benchmark-adapt numerics-spread lock clean-results
+.PHONY: all setup assets lab reproduce reproduce-clean report test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-gptq benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -87,6 +87,11 @@ benchmark: assets
 
 benchmark-quantizers: assets
 	$(PY) benchmarks/bench_quantizers.py
+
+# GPTQ beside the reference implementation in one run (about 8 min): REFERENCE=<a checkout of
+# github.com/IST-DASLab/gptq>; without it, the workbench's two orders only
+benchmark-gptq: assets
+	$(PY) benchmarks/bench_gptq_reference.py $(if $(REFERENCE),--reference $(REFERENCE),--sides workbench workbench-true-sequential)
 
 # items/s per ability, and the wall time of notebook 04's whole bits sweep
 benchmark-abilities: assets

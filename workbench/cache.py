@@ -109,7 +109,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__type__": type(obj).__name__, **_jsonable(dataclasses.asdict(obj))}
+        # a config that names fields ADDED_LATER writes them only when set (QuantConfig.to_json), so keys stay
+        plain = obj.to_json() if hasattr(obj, "ADDED_LATER") else dataclasses.asdict(obj)
+        return {"__type__": type(obj).__name__, **_jsonable(plain)}
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from workbench.quant.gptq import (_block_output, _capture_block_inputs, collect_hessians, gptq_quantize_model,
-                            gptq_quantize_weight, relative_output_error)
+from workbench.quant.gptq import (_block_output, _capture_block_inputs, _gram, collect_hessians, gptq_quantize_model,
+                                  gptq_quantize_weight, relative_output_error)
 from workbench.quant import GPTQConfig, QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, resolve_spec
 
 
@@ -252,6 +252,69 @@ def test_gptq_quantize_model_outside_blocks_fallback(tiny_lm):
                                           _calibration(), progress=False)
     assert set(qparams) == {"lm_head"} and report[0]["rel_output_error"] < report[0]["rtn_rel_output_error"]
     _assert_no_hooks(model)
+
+
+@pytest.mark.parametrize("shape,blocks", [((40, 50), 4), ((9, 3), 4), ((30, 16), 1), ((30, 17), 3)])
+def test_gram_is_x_transpose_x_from_the_upper_blocks(shape, blocks):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    G = _gram(x, blocks)
+    assert torch.allclose(G, x.T @ x, rtol=1e-5, atol=1e-5)
+    b = -(-shape[1] // blocks)
+    assert torch.equal(G[:b, b:], G[b:, :b].T)                    # the lower blocks are the upper ones mirrored
+
+
+def _true_sequential_by_hand(model, cfg, calib):
+    """True-sequential GPTQ spelled out with the default mode: one gptq_quantize_model call per run
+    of linears (q/k/v, o, gate/up, down of block 0, then block 1, ...), each on the model whose
+    earlier runs are already quantized, so each Hessian comes from the quantized linears before it."""
+    qparams = {}
+    for layer in range(len(model.model.layers)):
+        for run in (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                    ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]):
+            plan = {f"model.layers.{layer}.{m}": cfg for m in run}
+            qparams.update(gptq_quantize_model(model, plan, calib, progress=False)[0])
+    return qparams
+
+
+@pytest.mark.parametrize("cfg", [GPTQConfig(bits=3, group_size=16, act_order=True),
+                                 GPTQConfig(bits=3, granularity="tensor")], ids=["act_order", "tensor"])
+def test_true_sequential_takes_each_hessian_from_the_quantized_linears_before_it(tiny_lm, cfg):
+    """One forward per block, quantizing each run of linears as the pass reaches it, equals doing
+    it run by run with a full calibration pass each (up to float summation order); and it is not
+    the default, whose Hessians all come from the full-precision block."""
+    calib = _calibration()
+    by_hand = copy.deepcopy(tiny_lm.model)
+    expected = _true_sequential_by_hand(by_hand, cfg, calib)
+    one_pass = copy.deepcopy(tiny_lm.model)
+    ts = GPTQConfig(**{**cfg.to_json(), "true_sequential": True})
+    qparams, report = gptq_quantize_model(one_pass, resolve_spec(one_pass, ts), calib, progress=False)
+    assert set(qparams) == set(expected) and len(report) == 14
+    for name, (scale, zero) in qparams.items():
+        codes = quantize(one_pass.get_submodule(name).weight.data, scale, zero, cfg)
+        codes_by_hand = quantize(by_hand.get_submodule(name).weight.data, *expected[name], cfg)
+        assert (codes != codes_by_hand).float().mean() < 0.01, name
+        assert torch.allclose(scale, expected[name][0], rtol=1e-3)
+    partners = {r["module"]: r["quantized_with"] for r in report}
+    fused = cfg.granularity != "tensor"
+    assert (partners["model.layers.1.self_attn.k_proj"] != "") == fused
+    assert {r["n_tokens"] for r in report} == {calib.numel()}
+    default = copy.deepcopy(tiny_lm.model)
+    gptq_quantize_model(default, resolve_spec(default, cfg), calib, progress=False)
+    name = "model.layers.1.mlp.down_proj"                         # its Hessian differs between the two modes
+    assert not torch.equal(default.get_submodule(name).weight, one_pass.get_submodule(name).weight)
+    _assert_no_hooks(one_pass)
+
+
+def test_true_sequential_must_be_one_setting_for_the_plan(tiny_lm):
+    model = copy.deepcopy(tiny_lm.model)
+    plan = {"model.layers.0.self_attn.q_proj": GPTQConfig(bits=4, group_size=16, true_sequential=True),
+            "model.layers.0.mlp.down_proj": GPTQConfig(bits=4, group_size=16)}
+    with pytest.raises(ValueError, match="true_sequential must be the same"):
+        gptq_quantize_model(model, plan, _calibration(), progress=False)
+    with pytest.raises(TypeError, match="true_sequential must be True or False"):
+        GPTQConfig(true_sequential="yes")
+    assert "true_sequential" not in GPTQConfig().to_json()        # points stored before it keep their keys
+    assert QuantConfig.from_json(GPTQConfig(true_sequential=True).to_json()).true_sequential is True
 
 
 def _tiny_gemma3():

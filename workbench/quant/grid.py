@@ -22,6 +22,7 @@ on this grid; `relative_output_error` is the one output-error metric of every re
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import torch
 
@@ -100,10 +101,20 @@ class QuantConfig:
         if self.scale_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"scale_dtype must be 'float16', 'bfloat16' or 'float32', got {self.scale_dtype!r}")
 
+    # Fields a method gained after sweeps stored points with its config: written only when they
+    # differ from their default, so that those points keep their keys (`from_json` fills them in).
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ()
+
     def to_json(self) -> dict:
         """Every field, as plain data: the grid's and the method's own, so that another method's
-        default (GPTQ's damp for an RTN config) is no part of a sweep's key. `from_json` reads it."""
-        return asdict(self)
+        default (GPTQ's damp for an RTN config) is no part of a sweep's key; a field of
+        ADDED_LATER only when it is not at its default. `from_json` reads it."""
+        out = asdict(self)
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in self.ADDED_LATER:
+            if out[name] == defaults[name]:
+                del out[name]
+        return out
 
     @staticmethod
     def from_json(fields_: dict) -> "QuantConfig":
