@@ -30,6 +30,7 @@ METHODS = {
     "gptq": dict(method="gptq"),
     "gptq-act-order": dict(method="gptq", act_order=True),
     "gptq-act-order-static": dict(method="gptq", act_order=True, static_groups=True),   # what a GPTQ checkpoint stores
+    "gptq-true-sequential": dict(method="gptq", act_order=True, static_groups=True, true_sequential=True),
     "awq": dict(method="awq"),
     "awq-gptq": dict(method="awq_gptq", act_order=True, static_groups=True),
     "signround": dict(method="signround", iters=100, batch_size=2),                   # notebook 01's 2-core budget
