@@ -276,19 +276,23 @@ def _true_sequential_by_hand(model, cfg, calib):
     return qparams
 
 
-@pytest.mark.parametrize("cfg", [GPTQConfig(bits=3, group_size=16, act_order=True),
-                                 GPTQConfig(bits=3, granularity="tensor")], ids=["act_order", "tensor"])
-def test_true_sequential_takes_each_hessian_from_the_quantized_linears_before_it(tiny_lm, cfg):
+@pytest.mark.parametrize("arch,cfg", [("llama", GPTQConfig(bits=3, group_size=16, act_order=True)),
+                                      ("llama", GPTQConfig(bits=3, granularity="tensor")),
+                                      ("gemma3", GPTQConfig(bits=3, group_size=16, act_order=True))],
+                         ids=["act_order", "tensor", "gemma3"])
+def test_true_sequential_takes_each_hessian_from_the_quantized_linears_before_it(tiny_lm, arch, cfg):
     """One forward per block, quantizing each run of linears as the pass reaches it, equals doing
     it run by run with a full calibration pass each (up to float summation order); and it is not
-    the default, whose Hessians all come from the full-precision block."""
+    the default, whose Hessians all come from the full-precision block. Gemma-3's blocks take
+    different masks (sliding window, global) and rotary tables."""
     calib = _calibration()
-    by_hand = copy.deepcopy(tiny_lm.model)
+    original = tiny_lm.model if arch == "llama" else _tiny_gemma3()
+    by_hand = copy.deepcopy(original)
     expected = _true_sequential_by_hand(by_hand, cfg, calib)
-    one_pass = copy.deepcopy(tiny_lm.model)
+    one_pass = copy.deepcopy(original)
     ts = GPTQConfig(**{**cfg.to_json(), "true_sequential": True})
     qparams, report = gptq_quantize_model(one_pass, resolve_spec(one_pass, ts), calib, progress=False)
-    assert set(qparams) == set(expected) and len(report) == 14
+    assert set(qparams) == set(expected) and len(report) == 7 * len(original.model.layers)
     for name, (scale, zero) in qparams.items():
         codes = quantize(one_pass.get_submodule(name).weight.data, scale, zero, cfg)
         codes_by_hand = quantize(by_hand.get_submodule(name).weight.data, *expected[name], cfg)
@@ -298,7 +302,7 @@ def test_true_sequential_takes_each_hessian_from_the_quantized_linears_before_it
     fused = cfg.granularity != "tensor"
     assert (partners["model.layers.1.self_attn.k_proj"] != "") == fused
     assert {r["n_tokens"] for r in report} == {calib.numel()}
-    default = copy.deepcopy(tiny_lm.model)
+    default = copy.deepcopy(original)
     gptq_quantize_model(default, resolve_spec(default, cfg), calib, progress=False)
     name = "model.layers.1.mlp.down_proj"                         # its Hessian differs between the two modes
     assert not torch.equal(default.get_submodule(name).weight, one_pass.get_submodule(name).weight)
