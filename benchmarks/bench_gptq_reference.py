@@ -14,10 +14,14 @@ whole held-out split. Sides:
   takes position embeddings now): every block's inputs captured one sample at a time, hooks
   that call `add_batch` per linear, a forward per sample, `fasterquant` per linear, a second
   forward per sample for the next block's inputs. Its `torch.cuda.synchronize()` is a no-op on CPU.
-- workbench: `gptq.gptq_quantize_model` with the same settings (Hessians from the
-  full-precision block, as the reference's default).
+- workbench: `gptq.gptq_quantize_model` with the same settings, scales in float32 as the
+  reference's (the workbench's default is float16, what its checkpoints store), Hessians from
+  the full-precision block, as the reference's default. Part of the difference in time is the
+  workbench's column loop on one thread, which the reference could also be given.
 - workbench-true-sequential: the same with `true_sequential=True` (each linear's Hessian from
-  the already-quantized linears before it, one forward per block; GPTQModel's default).
+  the already-quantized linears before it, one forward per block; GPTQModel's default). It is
+  compared with the reference's default order: the reference's own --true-sequential runs five
+  forwards per block.
 
 Prints a pandas table and writes benchmarks/results/gptq_reference.csv. Not a test.
 """
@@ -84,6 +88,7 @@ def run_side(side: str, reference: Path | None, n_calib: int, bits: int, group_s
         reference_quantize(model, calib, reference, bits, group_size)
     else:
         cfg = gptq.GPTQConfig(bits=bits, group_size=group_size, act_order=True, static_groups=True,
+                              scale_dtype="float32",                  # the reference keeps its scales in float32
                               true_sequential=side == "workbench-true-sequential")
         gptq.gptq_quantize_model(model, resolve_spec(model, cfg), calib, progress=False)
     quantize_s = time.perf_counter() - t

@@ -309,6 +309,41 @@ def test_true_sequential_takes_each_hessian_from_the_quantized_linears_before_it
     _assert_no_hooks(one_pass)
 
 
+def test_true_sequential_returns_plain_tensors_and_fuses_awqs_divided_inputs(tiny_lm):
+    """The pass runs in inference mode, but the scales and zeros it returns are ordinary tensors;
+    AWQ + GPTQ divides each linear's input by its own copy of s, so q/k/v read equal tensors,
+    not one: they are still quantized together."""
+    from workbench.quant import quantize_model
+
+    model = copy.deepcopy(tiny_lm.model)
+    cfg = GPTQConfig(bits=4, group_size=16, true_sequential=True)
+    qparams, _ = gptq_quantize_model(model, resolve_spec(model, cfg), _calibration(), progress=False)
+    assert not any(t.is_inference() for qp in qparams.values() for t in qp)
+    _, report = quantize_model(tiny_lm.model, QuantConfig(bits=4, group_size=16, method="awq_gptq",
+                                                          true_sequential=True),
+                               calibration=_calibration(), progress=False)
+    partners = dict(zip(report.module, report.quantized_with))
+    assert partners["model.layers.0.mlp.up_proj"] == "model.layers.0.mlp.gate_proj"
+
+
+def test_true_sequential_refuses_blocks_it_cannot_replay(tiny_lm):
+    """A linear called twice per forward, or never, is an error that names it and the way out."""
+    from torch import nn
+
+    cfg = GPTQConfig(bits=4, group_size=16, true_sequential=True)
+    model = copy.deepcopy(tiny_lm.model)
+    mlp = model.model.layers[0].mlp
+    once = mlp.forward
+    mlp.forward = lambda x: once(x) + 0 * once(x)                  # every MLP linear called twice
+    with pytest.raises(ValueError, match=r"gate_proj is called more than once.*true_sequential=False"):
+        gptq_quantize_model(model, resolve_spec(model, cfg), _calibration(), progress=False)
+    _assert_no_hooks(mlp.gate_proj)
+    model = copy.deepcopy(tiny_lm.model)
+    model.model.layers[1].unused = nn.Linear(48, 48)               # planned, never called
+    with pytest.raises(ValueError, match=r"layers.1.unused is planned but its block's forward never called it"):
+        gptq_quantize_model(model, resolve_spec(model, cfg), _calibration(), progress=False)
+
+
 def test_true_sequential_must_be_one_setting_for_the_plan(tiny_lm):
     model = copy.deepcopy(tiny_lm.model)
     plan = {"model.layers.0.self_attn.q_proj": GPTQConfig(bits=4, group_size=16, true_sequential=True),
@@ -318,6 +353,7 @@ def test_true_sequential_must_be_one_setting_for_the_plan(tiny_lm):
     with pytest.raises(TypeError, match="true_sequential must be True or False"):
         GPTQConfig(true_sequential="yes")
     assert "true_sequential" not in GPTQConfig().to_json()        # points stored before it keep their keys
+    assert "true_sequential" not in QuantConfig(method="awq_gptq").to_json()    # a subclass's too
     assert QuantConfig.from_json(GPTQConfig(true_sequential=True).to_json()).true_sequential is True
 
 

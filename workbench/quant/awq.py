@@ -84,7 +84,8 @@ class AWQConfig(QuantConfig):
 
 @dataclass(frozen=True)
 class AWQGPTQConfig(GPTQConfig):
-    """AWQ's scales, then GPTQ (GPTQConfig's fields: damp, act_order, static_groups, block_size)."""
+    """AWQ's scales, then GPTQ (GPTQConfig's fields: damp, act_order, static_groups, block_size,
+    true_sequential)."""
 
     method: str = "awq_gptq"
     awq_grid: int = 20               # α tried, as for AWQConfig

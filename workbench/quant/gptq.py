@@ -49,7 +49,8 @@ columns. Conventions and the few places where this file departs from the referen
   linear's Hessian from the block's already-quantized linears before it, in one forward per
   block over all samples at once (see gptq_quantize_model); the default takes every Hessian
   of a block from its full-precision linears, as the reference's default.
-- x^T x is computed from the blocks on and above the diagonal (`_gram`): 1.4x faster, the same sums.
+- x^T x is computed from the blocks on and above the diagonal (`_gram`): 1.4x faster, the same sums up
+  to float rounding.
 """
 
 from __future__ import annotations
@@ -477,11 +478,18 @@ def _quantize_modules(names: list[str], modules: dict, config: QuantConfig, H: t
     return out
 
 
+def _same_input(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two linears read the same input: one tensor, or equal ones (AWQ's x / s per module)."""
+    return a is b or (a.shape == b.shape and torch.equal(a, b))
+
+
 def _call_groups(block: nn.Module, names: list[str], modules: dict, plan: dict, x: torch.Tensor, args: tuple,
                  kwargs: dict) -> list[list[str]]:
-    """The planned modules of `block` in the order its forward calls them, in runs that read one
-    tensor with one config (q/k/v, gate/up), as `fusable` would group them: found by one forward
-    of the block on a one-sample input `x` with hooks that record each call's input."""
+    """The planned modules of `block` in the order its forward calls them, in runs of neighbours
+    that read one input with one config (q/k/v, gate/up; never tensor granularity): found by one
+    forward of the block on a one-sample input `x` with hooks that record each call's input.
+    Planned modules the probe does not call (an expert no token of the sample is routed to)
+    follow as runs of one; the pass itself checks what the probe could not see."""
     calls: list[tuple[str, torch.Tensor]] = []
     handles = [modules[n].register_forward_pre_hook(lambda m, inputs, name=n: calls.append((name, inputs[0])))
                for n in names]
@@ -491,47 +499,65 @@ def _call_groups(block: nn.Module, names: list[str], modules: dict, plan: dict, 
     finally:
         for h in handles:
             h.remove()
-    called = [n for n, _ in calls]
-    twice = [n for n in names if called.count(n) > 1]
-    if twice:
-        raise ValueError(f"{twice[0]} is called more than once per forward of its block; true_sequential quantizes a "
-                         "linear at its first call and cannot take the later calls' inputs into its Hessian. Fix: "
-                         "true_sequential=False")
-    never = [n for n in names if n not in called]
-    if never:
-        raise ValueError(f"{never[0]} is planned but its block's forward never calls it, so it has no inputs to "
-                         "calibrate on; leave it out of the plan")
     runs: list[list[str]] = []
+    seen = set()
     for k, (name, inp) in enumerate(calls):
-        cfg = plan[name]
-        if k and inp is calls[k - 1][1] and plan[runs[-1][0]] == cfg and cfg.granularity != "tensor":
+        if name in seen:                                                  # the pass reports it
+            continue
+        seen.add(name)
+        cfg, prev = plan[name], calls[k - 1] if k else None
+        if (prev is not None and prev[0] == runs[-1][-1] and plan[runs[-1][0]] == cfg
+                and cfg.granularity != "tensor" and _same_input(inp, prev[1])):
             runs[-1].append(name)
         else:
             runs.append([name])
-    return runs
+    return runs + [[n] for n in names if n not in seen]
 
 
 def _quantize_block_in_one_pass(block: nn.Module, runs: list[list[str]], modules: dict, plan: dict,
                                 x: torch.Tensor, args: tuple, kwargs: dict) -> tuple[torch.Tensor, list[tuple]]:
     """Run `block` once on every calibration input x [n_samples, seqlen, d]; at the first call of
-    each run, before its product, the run's Hessian from the input at hand (which the block's
-    earlier, already-quantized linears produced) and GPTQ of the run, in place. Returns the
-    quantized block's output (the next block's input) and [(name, (scale, zero), report row)]."""
-    first = {run[0]: run for run in runs}
+    any module of a run, before its product, the run's Hessian from the input at hand (which the
+    block's earlier, already-quantized linears produced) and GPTQ of the run, in place. Every
+    planned module must be called exactly once, and a run's modules on one input; otherwise
+    ValueError (true_sequential=False handles such blocks). Returns the quantized block's output
+    (the next block's input) and [(name, (scale, zero), report row)]."""
+    run_of = {n: tuple(run) for run in runs for n in run}
+    read: dict[tuple, torch.Tensor] = {}                  # run -> the input it was quantized on
+    calls = dict.fromkeys(run_of, 0)
     done: list[tuple] = []
 
     def hook(module, inputs, name):
+        calls[name] += 1
+        run = run_of[name]
+        if calls[name] > 1:
+            raise ValueError(f"{name} is called more than once per forward of its block; true_sequential quantizes "
+                             "a linear at its first call and cannot take the later calls' inputs into its Hessian. "
+                             "Fix: true_sequential=False")
+        if run in read:                                   # quantized at a partner's call: same input?
+            if not _same_input(inputs[0], read[run]):
+                raise ValueError(f"{name} reads another input than {run[0]} in the calibration pass, though they "
+                                 "read one input in the one-sample probe; fix: true_sequential=False")
+            return
         x2 = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()      # [tokens, in]
         H = _gram(x2).mul_(2 / x2.shape[0])                                    # 2/N sum x x^T
-        done.extend(_quantize_modules(first[name], modules, plan[name], H, x2.shape[0]))
+        n_tokens = x2.shape[0]
+        del x2                                                                 # a copy for half-precision inputs
+        read[run] = inputs[0]
+        done.extend(_quantize_modules(list(run), modules, plan[name], H, n_tokens))
 
-    handles = [modules[n].register_forward_pre_hook(lambda m, inputs, name=n: hook(m, inputs, name)) for n in first]
+    handles = [modules[n].register_forward_pre_hook(lambda m, inputs, name=n: hook(m, inputs, name)) for n in run_of]
     try:
         with torch.inference_mode():
             out = _block_output(block(x, *args, **kwargs))
     finally:
         for h in handles:
             h.remove()
+        read.clear()
+    never = [n for n, c in calls.items() if c == 0]
+    if never:
+        raise ValueError(f"{never[0]} is planned but its block's forward never called it on the calibration data, "
+                         "so it has no inputs to calibrate on; leave it out of the plan")
     return out, done
 
 
@@ -550,7 +576,8 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
     call of each run of linears (q/k/v, then o, gate/up, down) the run is quantized from the
     Hessian of its input at that moment, which the block's already-quantized linears produced,
     and the pass goes on with the quantized weights (GPTQModel's default order; one block
-    forward instead of 1.75, and one block's activations for every sample held at once). Planned
+    forward instead of 1.75, and one block's activations for every sample held at once, whatever
+    `batch_size`, which this mode does not use). Planned
     linears outside the blocks are quantized last, with Hessians from a full forward of the
     (quantized) model. Returns ({name: (scale, zero)}, report): one dict per module with module, layer, component, bits,
     groups, n_tokens, damp, damp_retries, note, time_s, rel_weight_error, and rel_output_error
@@ -610,7 +637,7 @@ def gptq_quantize_model(model: nn.Module, plan: dict[str, QuantConfig], calibrat
                             hidden = [_block_output(block(x, *args, **kwargs))
                                       for x, (args, kwargs) in zip(hidden, extras[i])]
                 for name, qp, row in done:
-                    qparams[name] = qp
+                    qparams[name] = tuple(t.clone() for t in qp)   # out of inference mode (the pass ran in it)
                     report.append(row)
             del hidden, extras
         if outside:

@@ -111,7 +111,8 @@ class QuantConfig:
         ADDED_LATER only when it is not at its default. `from_json` reads it."""
         out = asdict(self)
         defaults = {f.name: f.default for f in fields(self)}
-        for name in self.ADDED_LATER:
+        later = {n for c in type(self).__mro__ for n in vars(c).get("ADDED_LATER", ())}   # a subclass's and its bases'
+        for name in sorted(later):
             if out[name] == defaults[name]:
                 del out[name]
         return out
