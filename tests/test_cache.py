@@ -132,3 +132,17 @@ def test_atomic_writes_get_the_usual_permissions_not_the_temporary_files(tmp_pat
     finally:
         cache_module._UMASK = old
         os.umask(mask)
+
+
+def test_a_config_field_added_later_keys_only_when_set():
+    """GPTQConfig.true_sequential came after results were stored under GPTQ configs: at its default
+    it is no part of a key (those results stay found); set, it is (they are not mistaken for it)."""
+    from dataclasses import asdict
+
+    from workbench.cache import _jsonable
+
+    cfg = QuantConfig(bits=3, method="gptq", act_order=True)
+    before = {k: v for k, v in asdict(cfg).items() if k != "true_sequential"}   # what keys held until then
+    assert _jsonable(cfg) == _jsonable({"__type__": "GPTQConfig", **before})
+    assert cache_key({"spec": cfg}) != cache_key({"spec": QuantConfig(bits=3, method="gptq", act_order=True,
+                                                                        true_sequential=True)})
