@@ -110,3 +110,42 @@ def test_a_truncated_weight_file_is_named(tiny_lm_dir, tmp_path):
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cut \(model\.safetensors\) is damaged or truncated.*save_pretrained"):
         load_model(str(folder))
+
+
+def test_a_gguf_file_is_parsed_once_during_a_conversion(tmp_path, monkeypatch):
+    """transformers asks for a reader three times per conversion (tokenizer, config, weights):
+    inside `_gguf_parsed_once` the file is parsed once, and gguf's class is restored afterwards."""
+    import gguf
+    import numpy as np
+
+    from workbench.models import _gguf_parsed_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    parses = []
+
+    class Counting(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            parses.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    with _gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        again = gguf.GGUFReader(str(tmp_path / "." / "tiny.gguf"))       # another spelling of the same file
+        assert again is first and len(parses) == 1
+        assert first.fields["general.architecture"].contents() == "llama"
+        assert np.array_equal(np.asarray(first.tensors[0].data).reshape(2, 3), np.arange(6).reshape(2, 3))
+    assert gguf.GGUFReader is Counting
+    with pytest.raises(RuntimeError):
+        with _gguf_parsed_once():
+            raise RuntimeError("a failed conversion")
+    assert gguf.GGUFReader is Counting                                       # restored after an error too
+    gguf.GGUFReader(path)
+    assert len(parses) == 2                                                  # outside the block: a fresh parse

