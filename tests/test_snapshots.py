@@ -66,17 +66,27 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
                      "abilities_scale_gemma", "abilities_wakv")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
-# snapshots of which one, drawn at random, is re-run per test run: notebook 01's sweeps over calibration
-# draws (GPTQ's, whose only CPU-independent point is the unquantized model, and AWQ's, whose points cost
-# about 3 minutes each to rebuild from 64 x 512 calibration tokens: three runs in eight re-run AWQ; SignRound's
-# points are not CPU-independent, so its out-of-corpus sweep re-runs its unquantized model), the
-# Gemma sweeps, whose GPTQ part's only CPU-independent point is the unquantized model the other also
-# holds, and the W x A x KV sweep's two parts (SmoothQuant's points need a 64 x 512 calibration pass)
-ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2", "quantizers_signround_botchan",
-           "quantizers_gptq_draw0", "quantizers_gptq_draw1", "quantizers_gptq_draw2", "quantizers_method_bits_gptq"),
-          ("quantizers_scale_gemma", "quantizers_scale_gemma_gptq"),
-          ("quantizers_wakv", "quantizers_wakv_smooth"))    # one sweep, split where SmoothQuant needs calibration
+# Snapshots of which one, drawn at random, is re-run per test run, so that `make test` stays within its
+# 20 minutes cold on 2 cores (each snapshot is verified every few runs, the draw is in the seed):
+# - the sweeps whose CPU-independent points need a 64 x 512 calibration pass (AWQ's three draws, about
+#   2.3 minutes a rebuild; the SmoothQuant part of the W x A x KV sweep, about 1.4 minutes) or are the
+#   unquantized model that quickstart's sweeps also check (GPTQ's draws and method sweep; SignRound's
+#   points are not CPU-independent, so its out-of-corpus sweep re-runs its unquantized model): at most
+#   one calibration pass per run (AWQ one run in three, SmoothQuant one in nine);
+# - the Gemma sweeps, whose GPTQ part's only CPU-independent point is the unquantized model the other holds;
+# - the adaptation snapshots in pairs that train the same model on the same kind of task (20 to 60 s a
+#   retraining): the causal model's ability task quantized and in full precision, the encoder's two
+#   classification tasks, and the decompositions' two tasks.
+ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2", "quantizers_wakv_smooth",
+           "quantizers_signround_botchan", "quantizers_gptq_draw0", "quantizers_gptq_draw1", "quantizers_gptq_draw2",
+           "quantizers_method_bits_gptq"),
+          ("quantizers_scale_gemma", "quantizers_scale_gemma_gptq"))
+ADAPTATION_ONE_OF = (("adapt_causal", "adapt_causal_fp"), ("adapt_encoder", "adapt_navigate"),
+                     ("decompositions_polarity", "decompositions_navigate"))
 PERPLEXITY_RERUNS = list(ONE_OF) + [(n,) for n in PERPLEXITY_SNAPSHOTS if not any(n in g for g in ONE_OF)]
+ADAPTATION_SNAPSHOTS = tuple(n for n in SAMPLES if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS)
+ADAPTATION_RERUNS = list(ADAPTATION_ONE_OF) + [(n,) for n in ADAPTATION_SNAPSHOTS
+                                               if not any(n in g for g in ADAPTATION_ONE_OF)]
 
 
 def _measure(name):
@@ -200,15 +210,21 @@ def test_perplexity_snapshot_windows_rerun_from_scratch(names, sample_rng):
         rep.assert_close(f["nll"], c["nll"], rep.RTOL_EVAL, f"{what} window {c['window']} NLL", "eval")
 
 
+def test_every_snapshot_is_in_one_rerun_group():
+    groups = PERPLEXITY_RERUNS + ADAPTATION_RERUNS + [(n,) for n in ABILITY_SNAPSHOTS]
+    assert sorted(n for g in groups for n in g) == sorted(SAMPLES)
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name", [n for n in SAMPLES if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS])
-def test_adaptation_snapshot_points_rerun_from_scratch(name, tmp_path, monkeypatch, sample_rng):
-    """A random run of the snapshot (method, budget and seed drawn; the seed is in the header)
-    trained again from scratch: its parameter count, its first losses, and every held-out item's
-    outcome within the flips allowed a trained model."""
+@pytest.mark.parametrize("names", ADAPTATION_RERUNS, ids="|".join)
+def test_adaptation_snapshot_points_rerun_from_scratch(names, tmp_path, monkeypatch, sample_rng):
+    """A random run of a snapshot (of one of `names`, drawn; method, budget and seed drawn; the seed
+    is in the header) trained again from scratch: its parameter count, its first losses, and every
+    held-out item's outcome within the flips allowed a trained model."""
     from workbench.adapt.sweeps import record_of, run_point
 
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))     # the causal task's lm-eval scores: no cache
+    name = sample_rng.choice(names)
     r = sample_rng.choice([r for r in read_snapshot(name) if SAMPLES[name](r["point"])])
     p = r["point"]
     fresh, stored = record_of(run_point(p)), record_of(r)
