@@ -83,13 +83,16 @@ _PRECISION = re.compile(r"^W(\d+)(?:A(\d+))?(?:KV(\d+))?$", re.IGNORECASE)
 
 
 def precision_spec(label: str, method: str = "rtn", group_size: int = 128, smooth_alpha: float | None = None,
-                   kv_group_size: int | None = None, **weight_options) -> dict | None:
+                   kv_group_size: int | None = None, kv_options: dict | None = None,
+                   **weight_options) -> dict | None:
     """The spec that a label such as "W4A8KV4" names: weights at 4 bits (`method`, groups of
     `group_size`, any other QuantConfig field in `weight_options`), every linear's input at 8
     bits per token (SmoothQuant first when `smooth_alpha` is set), keys and values at 4 bits per
-    token and head (groups of `kv_group_size`). 16 leaves a part alone; a part not named stays at
-    16 ("W4" is weight-only, "W16A8" activations only); "W16" (or "W16A16KV16") is None, the
-    unquantized model. Returns {"weights", "activations", "kv"} for `quantize_for_spec`."""
+    token and head (groups of `kv_group_size`; any other KVQuantConfig field in `kv_options`, e.g.
+    KIVI's {"key_axis": "channel", "token_group": 32, "residual": 128}). 16 leaves a part alone; a
+    part not named stays at 16 ("W4" is weight-only, "W16A8" activations only); "W16" (or
+    "W16A16KV16") is None, the unquantized model. Returns {"weights", "activations", "kv"} for
+    `quantize_for_spec`."""
     m = _PRECISION.match(label.strip()) if isinstance(label, str) else None
     if m is None:
         raise ValueError(f"{label!r} is not a precision label: write W<bits>[A<bits>][KV<bits>], e.g. 'W4A8KV4', "
@@ -101,7 +104,7 @@ def precision_spec(label: str, method: str = "rtn", group_size: int = 128, smoot
     return {"weights": None if w == 16 else QuantConfig(bits=w, group_size=group_size, method=method,
                                                         **extra, **weight_options),
             "activations": None if a == 16 and smooth_alpha is None else ActQuantConfig(bits=a, smooth_alpha=smooth_alpha),
-            "kv": None if kv == 16 else KVQuantConfig(bits=kv, group_size=kv_group_size)}
+            "kv": None if kv == 16 else KVQuantConfig(bits=kv, group_size=kv_group_size, **(kv_options or {}))}
 
 
 def spec_configs(spec) -> list:
