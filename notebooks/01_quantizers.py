@@ -624,7 +624,7 @@ ood
 
 # %% [markdown]
 # ## 10. Weights × activations × KV cache
-# Everything above rounds weights only; a deployment that runs integer matrix products also rounds every linear layer's input, and a long context is held in a rounded KV cache. The emergent-abilities study and QLLM-Eval sweep all three. Here a label such as W4A8KV4 (`workbench.quant.precision_spec`) means: weights RTN at 4 bits in groups of 128, every linear layer's input rounded at 8 bits with one scale per token computed at run time (`quantize_activations`; the LM head is left alone, as for the weights), and the keys and values that attention reads rounded at 4 bits with one range per token and head (`quantize_kv_cache`: after RoPE, inside transformers' attention, so generation reads the same rounded cache; a test checks that generation with and without the cache agrees). 16 leaves a part alone. SmoothQuant (Xiao et al. 2023, α = 0.5) first divides each input channel of the q/k/v and gate/up inputs by s_j = max|x_j|^α / max|W_j|^(1−α) and multiplies the weights' columns by it, moving the activations' outlier channels into the weights before either is rounded; its maxima come from 64 × 512 calibration tokens (draw 0 of section 9). "KV g32" rounds each head's 64 channels in two groups of 32. Every point covers the whole held-out split and is paired window by window with the unquantized model (section 1's windows); W4 alone is section 1's RTN W4.
+# Everything above rounds weights only; a deployment that runs integer matrix products also rounds every linear layer's input, and a long context is held in a rounded KV cache. The emergent-abilities study and QLLM-Eval sweep all three. Here a label such as W4A8KV4 (`workbench.quant.precision_spec`) means: weights RTN at 4 bits in groups of 128, every linear layer's input rounded at 8 bits with one scale per token computed at run time (`quantize_activations`; the LM head is left alone, as for the weights), and the keys and values that attention reads rounded at 4 bits with one range per token and head (`quantize_kv_cache`: after RoPE, inside transformers' attention, so generation reads the same rounded cache; a test checks that generation with and without the cache agrees). 16 leaves a part alone. SmoothQuant (Xiao et al. 2023, α = 0.5) first divides each input channel of the q/k/v and gate/up inputs by s_j = max|x_j|^α / max|W_j|^(1−α) and multiplies the weights' columns by it, moving the activations' outlier channels into the weights before either is rounded; its maxima come from 64 × 512 calibration tokens (draw 0 of section 9). "KV g32" rounds each head's 64 channels in two groups of 32. "R128" keeps the newest tokens in full precision until a chunk of 128 is complete (transformers' QuantizedCache `residual_length`), and "KIVI" (Liu et al. 2024) adds KIVI's per-channel keys to that: each key channel rounded over groups of 32 tokens (values stay per token, groups of 32 channels), KIVI's defaults (`KVQuantConfig(key_axis="channel", token_group=32, residual=128)`). Every point covers the whole held-out split and is paired window by window with the unquantized model (section 1's windows); W4 alone is section 1's RTN W4.
 
 # %% tags=["nbval-ignore-output"]
 from workbench.quant import precision_spec
@@ -634,14 +634,28 @@ WAKV = ["W16A8", "W16A6", "W16A4", "W16KV8", "W16KV4", "W16KV2", "W8A8", "W8A8KV
 SMOOTH_ALPHA = 0.5
 SMOOTHED = ["W16A4", "W8A8", "W4A8", "W4A4"]      # again with SmoothQuant
 KV_GROUPED = ["W16KV4", "W16KV2"]                  # again with groups of 32 channels
+RESIDUAL = {"residual": 128}                       # the newest tokens (up to a chunk of 128) kept in full precision
+KIVI = {"key_axis": "channel", "token_group": 32, "residual": 128}   # KIVI: keys per channel over 32 tokens, R = 128
+KIVI_SETTINGS = ["W16KV4", "W16KV2", "W4A8KV2"]
 wakv_specs = {x: precision_spec(x, group_size=GROUP_SIZE) for x in WAKV}
 wakv_specs |= {f"{x} SQ": precision_spec(x, group_size=GROUP_SIZE, smooth_alpha=SMOOTH_ALPHA) for x in SMOOTHED}
 wakv_specs |= {f"{x} g32": precision_spec(x, group_size=GROUP_SIZE, kv_group_size=32) for x in KV_GROUPED}
-parts = [perplexity_sweep(model, tokenizer, record, {k: v for k, v in wakv_specs.items() if k.endswith(" SQ") == smoothed},
+wakv_specs |= {f"{x} g32 R128": precision_spec(x, group_size=GROUP_SIZE, kv_group_size=32, kv_options=RESIDUAL)
+               for x in KV_GROUPED}
+wakv_specs |= {f"{x} KIVI": precision_spec(x, group_size=GROUP_SIZE, kv_group_size=32, kv_options=KIVI)
+               for x in KIVI_SETTINGS}
+
+
+def wakv_part(label):                              # the snapshot a setting is stored in
+    return ("quantizers_wakv_smooth" if label.endswith(" SQ") else
+            "quantizers_wakv_kivi" if label.endswith((" R128", " KIVI")) else "quantizers_wakv")
+
+
+parts = [perplexity_sweep(model, tokenizer, record, {k: v for k, v in wakv_specs.items() if wakv_part(k) == name},
                           corpus=CORPUS, seqlen=SEQLEN, max_windows=MAX_WINDOWS, name=name, snapshot=True,
-                          calibration={**AWQ_CALIBRATION, "seed": 0} if smoothed else None,   # SmoothQuant's maxima
-                          return_windows=True, progress=False)
-         for smoothed, name in ((False, "quantizers_wakv"), (True, "quantizers_wakv_smooth"))]
+                          calibration={**AWQ_CALIBRATION, "seed": 0} if name.endswith("smooth") else None,
+                          return_windows=True, progress=False)     # SmoothQuant's maxima need calibration
+         for name in ("quantizers_wakv", "quantizers_wakv_smooth", "quantizers_wakv_kivi")]
 wakv_windows = pd.concat([w for _, w in parts], ignore_index=True)
 wakv_all = pd.concat([wakv_windows, ref_windows[ref_windows.label.isin(["unquantized", ("RTN", 4)])]
                       .assign(label=lambda d: d.label.map(lambda x: "W4" if x == ("RTN", 4) else x))], ignore_index=True)
@@ -672,13 +686,18 @@ fig = component_bars(bars, ["perplexity × unquantized"], base_label="unquantize
 
 # %% tags=["nbval-ignore-output"]
 WAKV_PAIRS = [(f"{x} SQ", x) for x in SMOOTHED] + [(f"{x} g32", x) for x in KV_GROUPED] + [
-    ("W4A8", "W4"), ("W4A8KV4", "W4A8"), ("W8A8", "W16A8"), ("W16A6", "W16A8")]
+    ("W4A8", "W4"), ("W4A8KV4", "W4A8"), ("W8A8", "W16A8"), ("W16A6", "W16A8")] + [
+    (f"{x} g32 R128", f"{x} g32") for x in KV_GROUPED] + [(f"{x} KIVI", f"{x} g32 R128") for x in KV_GROUPED] + [
+    ("W4A8KV2 KIVI", "W4A8")]
 wakv_tests = pd.DataFrame([stats.paired_windows(wakv_all, a, b, CORPUS) for a, b in WAKV_PAIRS])
 save_table(wakv_tests, "quantizers_wakv_tests")
 wakv_tests[["a", "b", "n", "a_score", "b_score", "difference", "low", "high", "p_value"]]
 
 # %% [markdown]
 # **Eight-bit keys and values cost nothing, eight-bit activations cost 3%, and below eight bits the activations decide.** Rounding every linear layer's input to 8 bits per token raises perplexity to 1.028× [1.024, 1.033] the unquantized model's, and 8-bit weights on top add nothing measurable (W8A8 − W16A8 +0.000 [−0.005, +0.005] nats per token): W8A8 is a 3% loss on this 135M model, not the lossless result SmoothQuant reports for much larger models. Six-bit activations cost 45% and four-bit ones destroy the model (317×). An 8-bit KV cache is lossless (1.001× [1.000, 1.001]); 4 bits with one range per token and head cost 10%, and 4% with groups of 32 channels (−0.057 nats per token from the groups); 2 bits are 45× (8× with groups). Stacked on 4-bit weights (1.28× alone), 8-bit activations add 0.036 [0.030, 0.041] nats per token (W4A8 1.32×) and a 4-bit cache another 0.12 (W4A8KV4 1.49×). SmoothQuant's migration (α = 0.5) helps every setting, significantly: W8A8 to 1.020× (−0.008 nats per token, p = 0.002), W4A8 to 1.29× (−0.025, p = 0.005), A4 from 317× to 40× and W4A4 from 428× to 80×; four-bit activations stay unusable here with per-token scales. Whether finer activation groups or rotations (QuaRot, SpinQuant) would rescue them is not tested in this notebook.
+
+# %% [markdown]
+# **KIVI makes a 2-bit cache usable here; most of that is its full-precision window, and per-channel keys add the rest.** At 2 bits, per-token groups of 32 channels leave 8.0× the unquantized perplexity. Keeping the newest tokens in full precision until a chunk of 128 is complete takes that to 1.53× [1.49, 1.57] (−1.65 nats per token), and rounding each key channel over 32 tokens, as KIVI does, to 1.125× [1.112, 1.137]: −0.31 [−0.33, −0.29] nats per token against per-token keys with the same window (p = 0.0002). At 4 bits KIVI is level with the unquantized model (1.001× [1.000, 1.002], p = 0.09; per-channel keys −0.003 nats per token, p = 0.02). On 4-bit weights and 8-bit activations a KIVI 2-bit cache adds 0.19 [0.17, 0.20] nats per token (W4A8KV2 KIVI 1.59×, against 53× with per-token keys and no window). KIVI reports 2 bits as nearly lossless on 7B models; on this 135M model it costs 12.5%. The windows here are 512 tokens, so each query reads its own unfinished chunk in full precision: all of its keys in the first 128 positions of a window, and 64 on average. Over a long generation that share, and the window's help with it, shrinks, so 1.125× is a favourable figure for KIVI at this length.
 
 # %% [markdown]
 # ## Findings
@@ -760,6 +779,17 @@ for x in ("W16A4", "W8A8"):
                  "this workbench": (f"{x} SQ − {x} {t['difference']:+.3g} nats/token [{t['low']:+.3g}, {t['high']:+.3g}], "
                                     f"p={t['p_value']:.2g}, n={t['n']} windows"),
                  "verdict": stats.beats_verdict({"difference": -t["difference"], "p_value": t["p_value"]})})
+t = stats.paired_windows(wakv_all, "W16KV2 KIVI", "unquantized", CORPUS)
+rows.append({"claim": "a 2-bit KV cache with per-channel keys, per-token values and the newest tokens in full precision "
+                      "keeps the model's quality (KIVI, Liu et al. 2024)",
+             "setting": "SmolLM2, W16KV2 KIVI: keys per channel over 32 tokens, values per token in groups of 32, R = 128",
+             "this workbench": ppl_cell(t), "verdict": stats.keeps_verdict(t, margin=math.log(1.01))})
+t = wakv_t[("W16KV2 KIVI", "W16KV2 g32 R128")]
+rows.append({"claim": "rounding keys per channel beats rounding them per token at 2 bits (KIVI's ablation)",
+             "setting": "SmolLM2, W16KV2, groups of 32, both with the newest 128 tokens in full precision",
+             "this workbench": (f"KIVI − per-token keys {t['difference']:+.3g} nats/token [{t['low']:+.3g}, {t['high']:+.3g}], "
+                                f"p={t['p_value']:.2g}, n={t['n']} windows"),
+             "verdict": stats.beats_verdict({"difference": -t["difference"], "p_value": t["p_value"]})})
 findings = pd.DataFrame(rows)
 save_table(findings, "quantizers_findings")
 findings.style.hide(axis="index")
@@ -773,5 +803,5 @@ findings.style.hide(axis="index")
 # * Small groups help, at a storage cost you can read off the packed-size table.
 # * Activation-aware scales help every quantizer here: AWQ alone matches GPTQ at 4 bits, and AWQ before GPTQ is the best one-shot result at 4 and 3 bits, still above a 1.08× (W4) and 1.6× (W3) target on this 135M model. Learned rounding (SignRound, trained block by block on the block's output) is far better at every width: 1.05× at W4, 1.26× at W3 and 2.6× at W2, at about three times AWQ + GPTQ's quantization time (section 9).
 # * A second model does not make 4-bit RTN safer: Gemma-3-270M loses twice SmolLM2's loss at RTN W4 (0.49 against 0.24 nats per token) at the same weight error, and GPTQ brings both to the same added loss (section 8). Check an input-aware method before trusting RTN on a new model.
-# * Rounding more than weights: 8-bit KV caches are free, 8-bit per-token activations cost about 3% (2% with SmoothQuant), a 4-bit KV cache needs small groups, and 4-bit activations break the model (section 10).
+# * Rounding more than weights: 8-bit KV caches are free, 8-bit per-token activations cost about 3% (2% with SmoothQuant), a 4-bit KV cache needs small groups (or KIVI's per-channel keys and full-precision window, level with the unquantized model), a 2-bit cache is usable only as KIVI (1.125× on 512-token windows), and 4-bit activations break the model (section 10).
 # * Every perplexity above covers the whole held-out split, with its interval over windows; differences inside those intervals are not findings. A hub model (`MODEL`) gives true full-precision numbers.

@@ -54,6 +54,7 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "quantizers_gguf_grid_botchan": lambda p: True,
     "quantizers_wakv": lambda p: True,                # RTN weights; activations and KV cache rounded at run time
     "quantizers_wakv_smooth": lambda p: p["spec"]["runtime"]["weights"] is None,   # W16A4 SQ: no weight Hessians
+    "quantizers_wakv_kivi": lambda p: True,           # RTN weights; KIVI's and per-token KV with a residual window
     **{f"quantizers_{n}": _fixed_weights for n in ("method_bits", "method_bits_gptq", "bcq_init", "gptq_order",
                                                   "gptq_draw0", "gptq_draw1", "gptq_draw2", "group_size",
                                                   "zero_point", "mixed_precision", "bcq_zero",
