@@ -39,6 +39,7 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_cot_probe": lambda p: True,             # the base model only
     "abilities_scale_gemma": lambda p: p["spec"] is None or _rtn3(p),
     "abilities_wakv": lambda p: True,                  # RTN weights, activations and KV rounded at run time
+    "abilities_kivi": lambda p: True,                  # the KV cache rounded at run time (KIVI, per token + window)
     "component_sensitivity_w4": _only_attention,
     "abilities_lora": lambda p: _rtn3(p),              # LoRA: its training and perplexity (below)
     # adaptation runs: one point drawn at random (its seed among them) from the runs that take under a minute
@@ -65,7 +66,7 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "by_frequency_blocks": lambda p: True,
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
-                     "abilities_scale_gemma", "abilities_wakv")
+                     "abilities_scale_gemma", "abilities_wakv", "abilities_kivi")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
 # Snapshots of which one, drawn at random, is re-run per test run, so that `make test` stays within its
 # 20 minutes cold on 2 cores (each snapshot is verified every few runs, the draw is in the seed):
