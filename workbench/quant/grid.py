@@ -40,6 +40,19 @@ def _check_bool(config, name: str) -> None:
         raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); "
                         "a string such as 'no' would otherwise count as True")
 
+def json_fields(config) -> dict:
+    """A config dataclass's fields as plain data, leaving out each field named in an ADDED_LATER of
+    its class or a base class while it is at its default (so points stored before the field existed
+    keep their keys)."""
+    out = asdict(config)
+    defaults = {f.name: f.default for f in fields(config)}
+    later = {n for c in type(config).__mro__ for n in vars(c).get("ADDED_LATER", ())}   # a subclass's and its bases'
+    for name in sorted(later):
+        if out[name] == defaults[name]:
+            del out[name]
+    return out
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     """The uniform grid's settings, which every method reads; each method's config (RTNConfig in
@@ -109,13 +122,7 @@ class QuantConfig:
         """Every field, as plain data: the grid's and the method's own, so that another method's
         default (GPTQ's damp for an RTN config) is no part of a sweep's key; a field of
         ADDED_LATER only when it is not at its default. `from_json` reads it."""
-        out = asdict(self)
-        defaults = {f.name: f.default for f in fields(self)}
-        later = {n for c in type(self).__mro__ for n in vars(c).get("ADDED_LATER", ())}   # a subclass's and its bases'
-        for name in sorted(later):
-            if out[name] == defaults[name]:
-                del out[name]
-        return out
+        return json_fields(self)
 
     @staticmethod
     def from_json(fields_: dict) -> "QuantConfig":

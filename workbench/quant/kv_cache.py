@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from workbench.quant.grid import _check_bool, fake_quantize_lastdim
+from workbench.quant.grid import _check_bool, fake_quantize_lastdim, json_fields
 
 NAME = "workbench_kv"
 
@@ -61,7 +62,7 @@ class KVQuantConfig:
     residual: int = 0                 # the newest tokens, up to a complete chunk of this many, stay in full
                                       # precision (KIVI's R: 128); a multiple of token_group for channel keys
 
-    ADDED_LATER = ("key_axis", "token_group", "residual")   # left out of to_json at their defaults (stored keys)
+    ADDED_LATER: ClassVar[tuple[str, ...]] = ("key_axis", "token_group", "residual")   # out of to_json at defaults
 
     def __post_init__(self):
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not (2 <= self.bits <= 8 or self.bits == 16):
@@ -86,9 +87,7 @@ class KVQuantConfig:
                              f"(KIVI: token_group=32, residual=128); got residual={self.residual}")
 
     def to_json(self) -> dict:
-        defaults = KVQuantConfig.__dataclass_fields__
-        return {"kv": {k: v for k, v in asdict(self).items()
-                       if k not in self.ADDED_LATER or v != defaults[k].default}}
+        return {"kv": json_fields(self)}
 
     @classmethod
     def from_json(cls, obj: dict) -> "KVQuantConfig":
