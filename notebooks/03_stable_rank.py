@@ -24,6 +24,7 @@
 
 # %% [markdown]
 # ## Parameters
+# The tables of sections 2 and 3 (spectra of every quantized matrix, the per-matrix output errors on calibration inputs, the weight statistics) are committed snapshots (`data/snapshots/stable_rank_*.json.gz`, one row per matrix with the exact arguments and weights that produced it), read back when every argument matches; change a parameter and they are computed again. `make test` re-computes the rows of a random sample of matrices from scratch.
 
 # %%
 MODELS = {"causal": "smollm2-135m", "encoder": "minilm-l6"}
@@ -38,10 +39,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from workbench import probes, stats
-from workbench.data import calibration_batch
 from workbench.models import load_model
 from workbench.plots import layer_component_heatmap, scatter_trend, spectrum_plot
-from workbench.quant import QuantConfig, quantize_model
+from workbench.quant import QuantConfig
 from workbench.report import project_dir, save_table, write_png
 from workbench.widgets import stable_rank_explorer
 
@@ -92,7 +92,10 @@ plt.show()
 
 # %%
 specs = {f"W{b}": QuantConfig(bits=b, group_size=GROUP_SIZE) for b in BITS}
-under = {kind: probes.spectra_under_quantization(m.model, specs, progress=False) for kind, m in models.items()}
+under = probes.probe_sweep(models.values(), "spectra_under_quantization", specs, name="stable_rank_under_quantization",
+                           snapshot=True, progress=False)
+under = {kind: under[under.model == m.record.name].drop(columns="model").reset_index(drop=True)
+         for kind, m in models.items()}
 changes = pd.concat({kind: u.pivot_table(index="component", columns="label", values="stable_rank_change", sort=False)[list(specs)]
                      for kind, u in under.items()}, names=["model"])
 save_table(pd.concat(under, names=["model"]).reset_index(level=0), "stable_rank_under_quantization")
@@ -117,11 +120,15 @@ plt.show()
 # Per matrix at 3 bits: the relative output error on calibration inputs (‖X(W−Ŵ)ᵀ‖ / ‖XWᵀ‖) against the stable rank, and rank correlations with the other statistics of notebook 02.
 
 # %%
+W3 = {"W3": QuantConfig(bits=3, group_size=GROUP_SIZE)}
+reports = probes.probe_sweep(models.values(), "quantize_report", W3, CALIBRATION, name="stable_rank_w3_errors",
+                             snapshot=True, progress=False)
+wstats_all = probes.probe_sweep(models.values(), "weight_stats", W3, name="stable_rank_w3_weight_stats",
+                                snapshot=True, progress=False)
 rows = []
 for kind, m in models.items():
-    calib = calibration_batch(m.tokenizer, **CALIBRATION)
-    _, report = quantize_model(m.model, QuantConfig(bits=3, group_size=GROUP_SIZE), calibration=calib, progress=False)
-    wstats = probes.weight_stats(m.model, config=QuantConfig(bits=3, group_size=GROUP_SIZE), progress=False)
+    report = reports[reports.model == m.record.name].drop(columns=["model", "label"])
+    wstats = wstats_all[wstats_all.model == m.record.name].drop(columns="model")
     joined = probes.relate(spectra[kind].drop(columns="singular_values").merge(
         wstats[["module", "kurtosis", "max_over_std", "outlier_error_share"]], on="module"), report)
     joined["model"] = m.record.name

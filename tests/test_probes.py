@@ -2,6 +2,7 @@
 
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -261,3 +262,64 @@ def test_quantization_error_recovers_a_gguf_q4_1_grid(tiny_lm):
     assert len(err) == 2 * 2 and (err.rel_output_error >= 0).all()
     with pytest.raises(ValueError, match="round-to-nearest"):
         probes.quantization_error(model, {"gptq": QuantConfig(bits=4, method="gptq")}, torch.zeros(2, 8, dtype=torch.long))
+
+
+PROBE_CASES = {   # probe -> (specs, calibration, the direct call the stored table must equal)
+    "quantization_error": ({"W4": QuantConfig(bits=4, group_size=16), "W3": QuantConfig(bits=3, group_size=16)}, True,
+                           lambda m, s, c: probes.quantization_error(m, s, c, progress=False)),
+    "quantize_report": ({"W3": QuantConfig(bits=3, group_size=16),
+                         "W3 channels": QuantConfig(bits=3, group_size=16, outlier_fraction=0.05, outlier_mode="channel")},
+                        True, None),
+    "spectra_under_quantization": ({"W2": QuantConfig(bits=2, group_size=16)}, False,
+                                   lambda m, s, c: probes.spectra_under_quantization(m, s, progress=False)),
+    "weight_stats": ({"W3": QuantConfig(bits=3, group_size=16)}, False,
+                     lambda m, s, c: probes.weight_stats(m, config=s["W3"], progress=False)),
+}
+
+
+@pytest.mark.parametrize("probe", list(PROBE_CASES))
+def test_probe_sweep_stores_a_table_and_reruns_any_matrix_alone(probe, tiny_lm, tmp_path, monkeypatch):
+    """A probe through the sweep engine gives the direct call's table, is read back instead of
+    recomputed, and any matrix's rows re-run alone equal the stored ones (what make test samples)."""
+    from workbench.data import calibration_batch
+    from workbench.experiments import read_sweep
+
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    specs, calibrated, direct = PROBE_CASES[probe]
+    calibration = {"corpus": "lee", "n_samples": 2, "seqlen": 16, "seed": 0} if calibrated else None
+    calls = []
+    real = probes.PROBES[probe]
+    monkeypatch.setitem(probes.PROBES, probe, lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    table = probes.probe_sweep([tiny_lm], probe, specs, calibration, name="p", progress=False)
+    again = probes.probe_sweep([tiny_lm], probe, specs, calibration, name="p", progress=False)
+    assert calls == [None] and again.equals(table) and (table.model == tiny_lm.record.name).all()
+    if direct is not None:
+        calib = calibration_batch(tiny_lm.tokenizer, **calibration) if calibrated else None
+        expected = direct(tiny_lm.model, specs, calib)
+        pd.testing.assert_frame_equal(table.drop(columns="model"), expected, check_dtype=False)
+    else:       # quantize_model's report for each spec, labelled, without its times
+        calib = calibration_batch(tiny_lm.tokenizer, **calibration)
+        _, report = quantize_model(tiny_lm.model, specs["W3 channels"], calib, progress=False)
+        mine = table[table.label == "W3 channels"].drop(columns=["model", "label"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, report.drop(columns="time_s"), check_dtype=False)
+        assert mine.rel_output_error.notna().all()
+    (record,) = read_sweep("p")
+    module = record["items"][-1]["module"]
+    fresh = probes.rerun_probe_rows(record["point"], [module])
+    stored = [r for r in record["items"] if r["module"] == module]
+    assert calls[-1] == [module] and len(fresh) == len(stored) >= 1
+    for f, s in zip(fresh, stored):
+        assert f.keys() == s.keys()
+        for k in s:
+            assert f[k] == pytest.approx(s[k], rel=1e-5, nan_ok=True) if isinstance(s[k], float) else f[k] == s[k], k
+
+
+def test_probe_sweep_errors_name_the_fix(tiny_lm):
+    with pytest.raises(ValueError, match="unknown probe 'spectrum'; choose one of"):
+        probes.probe_sweep([tiny_lm], "spectrum")
+    with pytest.raises(ValueError, match="one QuantConfig"):
+        probes.PROBES["weight_stats"](tiny_lm.model, {"a": QuantConfig(), "b": QuantConfig()}, None, None)
+    point = {"model": tiny_lm.record.name, "probe": "weight_stats", "specs": {"W4": QuantConfig(group_size=16).to_json()},
+             "weights": {"path": "sha256:something else"}}
+    with pytest.raises(ValueError, match="not the ones the record was computed on"):
+        probes.rerun_probe_rows(point, ["model.layers.0.mlp.up_proj"])

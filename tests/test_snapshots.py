@@ -64,10 +64,15 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "outliers_retention": _fixed_weights,
     "by_frequency_embeddings": lambda p: True,         # RTN rows by frequency: the same on any CPU
     "by_frequency_blocks": lambda p: True,
+    # per-matrix probe tables (workbench.probes.probe_sweep): a few matrices of a random model, re-computed alone
+    **{n: lambda p: True for n in ("stable_rank_under_quantization", "stable_rank_w3_errors",
+                                   "stable_rank_w3_weight_stats")},
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
                      "abilities_scale_gemma", "abilities_wakv", "abilities_kivi")
-PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_")))
+PROBE_SNAPSHOTS = ("stable_rank_under_quantization", "stable_rank_w3_errors", "stable_rank_w3_weight_stats")
+PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_"))
+                             and n not in PROBE_SNAPSHOTS)
 # Snapshots of which one, drawn at random, is re-run per test run, so that `make test` stays within its
 # 20 minutes cold on 2 cores (each snapshot is verified every few runs, the draw is in the seed):
 # - the sweeps whose CPU-independent points need a 64 x 512 calibration pass (AWQ's three draws, about
@@ -86,7 +91,7 @@ ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2
 ADAPTATION_ONE_OF = (("adapt_causal", "adapt_causal_fp"), ("adapt_encoder", "adapt_navigate"),
                      ("decompositions_polarity", "decompositions_navigate"))
 PERPLEXITY_RERUNS = list(ONE_OF) + [(n,) for n in PERPLEXITY_SNAPSHOTS if not any(n in g for g in ONE_OF)]
-ADAPTATION_SNAPSHOTS = tuple(n for n in SAMPLES if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS)
+ADAPTATION_SNAPSHOTS = tuple(n for n in SAMPLES if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS + PROBE_SNAPSHOTS)
 ADAPTATION_RERUNS = list(ADAPTATION_ONE_OF) + [(n,) for n in ADAPTATION_SNAPSHOTS
                                                if not any(n in g for g in ADAPTATION_ONE_OF)]
 
@@ -100,6 +105,10 @@ def _measure(name):
         from workbench.evaluate import perplexity_point
 
         return perplexity_point
+    if name in PROBE_SNAPSHOTS:
+        from workbench.probes import probe_point
+
+        return probe_point
     from workbench.adapt.sweeps import run_point
 
     return run_point
@@ -130,6 +139,11 @@ def test_snapshot_records_are_current(name):
 
         loaded_ = load_model(point["model"])
         current = perplexity_versions(loaded_.record, loaded_.tokenizer)
+    elif name in PROBE_SNAPSHOTS:           # the weights are in each point, the versions hold nothing else
+        current = {}
+        for r in records:
+            assert r["point"]["weights"] == json.loads(json.dumps(load_model(r["point"]["model"]).record.key,
+                                                                  default=str)), f"{name}: {r['point']['model']}"
     else:
         from workbench.adapt.sweeps import load_model_for, versions
 
@@ -212,8 +226,32 @@ def test_perplexity_snapshot_windows_rerun_from_scratch(names, sample_rng):
         rep.assert_close(f["nll"], c["nll"], rep.RTOL_EVAL, f"{what} window {c['window']} NLL", "eval")
 
 
+MATRICES = 3        # matrices of a probe table re-computed per snapshot
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", PROBE_SNAPSHOTS)
+def test_probe_snapshot_rows_rerun_from_scratch(name, sample_rng):
+    """A random model of a per-matrix probe table and a random sample of its matrices: their rows
+    computed again from scratch (quantized again, calibration inputs collected again) must equal
+    the committed rows: text and integers exactly, numbers within the evaluation tolerance."""
+    from workbench.probes import rerun_probe_rows
+
+    r = sample_rng.choice(read_snapshot(name))
+    modules = sample_rng.sample(sorted({i["module"] for i in r["items"]}), MATRICES)
+    fresh = rerun_probe_rows(r["point"], modules)
+    committed = [i for i in r["items"] if i["module"] in modules]
+    what = f"{name} {r['point']['model']}"
+    assert [(f["module"], f.get("label")) for f in fresh] == [(c["module"], c.get("label")) for c in committed], what
+    for f, c in zip(fresh, committed):
+        numbers = [k for k, v in c.items() if isinstance(v, float)]
+        assert {k: v for k, v in f.items() if k not in numbers} == {k: v for k, v in c.items() if k not in numbers}, what
+        rep.assert_close([f[k] for k in numbers], [c[k] for k in numbers], rep.RTOL_EVAL,
+                         f"{what} {c['module']} {c.get('label', '')} {numbers}", "eval")
+
+
 def test_every_snapshot_is_in_one_rerun_group():
-    groups = PERPLEXITY_RERUNS + ADAPTATION_RERUNS + [(n,) for n in ABILITY_SNAPSHOTS]
+    groups = PERPLEXITY_RERUNS + ADAPTATION_RERUNS + [(n,) for n in PROBE_SNAPSHOTS] + [(n,) for n in ABILITY_SNAPSHOTS]
     assert sorted(n for g in groups for n in g) == sorted(SAMPLES)
 
 

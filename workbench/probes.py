@@ -36,6 +36,7 @@ Definitions (W is [out, in], w its entries, sigma their standard deviation):
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import numpy as np
@@ -392,3 +393,139 @@ def probe_time(model: nn.Module, calibration: torch.Tensor) -> pd.DataFrame:
         fn()
         rows.append(dict(probe=label, seconds=time.perf_counter() - t))
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- committed probe sweeps
+
+PROBE_DEFAULTS = {         # every argument of `probe_point`, spelled out for its sweep key
+    "probe": None,         # the name of one of PROBES: which per-matrix table is computed
+    "specs": None,         # label -> workbench.quant.spec_to_json of each quantization the probe compares
+    "calibration": None,   # calibration_batch arguments with the corpus, e.g. {"corpus": "lee", "n_samples": 8}
+    "options": {},         # the probe function's own keyword arguments (plain JSON values)
+    "weights": None,       # the model record's key: new weights make new points
+}
+
+
+def _exactly(modules: list[str] | None) -> str | None:
+    """A regex that matches exactly these module names (None: no restriction)."""
+    return None if modules is None else "^(?:" + "|".join(re.escape(m) for m in modules) + ")$"
+
+
+def _probe_quantization_error(model, specs, calibration, modules, pattern=r"^(?!.*lm_head)"):
+    return quantization_error(model, specs, calibration, pattern=_exactly(modules) or pattern, progress=False)
+
+
+def _probe_quantize_report(model, specs, calibration, modules):
+    """quantize_model's report per spec (one row per (module, label)), without its wall times."""
+    from workbench.quant import DEFAULT_SKIP
+
+    skip = DEFAULT_SKIP if modules is None else "^(?!" + _exactly(modules)[1:] + ")"    # all but these
+    frames = []
+    for label, spec in specs.items():
+        _, report = quantize_model(model, spec, calibration, skip=skip, progress=False)
+        frames.append(report.drop(columns=["time_s"]).assign(label=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _probe_spectra_under_quantization(model, specs, calibration, modules, pattern=None):
+    return spectra_under_quantization(model, specs, calibration, pattern=_exactly(modules) or pattern, progress=False)
+
+
+def _probe_weight_stats(model, specs, calibration, modules, pattern=None, outlier_fraction=0.01):
+    if len(specs) != 1 or not isinstance(next(iter(specs.values())), QuantConfig):
+        raise ValueError(f"the weight_stats probe takes one QuantConfig (the grid of its error columns); got {specs!r}")
+    return weight_stats(model, _exactly(modules) or pattern, config=next(iter(specs.values())),
+                        outlier_fraction=outlier_fraction, progress=False)
+
+
+PROBES = {   # name -> fn(model, specs {label: spec}, calibration ids or None, modules or None, **options)
+    "quantization_error": _probe_quantization_error,
+    "quantize_report": _probe_quantize_report,
+    "spectra_under_quantization": _probe_spectra_under_quantization,
+    "weight_stats": _probe_weight_stats,
+}
+
+
+def _run_probe(p: dict, model: nn.Module, tokenizer, modules: list[str] | None) -> pd.DataFrame:
+    from workbench.data import calibration_batch
+    from workbench.quant import spec_from_json
+
+    if p["probe"] not in PROBES:
+        raise ValueError(f"unknown probe {p['probe']!r}; choose one of {', '.join(PROBES)}")
+    specs = {label: spec_from_json(s) for label, s in (p["specs"] or {}).items()}
+    calibration = calibration_batch(tokenizer, **p["calibration"]) if p["calibration"] else None
+    return PROBES[p["probe"]](model, specs, calibration, modules, **p["options"])
+
+
+def _rows(frame: pd.DataFrame) -> list[dict]:
+    """A probe's table as JSON-like rows (tuples as lists, numpy numbers as Python's)."""
+    import json
+
+    from workbench.experiments import _json_default
+
+    return json.loads(json.dumps(frame.to_dict("records"), allow_nan=True, default=_json_default))
+
+
+def probe_point(point: dict) -> dict:
+    """A `workbench.experiments` measure: one probe of PROBES (`point["probe"]`) on
+    `point["model"]`, with its specs, calibration and options, one item per row of its table (a
+    matrix, or a (matrix, label) pair), so that a test can re-run any matrix alone
+    (`rerun_probe_rows`). Run it with `defaults=PROBE_DEFAULTS`; the model is loaded once per process."""
+    from workbench.experiments import loaded
+    from workbench.models import load_model
+
+    p = {**PROBE_DEFAULTS, **point}
+    model, tokenizer, _ = loaded(("model", "probe", p["model"]), lambda: load_model(p["model"]))
+    rows = _rows(_run_probe(p, model, tokenizer, None))
+    return {"summary": {"rows": len(rows), "matrices": len({r["module"] for r in rows})}, "items": rows}
+
+
+def rerun_probe_rows(point: dict, modules: list[str]) -> list[dict]:
+    """Re-compute the rows of some matrices of a `probe_point` record from scratch: the model
+    loaded again (its weights must still be the point's), the probe run on those matrices alone.
+    Returns rows in the record's format."""
+    import json
+
+    from workbench.models import load_model
+
+    p = {**PROBE_DEFAULTS, **point}
+    model, tokenizer, record = load_model(p["model"])
+    if p["weights"] is not None and json.loads(json.dumps(record.key, default=str)) != p["weights"]:
+        raise ValueError(f"{p['model']}: these weights are not the ones the record was computed on")
+    return _rows(_run_probe(p, model, tokenizer, list(modules)))
+
+
+def probe_sweep(models, probe: str, specs: dict | None = None, calibration: dict | None = None,
+                options: dict | None = None, name: str = "probes", snapshot: bool = False,
+                progress: bool = True) -> pd.DataFrame:
+    """One probe of PROBES on each of `models` (LoadedModels from `load_model`), through the sweep
+    engine (workbench.experiments, measure `probe_point`): one point per model, stored as it
+    finishes and read back on the next call; with `snapshot=True` from and to the committed
+    snapshot data/snapshots/<name>.json.gz. `specs` maps labels to quantization specs,
+    `calibration` is calibration_batch's arguments with the corpus ({"corpus": "lee",
+    "n_samples": 8, "seqlen": 256, "seed": 0}), `options` the probe function's keyword arguments.
+    Probes: "quantization_error" (`quantization_error`), "quantize_report" (`quantize_model`'s
+    report per spec, with a label column, without times), "spectra_under_quantization" and
+    "weight_stats" (one spec: its grid). Returns the probe's table for every model, with a
+    `model` column (the record's name) first."""
+    import json
+
+    from workbench.experiments import provide, run_sweep
+    from workbench.quant import spec_to_json
+
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
+    points = []
+    for loaded_model in models:
+        model, tokenizer, record = loaded_model
+        provide(("model", "probe", record.name), (model, tokenizer, record))
+        points.append({"model": record.name, "probe": probe,
+                       "specs": {label: spec_to_json(s) for label, s in (specs or {}).items()} or None,
+                       "calibration": calibration, "options": options or {},
+                       "weights": json.loads(json.dumps(record.key, default=str))})
+    records = run_sweep(points, probe_point, name, defaults=PROBE_DEFAULTS, snapshot=name if snapshot else None,
+                        progress=progress)
+    frame = pd.DataFrame([{"model": r["point"]["model"], **row} for r in records for row in r["items"]])
+    if "shape" in frame:
+        frame["shape"] = frame["shape"].map(tuple)
+    return frame
