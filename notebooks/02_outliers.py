@@ -26,7 +26,7 @@
 
 # %% [markdown]
 # ## Parameters
-# Sized for 2 CPU cores; the committed outputs are exactly what these values produce. The perplexities of section 4 cover the whole held-out split and are a committed snapshot (`data/snapshots/outliers_retention.json.gz`), read back when every argument matches; `make test` re-scores a sample of its windows.
+# Sized for 2 CPU cores; the committed outputs are exactly what these values produce. The perplexities of section 4 cover the whole held-out split and are a committed snapshot (`data/snapshots/outliers_retention.json.gz`), read back when every argument matches; `make test` re-scores a sample of its windows. The per-matrix tables of sections 1 and 4 (weight statistics, output errors of each kind of retention) are snapshots too (`outliers_weight_stats`, `outliers_retention_errors`); `make test` re-computes a random sample of their matrices.
 
 # %%
 MODELS = {"causal": "smollm2-135m", "encoder": "minilm-l6"}
@@ -48,7 +48,7 @@ from workbench.data import calibration_batch
 from workbench.evaluate import perplexity_sweep
 from workbench.models import load_model
 from workbench.plots import activation_depth, layer_component_heatmap, scatter_trend, tail_histogram
-from workbench.quant import QuantConfig, quantize_model
+from workbench.quant import QuantConfig
 from workbench.report import project_dir, save_table
 from workbench.widgets import outlier_explorer
 
@@ -68,7 +68,10 @@ for kind, name in MODELS.items():
 # One row per weight matrix (the tied LM head of SmolLM2 is its embedding, counted once). `levels_per_block` is the median number of distinct values in 32 consecutive weights of a row: the fingerprint of a dequantized checkpoint.
 
 # %%
-weights = {kind: probes.weight_stats(m.model, config=config, outlier_fraction=OUTLIER_FRACTION, progress=False)
+weights = probes.probe_sweep(models.values(), "weight_stats", {f"W{BITS}": config},
+                             options={"outlier_fraction": OUTLIER_FRACTION}, name="outliers_weight_stats",
+                             snapshot=True, progress=False)
+weights = {kind: weights[weights.model == m.record.name].drop(columns="model").reset_index(drop=True)
            for kind, m in models.items()}
 summary = pd.concat({kind: ws.groupby("component", sort=False)[["kurtosis", "max_over_std", "beyond_3sigma",
                                                                  "beyond_6sigma", "levels_per_block",
@@ -171,14 +174,11 @@ variants = {
     "RTN + 1% channels kept": QuantConfig(bits=BITS, group_size=GROUP_SIZE, outlier_fraction=OUTLIER_FRACTION,
                                           outlier_mode="channel"),
 }
-rows, per_module = [], []
-for kind, m in models.items():
-    for label, cfg in variants.items():
-        _, report = quantize_model(m.model, cfg, calibration=calibration[kind], progress=False)
-        rows.append({"model": m.record.name, "variant": label, "rel_weight_error": report.rel_weight_error.mean(),
-                     "rel_output_error": report.rel_output_error.mean()})
-        per_module.append(report[["module", "rel_output_error"]].assign(model=m.record.name, variant=label))
-retention, per_module = pd.DataFrame(rows), pd.concat(per_module, ignore_index=True)
+reports = probes.probe_sweep(models.values(), "quantize_report", variants, {"corpus": CORPUS, **CALIBRATION},
+                             name="outliers_retention_errors", snapshot=True, progress=False)
+retention = (reports.groupby(["model", "label"], sort=False)[["rel_weight_error", "rel_output_error"]].mean()
+             .reset_index().rename(columns={"label": "variant"}))
+per_module = reports[["module", "rel_output_error", "model", "label"]].rename(columns={"label": "variant"})
 causal = models["causal"]
 ppl, ppl_windows = perplexity_sweep(causal.model, causal.tokenizer, causal.record, {"unquantized": None, **variants},
                                    corpus=CORPUS, max_windows=MAX_WINDOWS,

@@ -66,11 +66,12 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "by_frequency_blocks": lambda p: True,
     # per-matrix probe tables (workbench.probes.probe_sweep): a few matrices of a random model, re-computed alone
     **{n: lambda p: True for n in ("stable_rank_under_quantization", "stable_rank_w3_errors",
-                                   "stable_rank_w3_weight_stats")},
+                                   "stable_rank_w3_weight_stats", "outliers_weight_stats", "outliers_retention_errors")},
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
                      "abilities_scale_gemma", "abilities_wakv", "abilities_kivi")
-PROBE_SNAPSHOTS = ("stable_rank_under_quantization", "stable_rank_w3_errors", "stable_rank_w3_weight_stats")
+PROBE_SNAPSHOTS = ("stable_rank_under_quantization", "stable_rank_w3_errors", "stable_rank_w3_weight_stats",
+                   "outliers_weight_stats", "outliers_retention_errors")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_"))
                              and n not in PROBE_SNAPSHOTS)
 # Snapshots of which one, drawn at random, is re-run per test run, so that `make test` stays within its
