@@ -60,7 +60,7 @@ from workbench.evaluate import perplexity_sweep
 from workbench.models import load_model
 from workbench.quant.packing import load_quantized, packed_size, save_quantized
 from workbench.plots import group_size_curve, perplexity_vs_bits, weight_histogram
-from workbench.probes import quantization_error
+from workbench.probes import probe_sweep
 from workbench.quant import QuantConfig, quantize_model, rtn_quantize_weight
 from workbench import stats
 from workbench.report import project_dir, save_table
@@ -279,11 +279,9 @@ zeros[["label", "perplexity", "rel_weight_error"]]
 GRID_SPECS = {f"W{b} g{g} {zero}": QuantConfig(bits=b, group_size=g, **kw)
               for b in (4, 3) for g in (32, 128)
               for zero, kw in {"integer zero": {}, "real zero": dict(round_zero=False, zero_in_range=False)}.items()}
-encoder, encoder_tokenizer, encoder_record = load_model("minilm-l6")
-grid_errors = pd.concat([
-    quantization_error(m, GRID_SPECS, calibration_batch(t, CORPUS, CALIBRATION["n_samples"], CALIBRATION["seqlen"],
-                                                       CALIBRATION["seed"]), progress=False).assign(model=r.name)
-    for m, t, r in ((model, tokenizer, record), (encoder, encoder_tokenizer, encoder_record))], ignore_index=True)
+encoder = load_model("minilm-l6")
+grid_errors = probe_sweep([(model, tokenizer, record), encoder], "quantization_error", GRID_SPECS, CALIBRATION,
+                          name="quantizers_gguf_grid_errors", snapshot=True, progress=False)
 grid_table = (grid_errors.groupby(["model", "label"], sort=False)
               .agg(matrices=("module", "size"), rel_weight_error=("rel_weight_error", "mean"),
                    rel_output_error=("rel_output_error", "mean"), group_bias_share=("group_bias_share", "mean"))
@@ -484,14 +482,10 @@ shown[shown.method == "GPTQ (act-order)"]                # machine-dependent dig
 # Where are the two models' linear inputs large? The inputs of every quantized layer over the calibration tokens (`probes.activation_stats`, the probe of notebook 02): the median over layers of the largest |x| and of the ratio of the largest channel maximum to the median channel's (how concentrated the large inputs are), and the layers with any input channel beyond LLM.int8's threshold of 6. Rounding error in weight column j is multiplied by input channel j, so a model whose inputs concentrate in few large channels turns the same weight error into a larger output error, which GPTQ (and only GPTQ among these methods) takes into account.
 
 # %%
-from workbench.probes import activation_stats
-
-acts = []
-for model_, tokenizer_, record_ in ((gemma, gemma_tokenizer, gemma_record), (model, tokenizer, record)):
-    per_module, _ = activation_stats(model_, calibration_batch(tokenizer_, **CALIBRATION), progress=False)
-    acts.append(per_module.assign(model=record_.name))
+acts = probe_sweep([(gemma, gemma_tokenizer, gemma_record), (model, tokenizer, record)], "activation_stats",
+                   calibration=CALIBRATION, name="quantizers_scale_activations", snapshot=True, progress=False)
 del gemma
-acts = pd.concat(acts, ignore_index=True)
+acts = acts[[c for c in acts.columns if c != "model"] + ["model"]]
 save_table(acts, "quantizers_scale_activations")
 acts.groupby(["model", "component"], sort=False).agg(
     layers=("abs_max", "size"), median_abs_max=("abs_max", "median"), median_channel_ratio=("channel_max_ratio", "median"),

@@ -272,6 +272,7 @@ PROBE_CASES = {   # probe -> (specs, calibration, the direct call the stored tab
                         True, None),
     "spectra_under_quantization": ({"W2": QuantConfig(bits=2, group_size=16)}, False,
                                    lambda m, s, c: probes.spectra_under_quantization(m, s, progress=False)),
+    "activation_stats": (None, True, lambda m, s, c: probes.activation_stats(m, c, progress=False)[0]),
     "weight_stats": ({"W3": QuantConfig(bits=3, group_size=16)}, False,
                      lambda m, s, c: probes.weight_stats(m, config=s["W3"], progress=False)),
 }

@@ -34,6 +34,9 @@ def _fixed_weights(p):
                                         for m in ("gptq", "awq_gptq", "bcq", "signround"))
 
 
+PROBE_SNAPSHOTS = ("stable_rank_under_quantization", "stable_rank_w3_errors", "stable_rank_w3_weight_stats",
+                   "outliers_weight_stats", "outliers_retention_errors", "quantizers_gguf_grid_errors",
+                   "quantizers_scale_activations")
 SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_bits_sweep": lambda p: p["spec"] is None or _rtn3(p),
     "abilities_cot_probe": lambda p: True,             # the base model only
@@ -65,13 +68,10 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "by_frequency_embeddings": lambda p: True,         # RTN rows by frequency: the same on any CPU
     "by_frequency_blocks": lambda p: True,
     # per-matrix probe tables (workbench.probes.probe_sweep): a few matrices of a random model, re-computed alone
-    **{n: lambda p: True for n in ("stable_rank_under_quantization", "stable_rank_w3_errors",
-                                   "stable_rank_w3_weight_stats", "outliers_weight_stats", "outliers_retention_errors")},
+    **{n: lambda p: True for n in PROBE_SNAPSHOTS},
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
                      "abilities_scale_gemma", "abilities_wakv", "abilities_kivi")
-PROBE_SNAPSHOTS = ("stable_rank_under_quantization", "stable_rank_w3_errors", "stable_rank_w3_weight_stats",
-                   "outliers_weight_stats", "outliers_retention_errors")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_"))
                              and n not in PROBE_SNAPSHOTS)
 # Snapshots of which one, drawn at random, is re-run per test run, so that `make test` stays within its

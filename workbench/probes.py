@@ -438,7 +438,15 @@ def _probe_weight_stats(model, specs, calibration, modules, pattern=None, outlie
                         outlier_fraction=outlier_fraction, progress=False)
 
 
+def _probe_activation_stats(model, specs, calibration, modules, pattern=r"^(?!.*lm_head)", threshold=INT8_THRESHOLD):
+    if calibration is None:
+        raise ValueError("the activation_stats probe needs calibration: pass calibration={'corpus': 'lee', "
+                         "'n_samples': 8, 'seqlen': 256, 'seed': 0}")
+    return activation_stats(model, calibration, _exactly(modules) or pattern, threshold, progress=False)[0]
+
+
 PROBES = {   # name -> fn(model, specs {label: spec}, calibration ids or None, modules or None, **options)
+    "activation_stats": _probe_activation_stats,
     "quantization_error": _probe_quantization_error,
     "quantize_report": _probe_quantize_report,
     "spectra_under_quantization": _probe_spectra_under_quantization,
@@ -506,7 +514,7 @@ def probe_sweep(models, probe: str, specs: dict | None = None, calibration: dict
     "n_samples": 8, "seqlen": 256, "seed": 0}), `options` the probe function's keyword arguments.
     Probes: "quantization_error" (`quantization_error`), "quantize_report" (`quantize_model`'s
     report per spec, with a label column, without times), "spectra_under_quantization" and
-    "weight_stats" (one spec: its grid). Returns the probe's table for every model, with a
+    "weight_stats" (one spec: its grid), "activation_stats" (its per-module table). Returns the probe's table for every model, with a
     `model` column (the record's name) first."""
     import json
 
