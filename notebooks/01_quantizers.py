@@ -55,7 +55,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from workbench.quant.compare import compare_libraries
-from workbench.data import calibration_batch, evaluation_text
 from workbench.evaluate import perplexity_sweep
 from workbench.models import load_model
 from workbench.quant.packing import load_quantized, packed_size, save_quantized
@@ -350,11 +349,11 @@ except ValueError as e:
 
 # %% [markdown]
 # ## 5. Side by side with HQQ, optimum-quanto and torchao
-# Same model, the same 4 windows (`LIBRARY_WINDOWS`: this compares the libraries with each other, not with the sections above), 4 bits, group 64 (every row of the model divides by 64; at 128, quanto and torchao refuse 576-wide rows and HQQ forms groups across rows). Each library runs through its own quantized modules on the CPU. `share_of_weights_differing` compares each library's dequantized weights with the workbench's RTN under the matching grid convention (`workbench.quant.compare.matching_config`): they differ only at rounding ties, by exactly one step. Times vary from run to run and are shown rounded.
+# Same model, the same 4 windows (`LIBRARY_WINDOWS`: this compares the libraries with each other, not with the sections above), 4 bits, group 64 (every row of the model divides by 64; at 128, quanto and torchao refuse 576-wide rows and HQQ forms groups across rows). Each library runs through its own quantized modules on the CPU. `share_of_weights_differing` compares each library's dequantized weights with the workbench's RTN under the matching grid convention (`workbench.quant.compare.matching_config`): they differ only at rounding ties, by exactly one step. The rows are a committed snapshot (`data/snapshots/quantizers_libraries.json.gz`, every window's loss); the times are those of the run that made it, shown rounded (they vary from run to run), and `make test` re-builds a random row's model, the library's own modules included, and re-scores a sample of its windows.
 
 # %%
-libs = compare_libraries(model, tokenizer, evaluation_text(CORPUS), bits=4, group_size=64,
-                         seqlen=SEQLEN, max_windows=LIBRARY_WINDOWS)
+libs = compare_libraries(model, tokenizer, record, corpus=CORPUS, bits=4, group_size=64, seqlen=SEQLEN,
+                         max_windows=LIBRARY_WINDOWS, name="quantizers_libraries", snapshot=True, progress=False)
 save_table(libs.drop(columns=["quantize_time_s", "eval_time_s"]), "quantizers_libraries")
 shown = libs[["method", "perplexity", "share_of_weights_differing", "n_differing_not_one_step"]].copy()
 shown["quantize time"] = [f"{t:.1f} s" for t in libs.quantize_time_s]

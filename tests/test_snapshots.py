@@ -1,5 +1,5 @@
 """Committed snapshots (data/snapshots/<name>.json.gz): the records of the heavy sweeps that notebooks
-00, 01, 02, 04, 05 and 06 render, written by the engine of workbench/experiments.py.
+00 to 06 render (perplexity, ability, adaptation, per-matrix probe and library sweeps), written by the engine of workbench/experiments.py.
 
 Two checks per snapshot. Its records are current: each key is what this code computes from the
 stored point, measure and versions, and the versions are this checkout's, so a notebook reads the
@@ -37,6 +37,7 @@ def _fixed_weights(p):
 PROBE_SNAPSHOTS = ("stable_rank_under_quantization", "stable_rank_w3_errors", "stable_rank_w3_weight_stats",
                    "outliers_weight_stats", "outliers_retention_errors", "quantizers_gguf_grid_errors",
                    "quantizers_scale_activations")
+LIBRARY_SNAPSHOTS = ("quantizers_libraries",)    # workbench.quant.compare: HQQ, quanto and torchao beside RTN
 SAMPLES = {                   # snapshot -> which of its points are re-run
     "abilities_bits_sweep": lambda p: p["spec"] is None or _rtn3(p),
     "abilities_cot_probe": lambda p: True,             # the base model only
@@ -69,11 +70,12 @@ SAMPLES = {                   # snapshot -> which of its points are re-run
     "by_frequency_blocks": lambda p: True,
     # per-matrix probe tables (workbench.probes.probe_sweep): a few matrices of a random model, re-computed alone
     **{n: lambda p: True for n in PROBE_SNAPSHOTS},
+    "quantizers_libraries": lambda p: p["method"] != "unquantized",   # a library's or the workbench's RTN
 }
 ABILITY_SNAPSHOTS = ("abilities_bits_sweep", "abilities_cot_probe", "component_sensitivity_w4", "abilities_lora",
                      "abilities_scale_gemma", "abilities_wakv", "abilities_kivi")
 PERPLEXITY_SNAPSHOTS = tuple(n for n in SAMPLES if n.startswith(("quickstart_", "quantizers_", "outliers_", "by_frequency_"))
-                             and n not in PROBE_SNAPSHOTS)
+                             and n not in PROBE_SNAPSHOTS + LIBRARY_SNAPSHOTS)
 # Snapshots of which one, drawn at random, is re-run per test run, so that `make test` stays within its
 # 20 minutes cold on 2 cores (each snapshot is verified every few runs, the draw is in the seed):
 # - the sweeps whose CPU-independent points need a 64 x 512 calibration pass (AWQ's three draws, about
@@ -92,7 +94,8 @@ ONE_OF = (("quantizers_awq_draw0", "quantizers_awq_draw1", "quantizers_awq_draw2
 ADAPTATION_ONE_OF = (("adapt_causal", "adapt_causal_fp"), ("adapt_encoder", "adapt_navigate"),
                      ("decompositions_polarity", "decompositions_navigate"))
 PERPLEXITY_RERUNS = list(ONE_OF) + [(n,) for n in PERPLEXITY_SNAPSHOTS if not any(n in g for g in ONE_OF)]
-ADAPTATION_SNAPSHOTS = tuple(n for n in SAMPLES if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS + PROBE_SNAPSHOTS)
+ADAPTATION_SNAPSHOTS = tuple(n for n in SAMPLES
+                             if n not in ABILITY_SNAPSHOTS + PERPLEXITY_SNAPSHOTS + PROBE_SNAPSHOTS + LIBRARY_SNAPSHOTS)
 ADAPTATION_RERUNS = list(ADAPTATION_ONE_OF) + [(n,) for n in ADAPTATION_SNAPSHOTS
                                                if not any(n in g for g in ADAPTATION_ONE_OF)]
 
@@ -110,6 +113,10 @@ def _measure(name):
         from workbench.probes import probe_point
 
         return probe_point
+    if name in LIBRARY_SNAPSHOTS:
+        from workbench.quant.compare import library_point
+
+        return library_point
     from workbench.adapt.sweeps import run_point
 
     return run_point
@@ -135,7 +142,7 @@ def test_snapshot_records_are_current(name):
         from workbench.abilities import sweep_versions
 
         current = sweep_versions(load_model(point["model"]).record)
-    elif name in PERPLEXITY_SNAPSHOTS:
+    elif name in PERPLEXITY_SNAPSHOTS + LIBRARY_SNAPSHOTS:
         from workbench.evaluate import perplexity_versions
 
         loaded_ = load_model(point["model"])
@@ -251,8 +258,24 @@ def test_probe_snapshot_rows_rerun_from_scratch(name, sample_rng):
                          f"{what} {c['module']} {c.get('label', '')} {numbers}", "eval")
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("name", LIBRARY_SNAPSHOTS)
+def test_library_snapshot_windows_rerun_from_scratch(name, sample_rng):
+    """A random row of the libraries' comparison (a library's own quantized modules, or the
+    workbench's RTN) built again from scratch and a sample of its windows re-scored."""
+    from workbench.quant.compare import rerun_library_windows
+
+    r = sample_rng.choice([r for r in read_snapshot(name) if SAMPLES[name](r["point"]) and r["items"]])
+    chosen = sorted(sample_rng.sample(r["items"], WINDOWS), key=lambda w: w["window"])
+    fresh = rerun_library_windows(r["point"], [w["window"] for w in chosen])
+    for f, c in zip(fresh, chosen):
+        assert f["window"] == c["window"] and f["tokens"] == c["tokens"]
+        rep.assert_close(f["nll"], c["nll"], rep.RTOL_EVAL, f"{name} {r['point']['method']} window {c['window']} NLL",
+                         "eval")
+
+
 def test_every_snapshot_is_in_one_rerun_group():
-    groups = PERPLEXITY_RERUNS + ADAPTATION_RERUNS + [(n,) for n in PROBE_SNAPSHOTS] + [(n,) for n in ABILITY_SNAPSHOTS]
+    groups = PERPLEXITY_RERUNS + ADAPTATION_RERUNS + [(n,) for n in PROBE_SNAPSHOTS + LIBRARY_SNAPSHOTS + ABILITY_SNAPSHOTS]
     assert sorted(n for g in groups for n in g) == sorted(SAMPLES)
 
 

@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -86,3 +87,35 @@ def test_unsupported_bits_are_refused():
         matching_config("quanto", 3, 64)
     with pytest.raises(ValueError, match="unknown library"):
         matching_config("gptq", 4, 64)
+
+
+def test_compare_libraries_is_a_stored_sweep_whose_windows_rerun(tiny_lm, tmp_path, monkeypatch):
+    """Every row a point of the sweep engine (read back, not recomputed), a library that refuses
+    the bits a row with its note and no perplexity, and any window of a library's row re-scored
+    from scratch equal to the stored one (what make test samples from the committed snapshot)."""
+    from workbench.experiments import read_sweep
+    from workbench.quant import compare
+
+    for library in ("hqq", "quanto", "torchao"):
+        pytest.importorskip(PACKAGE[library])
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
+    model, tokenizer, record = tiny_lm
+    calls = []
+    real = compare._build
+    monkeypatch.setattr(compare, "_build", lambda p, m: calls.append(p["method"]) or real(p, m))
+    kw = dict(corpus="lee", bits=4, group_size=16, seqlen=32, max_windows=2, progress=False)
+    table = compare.compare_libraries(model, tokenizer, record, **kw)
+    assert table.method.tolist() == ["unquantized", "workbench RTN (default config)", "workbench RTN matching hqq",
+                                     "hqq RTN", "workbench RTN matching quanto", "quanto RTN",
+                                     "workbench RTN matching torchao", "torchao RTN"]
+    assert len(calls) == 8 and table.perplexity.notna().all() and (table.n_differing_not_one_step.dropna() == 0).all()
+    again = compare.compare_libraries(model, tokenizer, record, **kw)
+    assert len(calls) == 8
+    pd.testing.assert_frame_equal(again, table)
+    three = compare.compare_libraries(model, tokenizer, record, **{**kw, "bits": 3}, libraries=("quanto",))
+    refused = three.set_index("method").loc["quanto RTN"]
+    assert "workbench RTN matching quanto" not in three.method.tolist()
+    assert refused.note.startswith("refused: quanto does not quantize to 3 bits") and math.isnan(refused.perplexity)
+    record_ = next(r for r in read_sweep("libraries") if r["point"]["method"] == "quanto" and r["items"])
+    fresh = compare.rerun_library_windows(record_["point"], [1])
+    assert fresh[0]["window"] == 1 and fresh[0]["nll"] == pytest.approx(record_["items"][1]["nll"], rel=1e-6)

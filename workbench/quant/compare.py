@@ -1,10 +1,9 @@
 """The workbench's RTN next to HQQ, optimum-quanto and torchao: same model, same data, on the CPU.
 
     from workbench.quant.compare import LIBRARIES, compare_libraries, library_dequantized_weight, matching_config
-    from workbench.data import evaluation_text
     from workbench.models import load_model
     model, tokenizer, record = load_model("smollm2-135m")
-    table = compare_libraries(model, tokenizer, evaluation_text("lee"), bits=4, group_size=64,
+    table = compare_libraries(model, tokenizer, record, corpus="lee", bits=4, group_size=64,
                               seqlen=512, max_windows=8)
     w_lib = library_dequantized_weight(w, "hqq", bits=4, group_size=64)     # the library's Ŵ
     w_wb = fake_quantize(w, matching_config("hqq", bits=4, group_size=64))  # equal up to ties
@@ -75,6 +74,7 @@ setting of a comparison. At group 128 with 576-wide rows:
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 
@@ -82,7 +82,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.evaluate import perplexity
 from workbench.modules import linear_modules
 from workbench.quant import DEFAULT_SKIP, QuantConfig, choose_qparams, fake_quantize, quantize_model
 
@@ -214,68 +213,138 @@ def library_quantize_model(model: nn.Module, library: str, bits: int, group_size
     return qmodel, time.perf_counter() - t0
 
 
-def _timed_perplexity(model, tokenizer, text, seqlen, max_windows) -> tuple[float, float]:
+COMPARE_DEFAULTS = {          # every argument of `library_point`, spelled out for its sweep key
+    "method": "unquantized",  # "unquantized", "workbench" (its RTN under `config`) or one of LIBRARIES
+    "config": None,           # QuantConfig.to_json() of the workbench's RTN (method "workbench")
+    "bits": 4,                # the library's bits and group size (method a library)
+    "group_size": 128,
+    "corpus": "lee",          # workbench.data corpus whose evaluation split is scored
+    "seqlen": 512,            # window length in tokens
+    "max_windows": None,      # None: the whole evaluation split
+    "skip": DEFAULT_SKIP,     # linear layers left alone (the LM head)
+}
+
+
+def _build(p: dict, model: nn.Module) -> tuple[nn.Module | None, dict]:
+    """The model a `library_point` evaluates, and its summary fields before evaluation (None: refused)."""
+    info = dict(quantize_time_s=0.0, max_abs_diff=float("nan"), share_of_weights_differing=float("nan"),
+                n_differing_not_one_step=None, note="")
+    if p["method"] == "unquantized":
+        return model, info
+    if p["method"] == "workbench":
+        qmodel, report = quantize_model(model, QuantConfig.from_json(p["config"]), skip=p["skip"], progress=False)
+        return qmodel, {**info, "quantize_time_s": float(report.time_s.sum()),
+                        "note": "groups " + ", ".join(sorted(set(report.groups)))}
+    library, bits, group_size, skip = p["method"], p["bits"], p["group_size"], p["skip"]
+    try:
+        config = matching_config(library, bits, group_size)
+        lmodel, qtime = library_quantize_model(model, library, bits, group_size, skip=skip)
+    except (ValueError, AssertionError) as e:
+        return None, {**info, "quantize_time_s": float("nan"), "note": f"refused: {str(e).splitlines()[0]}"}
+    totals = dict(max_abs_diff=0.0, n_weights=0, n_differing=0, n_not_one_step=0)
+    for name, m in linear_modules(model).items():
+        if skip and re.search(skip, name):
+            continue
+        a = agreement(m.weight.detach(), _dequantized(lmodel.get_submodule(name), library), config)
+        totals["max_abs_diff"] = max(totals["max_abs_diff"], a["max_abs_diff"])
+        for key in ("n_weights", "n_differing", "n_not_one_step"):
+            totals[key] += a[key]
+    odd_rows = sorted({m.weight.shape[1] for n, m in linear_modules(model).items()
+                       if not (skip and re.search(skip, n)) and m.weight.shape[1] % group_size})
+    return lmodel, {**info, "quantize_time_s": qtime, "max_abs_diff": totals["max_abs_diff"],
+                    "share_of_weights_differing": totals["n_differing"] / totals["n_weights"],
+                    "n_differing_not_one_step": totals["n_not_one_step"],
+                    "note": f"groups straddle rows of {odd_rows} inputs" if library == "hqq" and odd_rows else ""}
+
+
+def library_point(point: dict) -> dict:
+    """A `workbench.experiments` measure: the perplexity of `point["model"]` unquantized, under the
+    workbench's RTN (`config`) or under a library's own quantized modules, with one item per
+    window (its summed NLL), the quantization time, the evaluation time and, for a library, the
+    agreement of its Ŵ with the workbench's `matching_config` (see `agreement`). A library's
+    refusal is a record with a note and no windows. Run it with `defaults=COMPARE_DEFAULTS`."""
+    from workbench.data import evaluation_text
+    from workbench.evaluate import token_windows, window_nll
+    from workbench.experiments import loaded
+    from workbench.models import load_model
+
+    p = {**COMPARE_DEFAULTS, **point}
+    model, tokenizer, _ = loaded(("model", "causal-lm", p["model"]), lambda: load_model(p["model"]))
+    qmodel, summary = _build(p, model)
+    if qmodel is None:
+        return {"summary": {**summary, "perplexity": float("nan"), "eval_time_s": float("nan")}, "items": []}
+    windows = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
     t0 = time.perf_counter()
-    ppl = perplexity(model, tokenizer, text, seqlen=seqlen, max_windows=max_windows, progress=False)
-    return ppl, time.perf_counter() - t0
+    nll = window_nll(qmodel, windows, progress=False)
+    etime = time.perf_counter() - t0
+    mean = nll.sum().item() / (len(windows) * (p["seqlen"] - 1))
+    items = [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in enumerate(nll.tolist())]
+    return {"summary": {**summary, "perplexity": math.exp(mean) if mean < 700 else math.inf, "eval_time_s": etime},
+            "items": items}
 
 
-def compare_libraries(model: nn.Module, tokenizer, text: str, bits: int = 4, group_size: int = 128,
+def rerun_library_windows(point: dict, windows: list[int]) -> list[dict]:
+    """Re-score some windows of a `library_point` record from scratch (the model loaded and
+    quantized again by the workbench or the library); items in the record's format, in window order."""
+    from workbench.data import evaluation_text
+    from workbench.evaluate import token_windows, window_nll
+    from workbench.models import load_model
+
+    p = {**COMPARE_DEFAULTS, **point}
+    model, tokenizer, _ = load_model(p["model"])
+    qmodel, summary = _build(p, model)
+    if qmodel is None:
+        raise ValueError(f"{p['method']} refused this point ({summary['note']}); it has no windows to re-score")
+    seqs = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
+    index = sorted(int(w) for w in windows)
+    nll = window_nll(qmodel, seqs[index], progress=False)
+    return [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in zip(index, nll.tolist())]
+
+
+def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", bits: int = 4, group_size: int = 128,
                       libraries=LIBRARIES, seqlen: int = 512, max_windows: int | None = None,
-                      skip: str | None = DEFAULT_SKIP, baseline: bool = True) -> pd.DataFrame:
+                      skip: str | None = DEFAULT_SKIP, baseline: bool = True, name: str = "libraries",
+                      snapshot: bool = False, progress: bool = True) -> pd.DataFrame:
     """Perplexity and time of the workbench's RTN and of each library's at the same bits and group size.
 
-    Rows: the unquantized model (if `baseline`), the workbench with its default config, then
-    per library the workbench with `matching_config` and the library itself. Columns: method,
-    library, bits, group_size, perplexity, quantize_time_s (the quantization alone),
-    eval_time_s (the perplexity run, which for the libraries goes through their own CPU
-    kernels), and for library rows the agreement of their Ŵ with the workbench's matching
-    config summed over all quantized modules: max_abs_diff, share_of_weights_differing,
-    n_differing_not_one_step; note says where a library refused or formed other groups.
+    One point of the sweep `name` (workbench.experiments, measure `library_point`) per row, each
+    stored with its windows' NLL as it finishes and read back on the next call; with
+    `snapshot=True` from and to the committed snapshot data/snapshots/<name>.json.gz. `record`
+    is load_model's record of `model`, `corpus` names the evaluation split. Rows: the
+    unquantized model (if `baseline`), the workbench with its default config, then per library
+    the workbench with `matching_config` (where the library offers these bits) and the library
+    itself. Columns: method, library, bits, group_size, perplexity, quantize_time_s (the
+    quantization alone), eval_time_s (the perplexity run, which for the libraries goes through
+    their own CPU kernels; both times are those of the run that made the record), and for
+    library rows the agreement of their Ŵ with the workbench's matching config summed over all
+    quantized modules: max_abs_diff, share_of_weights_differing, n_differing_not_one_step;
+    note says where a library refused or formed other groups.
     """
-    rows = []
+    from workbench.evaluate import perplexity_versions
+    from workbench.experiments import provide, run_sweep
 
-    def add(method, library, ppl=float("nan"), qtime=float("nan"), etime=float("nan"), note="", **agree):
-        rows.append(dict(method=method, library=library, bits=bits, group_size=group_size, perplexity=ppl,
-                         quantize_time_s=qtime, eval_time_s=etime,
-                         max_abs_diff=agree.get("max_abs_diff", float("nan")),
-                         share_of_weights_differing=agree.get("share_differing", float("nan")),
-                         n_differing_not_one_step=agree.get("n_not_one_step", pd.NA), note=note))
-
-    if baseline:
-        ppl, etime = _timed_perplexity(model, tokenizer, text, seqlen, max_windows)
-        add("unquantized", "none", ppl, 0.0, etime)
-    originals = {n: m.weight.detach() for n, m in linear_modules(model).items() if not (skip and re.search(skip, n))}
-    odd_rows = sorted({w.shape[1] for w in originals.values() if w.shape[1] % group_size})
-
-    def add_workbench(method, config):
-        qmodel, report = quantize_model(model, config, skip=skip)
-        ppl, etime = _timed_perplexity(qmodel, tokenizer, text, seqlen, max_windows)
-        add(method, "workbench", ppl, float(report.time_s.sum()), etime,
-            note="groups " + ", ".join(sorted(set(report.groups))))
-
-    add_workbench("workbench RTN (default config)", QuantConfig(bits=bits, group_size=group_size))
+    provide(("model", "causal-lm", record.name), (model, tokenizer, record))
+    base = {"model": record.name, "bits": bits, "group_size": group_size, "corpus": corpus, "seqlen": seqlen,
+            "max_windows": max_windows, "skip": skip}
+    rows = [("unquantized", "none", {"method": "unquantized"})] if baseline else []
+    rows.append(("workbench RTN (default config)", "workbench",
+                 {"method": "workbench", "config": QuantConfig(bits=bits, group_size=group_size).to_json()}))
     for library in libraries:
         try:
-            config = matching_config(library, bits, group_size)
-        except ValueError as e:
-            add(f"{library} RTN", library, note=f"refused: {e}")
-            continue
-        add_workbench(f"workbench RTN matching {library}", config)
-        try:
-            lmodel, qtime = library_quantize_model(model, library, bits, group_size, skip=skip)
-        except (ValueError, AssertionError) as e:
-            add(f"{library} RTN", library, note=f"refused: {str(e).splitlines()[0]}")
-            continue
-        ppl, etime = _timed_perplexity(lmodel, tokenizer, text, seqlen, max_windows)
-        totals = dict(max_abs_diff=0.0, n_weights=0, n_differing=0, n_not_one_step=0)
-        for name, w in originals.items():
-            a = agreement(w, _dequantized(lmodel.get_submodule(name), library), config)
-            totals["max_abs_diff"] = max(totals["max_abs_diff"], a["max_abs_diff"])
-            for key in ("n_weights", "n_differing", "n_not_one_step"):
-                totals[key] += a[key]
-        totals["share_differing"] = totals["n_differing"] / totals["n_weights"]
-        note = f"groups straddle rows of {odd_rows} inputs" if library == "hqq" and odd_rows else ""
-        add(f"{library} RTN", library, ppl, qtime, etime, note=note, **totals)
-        del lmodel
-    return pd.DataFrame(rows)
+            rows.append((f"workbench RTN matching {library}", "workbench",
+                         {"method": "workbench", "config": matching_config(library, bits, group_size).to_json()}))
+        except ValueError:
+            pass                      # the library's own point records the refusal
+        rows.append((f"{library} RTN", library, {"method": library}))
+    records = run_sweep([{**base, **p} for _, _, p in rows], library_point, name, defaults=COMPARE_DEFAULTS,
+                        versions=perplexity_versions(record, tokenizer), snapshot=name if snapshot else None,
+                        progress=progress)
+    table = [{"method": method, "library": library, "bits": bits, "group_size": group_size,
+              "perplexity": r["summary"]["perplexity"], "quantize_time_s": r["summary"]["quantize_time_s"],
+              "eval_time_s": r["summary"]["eval_time_s"], "max_abs_diff": r["summary"]["max_abs_diff"],
+              "share_of_weights_differing": r["summary"]["share_of_weights_differing"],
+              "n_differing_not_one_step": r["summary"]["n_differing_not_one_step"], "note": r["summary"]["note"]}
+             for (method, library, _), r in zip(rows, records)]
+    frame = pd.DataFrame(table)
+    frame["n_differing_not_one_step"] = frame["n_differing_not_one_step"].astype("Int64")
+    return frame
