@@ -1,5 +1,6 @@
 """Probes on small tensors with known answers, and on the tiny Llama."""
 
+import copy
 
 import numpy as np
 import pandas as pd
@@ -240,7 +241,7 @@ def test_group_bias_share_independent_errors_and_an_offset():
 def test_quantization_error_recovers_a_gguf_q4_1_grid(tiny_lm):
     """A matrix dequantized from GGUF's Q4_1 (per block of 32: d·q + m, q = 0..15 spanning the block)
     is re-quantized exactly by RTN with a real-valued zero at group 32, and not by an integer zero."""
-    model = tiny_lm.model
+    model = copy.deepcopy(tiny_lm.model)                           # the session's tiny model stays as saved
     name = "model.layers.0.mlp.down_proj"                          # [48, 96]: three blocks of 32 per row
     w = model.get_submodule(name).weight
     g = torch.Generator().manual_seed(0)
@@ -279,11 +280,14 @@ PROBE_CASES = {   # probe -> (specs, calibration, the direct call the stored tab
 
 
 @pytest.mark.parametrize("probe", list(PROBE_CASES))
-def test_probe_sweep_stores_a_table_and_reruns_any_matrix_alone(probe, tiny_lm, tmp_path, monkeypatch):
+def test_probe_sweep_stores_a_table_and_reruns_any_matrix_alone(probe, tiny_lm_dir, tmp_path, monkeypatch):
     """A probe through the sweep engine gives the direct call's table, is read back instead of
     recomputed, and any matrix's rows re-run alone equal the stored ones (what make test samples)."""
     from workbench.data import calibration_batch
     from workbench.experiments import read_sweep
+    from workbench.models import load_model
+
+    tiny_lm = load_model(str(tiny_lm_dir))     # as saved: the rows are re-run from the saved weights
 
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
     specs, calibrated, direct = PROBE_CASES[probe]
@@ -320,6 +324,10 @@ def test_probe_sweep_errors_name_the_fix(tiny_lm):
         probes.probe_sweep([tiny_lm], "spectrum")
     with pytest.raises(ValueError, match="one QuantConfig"):
         probes.PROBES["weight_stats"](tiny_lm.model, {"a": QuantConfig(), "b": QuantConfig()}, None, None)
+    with pytest.raises(ValueError, match="quantize_report probe needs specs"):
+        probes.PROBES["quantize_report"](tiny_lm.model, {}, None, None)
+    with pytest.raises(ValueError, match="activation_stats probe needs calibration"):
+        probes.PROBES["activation_stats"](tiny_lm.model, {}, None, None)
     point = {"model": tiny_lm.record.name, "probe": "weight_stats", "specs": {"W4": QuantConfig(group_size=16).to_json()},
              "weights": {"path": "sha256:something else"}}
     with pytest.raises(ValueError, match="not the ones the record was computed on"):

@@ -419,6 +419,8 @@ def _probe_quantize_report(model, specs, calibration, modules):
     """quantize_model's report per spec (one row per (module, label)), without its wall times."""
     from workbench.quant import DEFAULT_SKIP
 
+    if not specs:
+        raise ValueError("the quantize_report probe needs specs: pass {label: QuantConfig(...)}")
     skip = DEFAULT_SKIP if modules is None else "^(?!" + _exactly(modules)[1:] + ")"    # all but these
     frames = []
     for label, spec in specs.items():

@@ -89,7 +89,7 @@ def test_unsupported_bits_are_refused():
         matching_config("gptq", 4, 64)
 
 
-def test_compare_libraries_is_a_stored_sweep_whose_windows_rerun(tiny_lm, tmp_path, monkeypatch):
+def test_compare_libraries_is_a_stored_sweep_whose_windows_rerun(tiny_lm_dir, tmp_path, monkeypatch):
     """Every row a point of the sweep engine (read back, not recomputed), a library that refuses
     the bits a row with its note and no perplexity, and any window of a library's row re-scored
     from scratch equal to the stored one (what make test samples from the committed snapshot)."""
@@ -98,8 +98,10 @@ def test_compare_libraries_is_a_stored_sweep_whose_windows_rerun(tiny_lm, tmp_pa
 
     for library in ("hqq", "quanto", "torchao"):
         pytest.importorskip(PACKAGE[library])
+    from workbench.models import load_model
+
     monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))
-    model, tokenizer, record = tiny_lm
+    model, tokenizer, record = load_model(str(tiny_lm_dir))    # as saved: the windows are re-run from the saved weights
     calls = []
     real = compare._build
     monkeypatch.setattr(compare, "_build", lambda p, m: calls.append(p["method"]) or real(p, m))
@@ -109,13 +111,17 @@ def test_compare_libraries_is_a_stored_sweep_whose_windows_rerun(tiny_lm, tmp_pa
                                      "hqq RTN", "workbench RTN matching quanto", "quanto RTN",
                                      "workbench RTN matching torchao", "torchao RTN"]
     assert len(calls) == 8 and table.perplexity.notna().all() and (table.n_differing_not_one_step.dropna() == 0).all()
-    again = compare.compare_libraries(model, tokenizer, record, **kw)
+    again, windows = compare.compare_libraries(model, tokenizer, record, return_windows=True, **kw)
     assert len(calls) == 8
     pd.testing.assert_frame_equal(again, table)
+    assert (table.windows == 2).all() and ((table.low <= table.perplexity) & (table.perplexity <= table.high)).all()
+    hqq = windows[windows.label == "hqq RTN"]
+    assert hqq.window.tolist() == [0, 1] and table.perplexity[3] == pytest.approx(math.exp(hqq.nll.sum() / hqq.tokens.sum()))
     three = compare.compare_libraries(model, tokenizer, record, **{**kw, "bits": 3}, libraries=("quanto",))
     refused = three.set_index("method").loc["quanto RTN"]
     assert "workbench RTN matching quanto" not in three.method.tolist()
     assert refused.note.startswith("refused: quanto does not quantize to 3 bits") and math.isnan(refused.perplexity)
+    assert refused.windows == 0 and math.isnan(refused.low)
     record_ = next(r for r in read_sweep("libraries") if r["point"]["method"] == "quanto" and r["items"])
     fresh = compare.rerun_library_windows(record_["point"], [1])
     assert fresh[0]["window"] == 1 and fresh[0]["nll"] == pytest.approx(record_["items"][1]["nll"], rel=1e-6)

@@ -304,7 +304,7 @@ def rerun_library_windows(point: dict, windows: list[int]) -> list[dict]:
 def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", bits: int = 4, group_size: int = 128,
                       libraries=LIBRARIES, seqlen: int = 512, max_windows: int | None = None,
                       skip: str | None = DEFAULT_SKIP, baseline: bool = True, name: str = "libraries",
-                      snapshot: bool = False, progress: bool = True) -> pd.DataFrame:
+                      snapshot: bool = False, return_windows: bool = False, progress: bool = True):
     """Perplexity and time of the workbench's RTN and of each library's at the same bits and group size.
 
     One point of the sweep `name` (workbench.experiments, measure `library_point`) per row, each
@@ -313,12 +313,15 @@ def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", 
     is load_model's record of `model`, `corpus` names the evaluation split. Rows: the
     unquantized model (if `baseline`), the workbench with its default config, then per library
     the workbench with `matching_config` (where the library offers these bits) and the library
-    itself. Columns: method, library, bits, group_size, perplexity, quantize_time_s (the
+    itself. Columns: method, library, bits, group_size, perplexity with its 95% bootstrap
+    interval over windows (low, high; NaN with one window or none), windows, quantize_time_s (the
     quantization alone), eval_time_s (the perplexity run, which for the libraries goes through
     their own CPU kernels; both times are those of the run that made the record), and for
     library rows the agreement of their Ŵ with the workbench's matching config summed over all
     quantized modules: max_abs_diff, share_of_weights_differing, n_differing_not_one_step;
-    note says where a library refused or formed other groups.
+    note says where a library refused or formed other groups. With `return_windows=True` it
+    returns (table, windows): one row per window (label = method, corpus, window, nll, tokens),
+    for paired tests (`stats.paired_windows`).
     """
     from workbench.evaluate import perplexity_versions
     from workbench.experiments import provide, run_sweep
@@ -339,12 +342,24 @@ def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", 
     records = run_sweep([{**base, **p} for _, _, p in rows], library_point, name, defaults=COMPARE_DEFAULTS,
                         versions=perplexity_versions(record, tokenizer), snapshot=name if snapshot else None,
                         progress=progress)
+    from workbench.stats import perplexity_interval
+
+    def interval(items):
+        if len(items) < 2 or not math.isfinite(sum(i["nll"] for i in items)):
+            return float("nan"), float("nan")
+        return perplexity_interval([i["nll"] for i in items], [i["tokens"] for i in items])[1:]
+
     table = [{"method": method, "library": library, "bits": bits, "group_size": group_size,
-              "perplexity": r["summary"]["perplexity"], "quantize_time_s": r["summary"]["quantize_time_s"],
+              "perplexity": r["summary"]["perplexity"], **dict(zip(("low", "high"), interval(r["items"]))),
+              "windows": len(r["items"]), "quantize_time_s": r["summary"]["quantize_time_s"],
               "eval_time_s": r["summary"]["eval_time_s"], "max_abs_diff": r["summary"]["max_abs_diff"],
               "share_of_weights_differing": r["summary"]["share_of_weights_differing"],
               "n_differing_not_one_step": r["summary"]["n_differing_not_one_step"], "note": r["summary"]["note"]}
              for (method, library, _), r in zip(rows, records)]
     frame = pd.DataFrame(table)
     frame["n_differing_not_one_step"] = frame["n_differing_not_one_step"].astype("Int64")
+    if return_windows:
+        windows = pd.DataFrame([{"label": method, "corpus": corpus, **i} for (method, _, _), r in zip(rows, records)
+                                for i in r["items"]], columns=["label", "corpus", "window", "nll", "tokens"])
+        return frame, windows
     return frame
