@@ -112,3 +112,27 @@ def test_smoothquant_then_weights_then_activations_through_a_spec(tiny_lm):
     s = q.model.layers[0].self_attn.q_proj._wb_input_quantizer.smooth
     assert not torch.allclose(w, model.model.layers[0].self_attn.q_proj.weight, atol=1e-2)
     assert s.shape == (48,)
+
+
+def test_a_runtime_spec_copies_the_model_once_and_inplace_not_at_all(tiny_lm, monkeypatch):
+    """W x A x KV specs round weights, activations and the cache on one copy (a second copy of a
+    large model would double the peak memory); inplace=True works on the model handed in."""
+    import copy as copy_module
+
+    from workbench.quant import precision_spec
+
+    model = copy_module.deepcopy(tiny_lm.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copies = []
+    real = copy_module.deepcopy
+    monkeypatch.setattr(copy_module, "deepcopy",       # whole models copied (not the recursion, which passes its memo)
+                        lambda x, memo=None, *a: (memo is None and isinstance(x, torch.nn.Module)
+                                                  and copies.append(type(x).__name__)) or real(x, memo, *a))
+    spec = precision_spec("W4A8KV4", group_size=16)
+    q, report = quantize_for_spec(model, spec)
+    assert copies == [type(model).__name__] and q is not model and len(report) == 14
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())          # the original untouched
+    copies.clear()
+    q2, _ = quantize_for_spec(model, spec, inplace=True)
+    assert copies == [] and q2 is model
+    assert torch.equal(q2.model.layers[0].mlp.up_proj.weight, q.model.layers[0].mlp.up_proj.weight)

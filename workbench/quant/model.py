@@ -167,8 +167,8 @@ def spec_from_json(obj: dict | None):
 
 
 def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None = None, tokenizer=None,
-                      progress: bool = False) -> tuple[nn.Module, pd.DataFrame | None]:
-    """Apply a sweep spec to a copy of `model`: None (the model itself, unchanged), a
+                      progress: bool = False, inplace: bool = False) -> tuple[nn.Module, pd.DataFrame | None]:
+    """Apply a sweep spec to a copy of `model` (to `model` itself with `inplace`): None (the model itself, unchanged), a
     `quantize_model` spec, or a component spec {"linears": {regex: config or None}, "embeddings":
     QuantConfig (`quantize_embeddings`), FrequencyBits (row widths by token frequency: needs
     `tokenizer`) or None}, or the W x A x KV spec of `precision_spec` {"weights": any of these,
@@ -178,33 +178,33 @@ def quantize_for_spec(model: nn.Module, spec, calibration: torch.Tensor | None =
     if spec is None:
         return model, None
     if is_runtime_spec(spec):
-        return _quantize_runtime(model, spec, calibration, tokenizer, progress)
+        return _quantize_runtime(model, spec, calibration, tokenizer, progress, inplace)
     if not (isinstance(spec, dict) and set(spec) == {"linears", "embeddings"}):
-        return quantize_model(model, spec, calibration=calibration, progress=progress)
+        return quantize_model(model, spec, calibration=calibration, inplace=inplace, progress=progress)
     linears = {rx: c for rx, c in spec["linears"].items() if c is not None}
     reports, qmodel = [], model
     if linears:
-        qmodel, rep = quantize_model(model, linears, calibration=calibration, progress=progress)
+        qmodel, rep = quantize_model(model, linears, calibration=calibration, inplace=inplace, progress=progress)
         reports.append(rep)
     emb = spec["embeddings"]
     if isinstance(emb, FrequencyBits):
         if tokenizer is None:
             raise ValueError("an embeddings spec by token frequency needs the tokenizer to count tokens: "
                              "quantize_for_spec(model, spec, tokenizer=tokenizer)")
-        qmodel, rep = apply_frequency_bits(qmodel, tokenizer, emb, inplace=qmodel is not model)
+        qmodel, rep = apply_frequency_bits(qmodel, tokenizer, emb, inplace=inplace or qmodel is not model)
         reports.append(rep)
     elif emb is not None:
-        qmodel, rep = quantize_embeddings(qmodel, emb, inplace=qmodel is not model)
+        qmodel, rep = quantize_embeddings(qmodel, emb, inplace=inplace or qmodel is not model)
         reports.append(rep)
     return qmodel, (pd.concat(reports, ignore_index=True) if reports else None)
 
 
-def _quantize_runtime(model, spec, calibration, tokenizer, progress):
+def _quantize_runtime(model, spec, calibration, tokenizer, progress, inplace):
     act, kv = spec.get("activations"), spec.get("kv")
     for key, cls in (("activations", ActQuantConfig), ("kv", KVQuantConfig)):
         if spec.get(key) is not None and not isinstance(spec[key], cls):
             raise TypeError(f'spec["{key}"] must be a {cls.__name__} or None, got {type(spec[key]).__name__}')
-    qmodel = copy.deepcopy(model)
+    qmodel = model if inplace else copy.deepcopy(model)      # the one copy: every step below works in place
     if act is not None:
         smooth_for(qmodel, act, calibration)          # before the weights are rounded
     report = None
@@ -212,7 +212,8 @@ def _quantize_runtime(model, spec, calibration, tokenizer, progress):
         if is_runtime_spec(spec["weights"]):
             raise TypeError('spec["weights"] is a weight spec (QuantConfig, {regex: config}, or a component spec), '
                             "not another W x A x KV spec")
-        qmodel, report = quantize_for_spec(qmodel, spec["weights"], calibration, tokenizer=tokenizer, progress=progress)
+        qmodel, report = quantize_for_spec(qmodel, spec["weights"], calibration, tokenizer=tokenizer, progress=progress,
+                                           inplace=True)
     if act is not None:
         quantize_activations(qmodel, act, inplace=True)
     if kv is not None:
