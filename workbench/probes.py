@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from workbench.quant.gptq import _check_calibration
 from workbench.modules import check_finite, linear_modules, module_info, select_modules
 from workbench.quant import QuantConfig, Spec, fake_quantize, quantize_model
-from workbench.quant.grid import relative_output_error
+from workbench.quant.grid import relative_output_errors
 from workbench.quant.rtn import as_rtn
 
 LEVEL_BLOCK = 32          # block length for levels_per_block (the GGUF block size)
@@ -345,13 +345,12 @@ def quantization_error(model: nn.Module, specs: dict[str, QuantConfig], calibrat
     rows = []
     for name in tqdm(names, desc="quantization error", disable=not progress):
         w = model.get_submodule(name).weight.detach().float()            # [out, in]
-        for label, config in specs.items():
-            w_hat = fake_quantize(w, config)
-            group = config.group_len(w.shape[1])
+        w_hats = [fake_quantize(w, config) for config in specs.values()]
+        errors = relative_output_errors(w, w_hats, hessians[name])
+        for (label, config), w_hat, error in zip(specs.items(), w_hats, errors):
             rows.append(dict(**_ids(name), label=label, bits=config.bits,
-                             rel_weight_error=float((w - w_hat).norm() / w.norm()),
-                             rel_output_error=relative_output_error(w, w_hat, hessians[name]),
-                             group_bias_share=group_bias_share(w, w_hat, group)))
+                             rel_weight_error=float((w - w_hat).norm() / w.norm()), rel_output_error=error,
+                             group_bias_share=group_bias_share(w, w_hat, config.group_len(w.shape[1]))))
     return pd.DataFrame(rows)
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from workbench.quant.gptq import (_block_output, _capture_block_inputs, _gram, collect_hessians, gptq_quantize_model,
-                                  gptq_quantize_weight, relative_output_error)
+                                  gptq_quantize_weight)
+from workbench.quant.grid import relative_output_error, relative_output_errors
 from workbench.quant import GPTQConfig, QuantConfig, choose_qparams, dequantize, fake_quantize, quantize, resolve_spec
 
 
@@ -29,6 +30,9 @@ def test_gptq_beats_rtn_on_correlated_inputs(cfg):
     rtn = torch.linalg.norm(X @ (W - fake_quantize(W, cfg)).T)
     assert gptq < 0.5 * rtn
     assert relative_output_error(W, W_hat, H) == pytest.approx((gptq / torch.linalg.norm(X @ W.T)).item(), rel=1e-3)
+    both = relative_output_errors(W, [W_hat, fake_quantize(W, cfg), W], H)
+    assert both[:2] == pytest.approx([(gptq / torch.linalg.norm(X @ W.T)).item(),
+                                      (rtn / torch.linalg.norm(X @ W.T)).item()], rel=1e-3) and both[2] == 0
     assert info["damp"] == cfg.damp and info["damp_retries"] == 0
 
 
@@ -372,7 +376,8 @@ def _tiny_gemma3():
 def test_block_inputs_replay_the_model(tiny_lm, arch):
     """Replaying the blocks on the captured inputs reproduces the model's own hidden states, also
     for Gemma-3, whose sliding-window and global layers get different masks and rotary tables."""
-    model = tiny_lm.model if arch == "llama" else _tiny_gemma3()
+    # a copy: transformers records output_hidden_states through forward hooks it leaves on the model
+    model = copy.deepcopy(tiny_lm.model) if arch == "llama" else _tiny_gemma3()
     calib = _calibration(n=5)
     hidden, extras = _capture_block_inputs(model, model.model.layers, calib, batch_size=2)
     _assert_no_hooks(model)

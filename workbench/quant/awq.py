@@ -51,7 +51,7 @@ from workbench.modules import module_info
 from workbench.quant.gptq import GPTQConfig, fusable, collect_hessians, gptq_quantize_model
 from workbench.quant.grid import (QuantConfig, QuantizedWeight, _check_bool, _check_weight, _grouped,
                                   choose_qparams, dequantize, group_range, qparams_from_range, quantize,
-                                  relative_output_error)
+                                  relative_output_error, relative_output_errors)
 from workbench.quant.registry import QuantMethod, register_method
 from workbench.quant.rtn import fake_quantize
 
@@ -283,9 +283,9 @@ def quantize_modules_gptq(model: nn.Module, plan: dict[str, QuantConfig], calibr
         w_hat = _from_grid(w.data.float(), s, scale, zero, cfg)          # GPTQ's Ŵ_s is on its grid exactly
         w.data.copy_(w_hat.to(w.dtype))
         w0 = originals[name]
+        err, rtn_err = relative_output_errors(w0, [w_hat, fake_quantize(w0, cfg)], H[name])
         rows.append(dict(module=name, state=QuantizedWeight(cfg, scale, zero, column_scale=s), alpha=shared[name][1],
-                         rel_output_error=relative_output_error(w0, w_hat, H[name]),
-                         rtn_rel_output_error=relative_output_error(w0, fake_quantize(w0, cfg), H[name]),
+                         rel_output_error=err, rtn_rel_output_error=rtn_err,
                          time_s=r["time_s"] + shared[name][2], damp=r.get("damp"), note=r.get("note", ""),
                          quantized_with=r.get("quantized_with", "")))
     return rows

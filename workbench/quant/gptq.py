@@ -66,7 +66,7 @@ from tqdm.auto import tqdm
 
 from workbench.modules import check_finite, module_info
 from workbench.quant.grid import (QuantConfig, QuantizedWeight, _check_bool, choose_qparams, dequantize,
-                                  relative_output_error)
+                                  relative_output_errors)
 from workbench.quant.registry import QuantMethod, register_method
 from workbench.quant.rtn import fake_quantize
 
@@ -429,6 +429,12 @@ def _block_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _stackable(a: QuantConfig, b: QuantConfig) -> bool:
+    """Whether modules with these configs (and one input) may be quantized in one GPTQ call on their
+    stacked rows: the same config, and not tensor granularity (one scale over a whole matrix)."""
+    return a == b and a.granularity != "tensor"
+
+
 def fusable(names: list[str], plan: dict, H: dict) -> list[list[str]]:
     """Split `names` into runs quantized in one GPTQ call: modules with the same config and the same
     Hessian (q/k/v read one input, as do gate/up). GPTQ treats the rows of W independently, so
@@ -438,8 +444,8 @@ def fusable(names: list[str], plan: dict, H: dict) -> list[list[str]]:
     runs: list[list[str]] = []
     for name in names:
         cfg, h = plan[name], H[name]
-        run = next((r for r in runs if plan[r[0]] == cfg and cfg.granularity != "tensor"
-                    and (H[r[0]] is h or torch.equal(H[r[0]], h))), None)
+        run = next((r for r in runs if _stackable(plan[r[0]], cfg) and (H[r[0]] is h or torch.equal(H[r[0]], h))),
+                   None)
         if run is None:
             runs.append([name])
         else:
@@ -461,15 +467,14 @@ def _quantize_modules(names: list[str], modules: dict, config: QuantConfig, H: t
     rows = [W.shape[0] for W in Ws]
     out = []
     for name, W, W_hat_m, s, z in zip(names, Ws, W_hat.split(rows), scale.split(rows), zero.split(rows)):
-        rtn = fake_quantize(W, config)
         Wf = W.float()
+        err, rtn_err = relative_output_errors(Wf, [W_hat_m, fake_quantize(W, config)], H)
         meta = module_info(name)
         row = dict(module=name, layer=meta.layer, component=meta.component, method="gptq", bits=config.bits,
                    granularity=config.granularity, groups=config.describe_groups(W.shape[1]),
                    symmetric=config.symmetric, act_order=config.act_order, shape=tuple(W.shape),
                    n_tokens=n_tokens, damp=info["damp"], damp_retries=info["damp_retries"], note=info["note"],
-                   rel_output_error=relative_output_error(Wf, W_hat_m, H),
-                   rtn_rel_output_error=relative_output_error(Wf, rtn, H),
+                   rel_output_error=err, rtn_rel_output_error=rtn_err,
                    rel_weight_error=(torch.linalg.norm(Wf - W_hat_m.float()) / torch.linalg.norm(Wf)).item(),
                    time_s=elapsed * W.shape[0] / sum(rows),             # the joint call's time, shared by rows
                    quantized_with=", ".join(n for n in names if n != name))
@@ -506,8 +511,8 @@ def _call_groups(block: nn.Module, names: list[str], modules: dict, plan: dict, 
             continue
         seen.add(name)
         cfg, prev = plan[name], calls[k - 1] if k else None
-        if (prev is not None and prev[0] == runs[-1][-1] and plan[runs[-1][0]] == cfg
-                and cfg.granularity != "tensor" and _same_input(inp, prev[1])):
+        if (prev is not None and prev[0] == runs[-1][-1] and _stackable(plan[runs[-1][0]], cfg)
+                and _same_input(inp, prev[1])):
             runs[-1].append(name)
         else:
             runs.append([name])

@@ -297,12 +297,21 @@ class QuantizedWeight:
     column_scale: torch.Tensor | None = None   # [in] AWQ's s: the codes hold W diag(s), Ŵ = dequantized / s
 
 
+def relative_output_errors(w: torch.Tensor, w_hats: list[torch.Tensor], hessian: torch.Tensor) -> list[float]:
+    """||X (W - Ŵ)ᵀ||_F / ||X Wᵀ||_F on calibration inputs X, from H ∝ XᵀX [in, in], for each Ŵ
+    of `w_hats` (one computation of the denominator tr(W H Wᵀ) for all of them)."""
+    w = w.float()
+    den = torch.einsum("oi,ij,oj->", w, hessian, w)
+    out = []
+    for w_hat in w_hats:
+        delta = w - w_hat.float()
+        out.append((torch.einsum("oi,ij,oj->", delta, hessian, delta).clamp(min=0) / den).sqrt().item())
+    return out
+
+
 def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
     """||X (W - Ŵ)ᵀ||_F / ||X Wᵀ||_F on calibration inputs X, from H ∝ XᵀX [in, in]."""
-    delta = (w.float() - w_hat.float())
-    num = torch.einsum("oi,ij,oj->", delta, hessian, delta)
-    den = torch.einsum("oi,ij,oj->", w.float(), hessian, w.float())
-    return (num.clamp(min=0) / den).sqrt().item()
+    return relative_output_errors(w, [w_hat], hessian)[0]
 
 
 # -----------------------------------------------------------------------------
