@@ -263,8 +263,6 @@ def library_point(point: dict) -> dict:
     window (its summed NLL), the quantization time, the evaluation time and, for a library, the
     agreement of its Ŵ with the workbench's `matching_config` (see `agreement`). A library's
     refusal is a record with a note and no windows. Run it with `defaults=COMPARE_DEFAULTS`."""
-    from workbench.data import evaluation_text
-    from workbench.evaluate import token_windows, window_nll
     from workbench.experiments import loaded
     from workbench.models import load_model
 
@@ -273,21 +271,28 @@ def library_point(point: dict) -> dict:
     qmodel, summary = _build(p, model)
     if qmodel is None:
         return {"summary": {**summary, "perplexity": float("nan"), "eval_time_s": float("nan")}, "items": []}
-    windows = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
     t0 = time.perf_counter()
-    nll = window_nll(qmodel, windows, progress=False)
+    items = _scored_windows(p, qmodel, tokenizer)
     etime = time.perf_counter() - t0
-    mean = nll.sum().item() / (len(windows) * (p["seqlen"] - 1))
-    items = [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in enumerate(nll.tolist())]
+    mean = sum(i["nll"] for i in items) / sum(i["tokens"] for i in items)
     return {"summary": {**summary, "perplexity": math.exp(mean) if mean < 700 else math.inf, "eval_time_s": etime},
             "items": items}
+
+
+def _scored_windows(p: dict, qmodel: nn.Module, tokenizer, index: list[int] | None = None) -> list[dict]:
+    """The summed NLL of the point's windows (all, or those numbered in `index`), as record items."""
+    from workbench.data import evaluation_text
+    from workbench.evaluate import token_windows, window_nll
+
+    seqs = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
+    index = list(range(len(seqs))) if index is None else sorted(int(w) for w in index)
+    nll = window_nll(qmodel, seqs[index], progress=False)
+    return [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in zip(index, nll.tolist())]
 
 
 def rerun_library_windows(point: dict, windows: list[int]) -> list[dict]:
     """Re-score some windows of a `library_point` record from scratch (the model loaded and
     quantized again by the workbench or the library); items in the record's format, in window order."""
-    from workbench.data import evaluation_text
-    from workbench.evaluate import token_windows, window_nll
     from workbench.models import load_model
 
     p = {**COMPARE_DEFAULTS, **point}
@@ -295,10 +300,7 @@ def rerun_library_windows(point: dict, windows: list[int]) -> list[dict]:
     qmodel, summary = _build(p, model)
     if qmodel is None:
         raise ValueError(f"{p['method']} refused this point ({summary['note']}); it has no windows to re-score")
-    seqs = token_windows(tokenizer, evaluation_text(p["corpus"]), p["seqlen"], p["max_windows"])
-    index = sorted(int(w) for w in windows)
-    nll = window_nll(qmodel, seqs[index], progress=False)
-    return [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in zip(index, nll.tolist())]
+    return _scored_windows(p, qmodel, tokenizer, windows)
 
 
 def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", bits: int = 4, group_size: int = 128,
