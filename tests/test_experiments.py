@@ -221,3 +221,15 @@ def test_loaded_keeps_one_object_of_each_kind():
     experiments.provide(("thing", 3), mine)
     assert experiments.loaded(("thing", 3), lambda: made.append(3)) is mine and made == [1, 2]
     experiments._LOADED.clear()
+
+
+def test_frame_rows_makes_plain_json_rows_and_names_what_it_cannot_store():
+    import numpy as np
+    import pandas as pd
+
+    rows = experiments.frame_rows(pd.DataFrame({"module": ["a", "b"], "shape": [(2, 3), (4, 5)],
+                                                "error": np.array([0.5, np.nan], dtype=np.float32)}))
+    assert rows[0] == {"module": "a", "shape": [2, 3], "error": 0.5}
+    assert type(rows[0]["error"]) is float and rows[1]["error"] != rows[1]["error"]    # NaN kept
+    with pytest.raises(TypeError, match="cannot store"):
+        experiments.frame_rows(pd.DataFrame({"x": [object()]}))

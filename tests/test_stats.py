@@ -253,3 +253,21 @@ def test_unpaired_bootstrap_finds_a_shift_between_independent_samples_and_not_a_
     assert big["low"] > 2 and big["p_value"] < 0.001
     with pytest.raises(ValueError, match="at least 2 finite"):
         stats.unpaired_bootstrap([1.0], b)
+
+
+def test_perplexity_of_is_exp_of_the_mean_nll_and_inf_past_a_floats_range():
+    assert stats.perplexity_of(2 * 30.0, 30) == pytest.approx(math.exp(2.0))
+    assert stats.perplexity_of(800.0, 1) == math.inf           # math.exp would raise OverflowError
+    with pytest.raises(ValueError, match="positive token count"):
+        stats.perplexity_of(1.0, 0)
+
+
+def test_window_bounds_bootstraps_records_and_marks_the_degenerate_cases():
+    windows = [{"nll": 511 * v, "tokens": 511} for v in (3.0, 3.2, 3.4, 3.1)]
+    low, high = stats.window_bounds(windows)
+    ppl = stats.perplexity_of(sum(w["nll"] for w in windows), 4 * 511)
+    assert math.exp(3.0) <= low < ppl < high <= math.exp(3.4)
+    assert (low, high) == stats.perplexity_interval([w["nll"] for w in windows], 511)[1:]
+    assert all(math.isnan(x) for x in stats.window_bounds(windows[:1]))
+    assert stats.window_bounds([{"nll": 1e6, "tokens": 1}, {"nll": 1e6, "tokens": 1}]) == (math.inf, math.inf)
+    assert stats.window_bounds([{"nll": math.inf, "tokens": 511}] * 2) == (math.inf, math.inf)

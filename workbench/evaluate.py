@@ -24,7 +24,6 @@ lower-context effects are smaller. Use lm-eval (workbench.abilities) when you ne
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import torch
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 
 from workbench.data import starts_with_bos
 from workbench.modules import check_finite
+from workbench.stats import perplexity_of
 
 
 def join_documents(text: str | list[str] | tuple[str, ...]) -> str:
@@ -212,8 +212,7 @@ def perplexity(model: nn.Module, tokenizer, text: str | list[str], seqlen: int =
     check_finite(model, why="its perplexity would be meaningless")
     windows = token_windows(tokenizer, text, seqlen, max_windows)
     nll = window_nll(model, windows, batch_size=batch_size, progress=progress)
-    mean = nll.sum().item() / (windows.shape[0] * (seqlen - 1))
-    return math.exp(mean) if mean < 700 else math.inf
+    return perplexity_of(nll.sum().item(), windows.shape[0] * (seqlen - 1))
 
 
 def perplexity_versions(record, tokenizer) -> dict:
@@ -261,14 +260,12 @@ def perplexity_sweep(model: nn.Module, tokenizer, record, specs: dict, corpus: s
     records = run_sweep(points, perplexity_point, name, defaults=PERPLEXITY_DEFAULTS,
                         versions=perplexity_versions(record, tokenizer), backend=backend,
                         workers=workers, snapshot=name if snapshot else None, progress=progress)
-    from workbench.stats import perplexity_interval
+    from workbench.stats import window_bounds
 
     rows, windows = [], []
     for (label, spec), r in zip(specs.items(), records):
         summary, items = r["summary"], r["items"]
-        low, high = (perplexity_interval([i["nll"] for i in items], [i["tokens"] for i in items])[1:]
-                     if len(items) > 1 and math.isfinite(summary["perplexity"])
-                     else (math.inf, math.inf) if math.isinf(summary["perplexity"]) else (float("nan"),) * 2)
+        low, high = window_bounds(items)
         rows.append({"label": label, "bits": getattr(spec, "bits", None),   # None: unquantized or mixed
                      "perplexity": summary["perplexity"], "low": low, "high": high,
                      **{k: summary[k] for k in ("rel_weight_error", "rel_output_error",
@@ -349,6 +346,6 @@ def perplexity_point(point: dict) -> dict:
     nll = window_nll(model, windows, batch_size=p["batch_size"], progress=False)
     tokens = windows.shape[0] * (p["seqlen"] - 1)
     mean = nll.sum().item() / tokens
-    return {"summary": {"perplexity": math.exp(mean) if mean < 700 else math.inf, "nll_per_token": mean,
+    return {"summary": {"perplexity": perplexity_of(mean, 1), "nll_per_token": mean,
                         "n_windows": windows.shape[0], "tokens": tokens, **quant},
             "items": [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in enumerate(nll.tolist())]}

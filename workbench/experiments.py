@@ -317,6 +317,13 @@ def _json_default(obj):
                     "return plain numbers, strings, lists and dicts")
 
 
+def frame_rows(frame: pd.DataFrame) -> list[dict]:
+    """A DataFrame as the plain rows a measure returns as its items (the inverse of `items_frame`):
+    numpy and torch numbers as Python's, tuples as lists, NaN kept; anything a record cannot
+    store is an error naming it."""
+    return json.loads(json.dumps(frame.to_dict("records"), allow_nan=True, default=_json_default))
+
+
 def summary_frame(records: list[dict]) -> pd.DataFrame:
     """One row per record: the point's fields, then the summary's."""
     return pd.DataFrame([{**r["point"], **r["summary"]} for r in records])

@@ -466,26 +466,17 @@ def _run_probe(p: dict, model: nn.Module, tokenizer, modules: list[str] | None) 
     return PROBES[p["probe"]](model, specs, calibration, modules, **p["options"])
 
 
-def _rows(frame: pd.DataFrame) -> list[dict]:
-    """A probe's table as JSON-like rows (tuples as lists, numpy numbers as Python's)."""
-    import json
-
-    from workbench.experiments import _json_default
-
-    return json.loads(json.dumps(frame.to_dict("records"), allow_nan=True, default=_json_default))
-
-
 def probe_point(point: dict) -> dict:
     """A `workbench.experiments` measure: one probe of PROBES (`point["probe"]`) on
     `point["model"]`, with its specs, calibration and options, one item per row of its table (a
     matrix, or a (matrix, label) pair), so that a test can re-run any matrix alone
     (`rerun_probe_rows`). Run it with `defaults=PROBE_DEFAULTS`; the model is loaded once per process."""
-    from workbench.experiments import loaded
+    from workbench.experiments import frame_rows, loaded
     from workbench.models import load_model
 
     p = {**PROBE_DEFAULTS, **point}
     model, tokenizer, _ = loaded(("model", "probe", p["model"]), lambda: load_model(p["model"]))
-    rows = _rows(_run_probe(p, model, tokenizer, None))
+    rows = frame_rows(_run_probe(p, model, tokenizer, None))
     return {"summary": {"rows": len(rows), "matrices": len({r["module"] for r in rows})}, "items": rows}
 
 
@@ -495,13 +486,14 @@ def rerun_probe_rows(point: dict, modules: list[str]) -> list[dict]:
     Returns rows in the record's format."""
     import json
 
+    from workbench.experiments import frame_rows
     from workbench.models import load_model
 
     p = {**PROBE_DEFAULTS, **point}
     model, tokenizer, record = load_model(p["model"])
     if p["weights"] is not None and json.loads(json.dumps(record.key, default=str)) != p["weights"]:
         raise ValueError(f"{p['model']}: these weights are not the ones the record was computed on")
-    return _rows(_run_probe(p, model, tokenizer, list(modules)))
+    return frame_rows(_run_probe(p, model, tokenizer, list(modules)))
 
 
 def probe_sweep(models, probe: str, specs: dict | None = None, calibration: dict | None = None,

@@ -65,6 +65,15 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray]
     return float(statistic(x)), float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
+def perplexity_of(nll: float, tokens: float) -> float:
+    """exp(nll / tokens): the perplexity of a summed NLL (nats) over `tokens` predicted tokens;
+    inf, not an OverflowError, when the mean NLL is past what a float holds (a broken quantization)."""
+    if not tokens > 0:
+        raise ValueError(f"a perplexity needs a positive token count, got {tokens!r}")
+    mean = float(nll) / float(tokens)
+    return math.exp(mean) if mean < 700 else math.inf
+
+
 def perplexity_interval(nll: Sequence[float], tokens: Sequence[int] | int, confidence: float = 0.95,
                         n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
     """(perplexity, low, high) from per-window summed NLLs (nats) and predicted-token counts (one
@@ -80,8 +89,20 @@ def perplexity_interval(nll: Sequence[float], tokens: Sequence[int] | int, confi
     idx = _resample(len(nll), n_resamples, seed)
     ratios = nll[idx].sum(axis=1) / tok[idx].sum(axis=1)
     alpha = (1 - confidence) / 2
-    return (math.exp(nll.sum() / tok.sum()), math.exp(float(np.quantile(ratios, alpha))),
-            math.exp(float(np.quantile(ratios, 1 - alpha))))
+    return (perplexity_of(nll.sum(), tok.sum()), perplexity_of(float(np.quantile(ratios, alpha)), 1),
+            perplexity_of(float(np.quantile(ratios, 1 - alpha)), 1))
+
+
+def window_bounds(windows: Sequence[dict], confidence: float = 0.95) -> tuple[float, float]:
+    """(low, high) of the perplexity of per-window records ({"nll", "tokens"}, as a perplexity
+    sweep stores them): `perplexity_interval`'s bootstrap; (inf, inf) when the perplexity itself
+    is infinite (an NLL past a float's range); NaN, NaN with fewer than two windows."""
+    if len(windows) < 2:
+        return float("nan"), float("nan")
+    nll, tokens = [w["nll"] for w in windows], [w["tokens"] for w in windows]
+    if not math.isfinite(sum(nll)) or math.isinf(perplexity_of(sum(nll), sum(tokens))):
+        return math.inf, math.inf
+    return perplexity_interval(nll, tokens, confidence)[1:]
 
 
 def _binary(x, name: str) -> np.ndarray:
@@ -293,8 +314,7 @@ def paired_windows(windows, a: str, b: str, corpus: str, confidence: float = 0.9
     boot = paired_bootstrap(x, y, confidence=confidence)
 
     def ppl(part):
-        mean = part.nll.sum() / part.tokens.sum()
-        return math.exp(mean) if mean < 700 else math.inf
+        return perplexity_of(part.nll.sum(), part.tokens.sum())
 
     return {"column": f"perplexity {corpus}", "a": a, "b": b, "n": len(x), "a_score": ppl(wa), "b_score": ppl(wb),
             "difference": boot["difference"], "low": boot["low"], "high": boot["high"], "p_value": boot["p_value"],
@@ -352,7 +372,7 @@ def perplexity_table(windows, by: str | list[str], confidence: float = 0.95):
     rows = []
     for key, part in windows.groupby(by, sort=False, dropna=False):
         ppl, low, high = (perplexity_interval(part["nll"], part["tokens"], confidence) if len(part) > 1
-                          else (math.exp(part["nll"].sum() / part["tokens"].sum()),) + (float("nan"),) * 2)
+                          else (perplexity_of(part["nll"].sum(), part["tokens"].sum()),) + (float("nan"),) * 2)
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "windows": len(part),
                      "tokens": int(part["tokens"].sum()), "perplexity": ppl, "low": low, "high": high})
     return pd.DataFrame(rows, columns=[*by, "windows", "tokens", "perplexity", "low", "high"])

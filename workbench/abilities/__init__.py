@@ -50,6 +50,7 @@ from torch import nn
 
 from workbench.abilities.tasks import ABILITY_TASKS_VERSION, ability_tasks_dir
 from workbench.stats import paired_windows  # noqa: F401  (abilities.paired_windows, as notebooks call it)
+from workbench.stats import perplexity_of
 
 ABILITIES = ("icl", "cot", "if")
 SHOTS = (0, 1, 3, 5)
@@ -625,8 +626,6 @@ def ability_point(point: dict) -> dict:
     score rows ("scores"), the LoRA run's record ("lora": trainable_params, losses, ...) and the
     perplexity windows ("windows": each window's summed NLL); the items are the scored lm-eval
     items (prompt, response, score, ...). Any item or window re-runs alone: `rerun_items`."""
-    import math
-
     p = {**ABILITY_DEFAULTS, **point}
     qmodel, tokenizer, lora = _point_model(p)
     res = ability_scores(qmodel, tokenizer, suites=p["suites"], shots=p["shots"], limit=p["limit"],
@@ -638,7 +637,7 @@ def ability_point(point: dict) -> dict:
         windows += rows
         scores = pd.concat([scores, pd.DataFrame([{
             "task": f"perplexity {corpus}", "ability": "lm", "shots": None, "metric": "perplexity", "filter": "none",
-            "score": math.exp(sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows)), "stderr": float("nan"),
+            "score": perplexity_of(sum(r["nll"] for r in rows), sum(r["tokens"] for r in rows)), "stderr": float("nan"),
             "n": len(rows), "primary": True}])], ignore_index=True)
     return {"summary": {"scores": _rows(scores), "lora": lora, "windows": windows}, "items": _rows(res.samples)}
 

@@ -74,7 +74,6 @@ setting of a comparison. At group 128 with 576-wide rows:
 from __future__ import annotations
 
 import copy
-import math
 import re
 import time
 
@@ -84,6 +83,7 @@ from torch import nn
 
 from workbench.modules import linear_modules
 from workbench.quant import DEFAULT_SKIP, QuantConfig, choose_qparams, fake_quantize, quantize_model
+from workbench.stats import perplexity_of
 
 LIBRARIES = ("hqq", "quanto", "torchao")
 LIBRARY_BITS = {"hqq": (2, 3, 4, 5, 6, 8), "quanto": (2, 4), "torchao": (2, 3, 4, 5, 6, 7, 8)}
@@ -274,8 +274,8 @@ def library_point(point: dict) -> dict:
     t0 = time.perf_counter()
     items = _scored_windows(p, qmodel, tokenizer)
     etime = time.perf_counter() - t0
-    mean = sum(i["nll"] for i in items) / sum(i["tokens"] for i in items)
-    return {"summary": {**summary, "perplexity": math.exp(mean) if mean < 700 else math.inf, "eval_time_s": etime},
+    ppl = perplexity_of(sum(i["nll"] for i in items), sum(i["tokens"] for i in items))
+    return {"summary": {**summary, "perplexity": ppl, "eval_time_s": etime},
             "items": items}
 
 
@@ -344,15 +344,10 @@ def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", 
     records = run_sweep([{**base, **p} for _, _, p in rows], library_point, name, defaults=COMPARE_DEFAULTS,
                         versions=perplexity_versions(record, tokenizer), snapshot=name if snapshot else None,
                         progress=progress)
-    from workbench.stats import perplexity_interval
-
-    def interval(items):
-        if len(items) < 2 or not math.isfinite(sum(i["nll"] for i in items)):
-            return float("nan"), float("nan")
-        return perplexity_interval([i["nll"] for i in items], [i["tokens"] for i in items])[1:]
+    from workbench.stats import window_bounds
 
     table = [{"method": method, "library": library, "bits": bits, "group_size": group_size,
-              "perplexity": r["summary"]["perplexity"], **dict(zip(("low", "high"), interval(r["items"]))),
+              "perplexity": r["summary"]["perplexity"], **dict(zip(("low", "high"), window_bounds(r["items"]))),
               "windows": len(r["items"]), "quantize_time_s": r["summary"]["quantize_time_s"],
               "eval_time_s": r["summary"]["eval_time_s"], "max_abs_diff": r["summary"]["max_abs_diff"],
               "share_of_weights_differing": r["summary"]["share_of_weights_differing"],
