@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: all setup assets lab reproduce reproduce-clean report test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-gptq benchmark-abilities benchmark-adapt numerics-spread lock clean-results
+.PHONY: all setup assets lab reproduce reproduce-plan reproduce-clean report test unit integration notebooks-test notebooks-sync benchmark benchmark-quantizers benchmark-gptq benchmark-abilities benchmark-adapt numerics-spread lock clean-results
 
 all: test
 
@@ -47,6 +47,12 @@ reproduce: assets
 	  WORKBENCH_RESULTS="$(REPRODUCE_RESULTS)" WORKBENCH_RECOMPUTE=1 $(PY) -m jupyter nbconvert --to notebook \
 	    --execute --inplace --ExecutePreprocessor.timeout=14400 "$$nb" || exit 1; done
 	$(PY) -m workbench.report_page
+
+# What make reproduce costs, per snapshot and per notebook, from the wall times recorded in the committed
+# snapshots, and what is left of it in REPRODUCE_RESULTS (points stored by earlier sittings). One notebook
+# per sitting: make reproduce NOTEBOOKS=notebooks/04_emergent_abilities.ipynb
+reproduce-plan: setup
+	$(PY) -m workbench.experiments "$(REPRODUCE_RESULTS)"
 
 # report/index.html: every notebook's findings table and figures on one page (from the executed notebooks)
 report:

@@ -233,3 +233,44 @@ def test_frame_rows_makes_plain_json_rows_and_names_what_it_cannot_store():
     assert type(rows[0]["error"]) is float and rows[1]["error"] != rows[1]["error"]    # NaN kept
     with pytest.raises(TypeError, match="cannot store"):
         experiments.frame_rows(pd.DataFrame({"x": [object()]}))
+
+
+def test_notebook_of_snapshots_reads_names_and_f_string_names_from_the_notebook_scripts(tmp_path):
+    (tmp_path / "01_a.py").write_text('run(name="alpha_bits", snapshot=True)\n'
+                                      'for s in (0, 1): run(name=f"alpha_draw{s}", snapshot=True)\n')
+    (tmp_path / "02_b.py").write_text('run(name=f"beta_{kind}_w{BITS}")\nrun(name="alpha_bits")\n'
+                                      'x = f"{prefix}"  # no literal head: names nothing\n')
+    owners = experiments.notebook_of_snapshots(
+        ["alpha_draw1", "beta_grid_w4", "alpha_bits", "gamma"], tmp_path)
+    assert owners == {"alpha_draw1": "01_a.ipynb", "beta_grid_w4": "02_b.ipynb",
+                      "alpha_bits": None,        # named by two notebooks: no owner
+                      "gamma": None}             # named by none
+
+
+def test_reproduce_plan_owns_every_committed_snapshot_and_counts_what_a_store_holds(tmp_path, monkeypatch):
+    plan = experiments.reproduce_plan()
+    unowned = plan[plan.notebook.isna()].snapshot.tolist()
+    assert not unowned, f"snapshots no notebook names (or several do): {unowned}"
+    assert (plan.points > 0).all() and (plan.wall_s > 0).all()
+    name = plan.snapshot.iloc[0]
+    records = experiments.read_snapshot(name)
+    monkeypatch.setenv("WORKBENCH_RESULTS", str(tmp_path))               # as make reproduce sets it
+    stored = experiments.sweep_dir(name)                                   # where run_sweep stores the sweep
+    stored.mkdir(parents=True)
+    (stored / f"{records[0]['key']}.json").write_text("{}")          # one point made in an earlier sitting
+    (stored / "not-a-point-of-it.json").write_text("{}")
+    row = experiments.reproduce_plan(tmp_path).set_index("snapshot").loc[name]
+    assert row.done == 1
+    assert row.left_s == pytest.approx(row.wall_s - records[0]["wall_s"])
+
+
+def test_the_readme_states_the_reproduce_cost_the_plan_computes():
+    import re
+
+    plan = experiments.reproduce_plan()
+    readme = (experiments.project_dir() / "README.md").read_text()
+    found = re.search(r"As committed: (\d+) snapshots, (\d+) points, \*\*([\d.]+) h\*\*", readme)
+    assert found, "README.md no longer states make reproduce's cost ('As committed: N snapshots, M points, **X h**')"
+    assert (int(found[1]), int(found[2]), found[3]) == (len(plan), int(plan.points.sum()),
+                                                        f"{plan.wall_s.sum() / 3600:.1f}"), \
+        "README.md's make reproduce cost is stale: run make reproduce-plan and copy its last line"

@@ -48,6 +48,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -333,3 +334,73 @@ def items_frame(records: list[dict]) -> pd.DataFrame:
     """One row per item of every record: the point's fields, the item's index in its record, the item's fields."""
     return pd.DataFrame([{**r["point"], "item": j, **item} for r in records for j, item in enumerate(r["items"])])
 
+
+
+# ----------------------------------------------------------------------------- what `make reproduce` costs
+
+# a sweep name in a notebook's source: a plain literal, or an f-string with a literal head ("x_{seed}")
+_NAME_LITERAL = re.compile(r'f?"([A-Za-z0-9_]{3,}(?:[A-Za-z0-9_]|\{[^{}"]*\})*)"')
+
+
+def _name_patterns(source: str) -> list[re.Pattern]:
+    return [re.compile("".join(".+" if part.startswith("{") else re.escape(part)
+                               for part in re.split(r"(\{[^{}]*\})", lit) if part))
+            for lit in set(_NAME_LITERAL.findall(source))]
+
+
+def notebook_of_snapshots(names: Iterable[str], notebooks: str | os.PathLike | None = None) -> dict[str, str | None]:
+    """{snapshot name: the notebook (file name) whose source names it}, from the jupytext scripts
+    in `notebooks` (default: the checkout's notebooks/); a name in an f-string ("x_draw{seed}")
+    matches every name it can make. None where no notebook, or more than one, names it."""
+    folder = Path(notebooks) if notebooks is not None else project_dir() / "notebooks"
+    patterns = {p.with_suffix(".ipynb").name: _name_patterns(p.read_text())
+                for p in sorted(folder.glob("[0-9]*.py"))}
+    out = {}
+    for name in names:
+        hits = [nb for nb, pats in patterns.items() if any(p.fullmatch(name) for p in pats)]
+        out[name] = hits[0] if len(hits) == 1 else None
+    return out
+
+
+def reproduce_plan(results: str | os.PathLike | None = None) -> pd.DataFrame:
+    """What `make reproduce` costs, read from the committed snapshots: one row per snapshot with
+    the notebook that makes it, its points, and `wall_s`, the sum of its points' wall times when
+    they were made (on the machine, and under the load, of that run: an estimate, not a promise).
+    With `results` (a results store, e.g. `make reproduce`'s $WORKBENCH_HOME/reproduce) also the
+    points already stored there (`done`) and the wall time of the others (`left_s`), so a
+    reproduction made in several sittings shows what is left. Sorted by notebook, then cost."""
+    folder = project_dir() / "data" / "snapshots"
+    names = sorted({p.name.split(".json")[0] for p in folder.glob("*.json*")})
+    owners = notebook_of_snapshots(names)
+    rows = []
+    for name in names:
+        records = read_snapshot(name)
+        done = ({p.stem for p in (Path(results) / "experiments" / name).glob("*.json")}
+                if results is not None else set())
+        rows.append({"notebook": owners[name], "snapshot": name, "points": len(records),
+                     "wall_s": sum(r.get("wall_s") or 0.0 for r in records),
+                     "done": sum(r["key"] in done for r in records),
+                     "left_s": sum(r.get("wall_s") or 0.0 for r in records if r["key"] not in done)})
+    plan = pd.DataFrame(rows, columns=["notebook", "snapshot", "points", "wall_s", "done", "left_s"])
+    if results is None:
+        plan = plan.drop(columns=["done", "left_s"])
+    return plan.sort_values(["notebook", "wall_s"], ascending=[True, False], ignore_index=True)
+
+
+def _print_plan(results: str | None) -> None:
+    plan = reproduce_plan(results)
+    hours = plan.groupby("notebook", sort=True)[["points", "wall_s"] + (["left_s"] if results else [])].sum()
+    with pd.option_context("display.max_rows", None, "display.width", 160):
+        print(plan.assign(wall_min=(plan.wall_s / 60).round(1)).drop(columns="wall_s").to_string(index=False))
+        print()
+        print((hours.assign(**{c: (hours[c] / 60).round(1) for c in hours if c.endswith("_s")})
+               .rename(columns={"wall_s": "wall_min", "left_s": "left_min"}).to_string()))
+    total = plan.wall_s.sum() / 3600
+    left = f", {plan.left_s.sum() / 3600:.1f} h of it left in {results}" if results else ""
+    print(f"\n{len(plan)} snapshots, {plan.points.sum()} points: {total:.1f} h as they were made{left}")
+
+
+if __name__ == "__main__":         # python -m workbench.experiments [results store]: what make reproduce costs
+    import sys
+
+    _print_plan(sys.argv[1] if len(sys.argv) > 1 else None)
