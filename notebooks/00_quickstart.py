@@ -137,7 +137,7 @@ save_table(table.reset_index(), "quickstart_weight_error_w3")
 table.loc[["q", "k", "v", "o", "gate", "up", "down"]]
 
 # %% [markdown]
-# The 576-wide rows of the attention projections do not divide into groups of 128; as in the GPTQ reference they end in one shorter group (4 × 128 + 64), which the report shows. The relative weight error is similar across components, so the large differences in *sensitivity* that later notebooks find come from how each component's error propagates, not from how well its weights fit the grid.
+# The 576-wide rows of the attention projections do not divide into groups of 128; as in the GPTQ reference they end in one shorter group (4 × 128 + 64), which the report shows. The relative weight error is similar across components, so the large differences in *sensitivity* that later notebooks find do not come from how well each component's weights fit the grid; how each component's error propagates is the likely place to look (not tested here).
 
 # %% [markdown]
 # ## 5. Findings

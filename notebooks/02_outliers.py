@@ -131,7 +131,7 @@ fig = activation_depth({models[kind].record.name: pm for kind, (pm, _) in acts.i
 plt.show()
 
 # %% [markdown]
-# The largest input activation of each linear layer across depth, per component (dotted: LLM.int8's threshold 6). The inputs of `q`/`k`/`v` and `gate`/`up` are the normalized residual stream (one curve each pair, since they share the input); `o` sees the attention output and `down` the FFN's hidden activations. In SmolLM2 the FFN hidden activations are by far the largest, thousands of times the threshold in some layers; in MiniLM the largest inputs are those of the FFN (`up`, `down`) at a few tens.
+# The largest input activation of each linear layer across depth, per component (dotted: LLM.int8's threshold 6). The inputs of `q`/`k`/`v` and `gate`/`up` are the normalized residual stream (one curve each pair, since they share the input); `o` sees the attention output and `down` the FFN's hidden activations. In SmolLM2 the FFN hidden activations are by far the largest, hundreds of times the threshold in some layers (up to 3,347 against 6); in MiniLM the largest inputs are those of the FFN (`up`, `down`) at a few tens.
 #
 # ### LLM.int8 outlier features
 # A hidden dimension counts when it reaches 6.0 on at least 6% of the tokens in the residual-stream inputs of at least 25% of the layers (the paper's defaults, all three are parameters):

@@ -22,7 +22,7 @@
 #
 # This notebook tests both on SmolLM2-135M (`workbench.quant.by_frequency`). The frequencies are counted on the calibration split of the news corpus; perplexity is measured on the whole held-out split of the same corpus (never the text the frequencies came from), each allocation paired window by window with its controls: the **same widths shuffled over the rows** (exactly the same size: what frequency adds) and the **uniform** width at the same mean.
 #
-# *Two caveats that shape the answer.* SmolLM2 ties its output head to the token embedding, so a row's width is also the width of that token's output logit: quantizing the embedding is quantizing the LM head, the group notebook 05 found the most sensitive per parameter. And the bundled weights are a dequantized 4-bit GGUF checkpoint (notebook 00).
+# *Two caveats that shape the answer.* SmolLM2 ties its output head to the token embedding, so a row's width is also the width of that token's output logit: quantizing the embedding is quantizing the LM head, the group with the largest perplexity cost per parameter in notebook 05 (not tested there against the other groups). And the bundled weights are a dequantized 4-bit GGUF checkpoint (notebook 00).
 
 # %% [markdown]
 # ## Parameters
@@ -174,7 +174,7 @@ print(f"best allocation: {best}")
 block_tests[["a", "b", "n", "a_score", "b_score", "difference", "low", "high", "p_value"]]
 
 # %% [markdown]
-# Every allocation other than the uniform one, under 3 code bits per weight with widths {2, 3, 4, 8}, has to put some block at 2 bits, and on this model any block at 2 bits collapses it (perplexity 4e4 to 4e6, against 318 for 3 bits everywhere, each p = 0.0002 in the paired test). So uniform wins here, and the test is narrow: a budget that allows an allocation without 2-bit blocks (e.g. 3.5 bits: embeddings 4 / attention 4 / FFN 3) would ask the question the paper asks; the embedding block, the most sensitive per parameter in notebook 05, is the natural one to widen.
+# Every allocation other than the uniform one, under 3 code bits per weight with widths {2, 3, 4, 8}, has to put some block at 2 bits, and on this model any block at 2 bits collapses it (perplexity 4e4 to 4e6, against 318 for 3 bits everywhere, each p = 0.0002 in the paired test). So uniform wins here, and the test is narrow: a budget that allows an allocation without 2-bit blocks (e.g. 3.5 bits: embeddings 4 / attention 4 / FFN 3) would ask the question the paper asks; the embedding block, with the largest perplexity cost per parameter in notebook 05 (untested there), is the natural one to widen.
 
 # %% [markdown]
 # ## 5. Explore the allocation
@@ -215,14 +215,17 @@ t = None
 if best != uniform_label:                     # chosen on these windows: Bonferroni over the allocations compared
     t = tb.loc[best].to_dict() | {"a": best, "b": uniform_label}
     t["p_value"] = min(1.0, t["p_value"] * len(block_tests))
+others = allocs[[" / ".join(f"{b} {r[b]}" for b in n_block) != uniform_label for r in allocs.to_dict("records")]]
+narrow = bool((others[list(n_block)] == min(CHOICES)).any(axis=1).all())   # every alternative has a block at the floor
 rows.append({"paper's claim": "bits allocated by block under a size budget beat a uniform width",
              "setting": f"SmolLM2, ≤ {BLOCK_BUDGET:g} code bits per weight, the best of {len(blocks) - 1} allocations "
-                        f"(p Bonferroni-adjusted ×{len(block_tests)})",
+                        f"(p Bonferroni-adjusted ×{len(block_tests)})"
+                        + (f"; every other allocation puts a block at {min(CHOICES)} bits" if narrow else ""),
              "this workbench": cell(t) if t else f"the uniform allocation ({uniform_label}) is the best",
-             "verdict": beats(t) if t else "contradicts"})
+             "verdict": beats(t) if t else "cannot test here" if narrow else "contradicts"})
 findings = pd.DataFrame(rows)
 save_table(findings, "by_frequency_findings")
 findings.style.hide(axis="index")
 
 # %% [markdown]
-# What the table allows: per-word widths by frequency beat the same widths at random (every budget), and beat a uniform width at 4 bits once unseen tokens are smoothed; they lose to uniform at 3 bits on this tied-head model. Per-block allocation at a 3-bit budget cannot beat uniform here because every alternative contains a 2-bit block. Not tested: an untied embedding (the paper's NMT setting), budgets above 3 bits per block, and frequencies from a larger calibration corpus (7,566 of 49,152 rows seen).
+# What the table allows: per-word widths by frequency beat the same widths at random (every budget), and beat a uniform width at 4 bits once unseen tokens are smoothed; they lose to uniform at 3 bits on this tied-head model. Per-block allocation at a 3-bit budget cannot beat uniform here because every alternative contains a 2-bit block, so the row reads *cannot test here*. Not tested: an untied embedding (the paper's NMT setting), budgets above 3 bits per block, and frequencies from a larger calibration corpus (7,566 of 49,152 rows seen).
