@@ -227,3 +227,10 @@ def test_too_few_windows_to_decide_are_scored_but_not_remembered(tiny_lm, monkey
 def test_a_bad_batch_size_is_a_clear_error(tiny_lm, bad):
     with pytest.raises(ValueError, match="positive integer or 'auto'"):
         window_nll(tiny_lm.model, torch.zeros(2, 8, dtype=torch.long), batch_size=bad, progress=False)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_max_windows_must_be_a_positive_count(tiny_lm, bad):
+    _, tokenizer, _ = tiny_lm
+    with pytest.raises(ValueError, match="max_windows is a positive number"):
+        token_windows(tokenizer, "w1 w2 " * 200, 16, max_windows=bad)

@@ -274,3 +274,46 @@ def test_the_readme_states_the_reproduce_cost_the_plan_computes():
     assert (int(found[1]), int(found[2]), found[3]) == (len(plan), int(plan.points.sum()),
                                                         f"{plan.wall_s.sum() / 3600:.1f}"), \
         "README.md's make reproduce cost is stale: run make reproduce-plan and copy its last line"
+
+
+def test_run_sweep_refuses_no_points_before_it_can_empty_a_snapshot(tmp_path):
+    with pytest.raises(ValueError, match="no points.*would be emptied"):
+        run_sweep(iter([]), toy_measure, "toy", root=tmp_path, snapshot="demo", progress=False)
+    with pytest.raises(TypeError, match=r"one dict: pass \[point\]"):
+        run_sweep(POINTS[0], toy_measure, "toy", root=tmp_path, progress=False)
+    with pytest.raises(TypeError, match="points must be dicts, got str"):
+        run_sweep(["bits=4"], toy_measure, "toy", root=tmp_path, progress=False)
+
+
+def broken_measure(point: dict) -> dict:
+    raise RuntimeError("boom")
+
+
+def test_a_failing_measure_names_its_point(tmp_path):
+    with pytest.raises(RuntimeError, match="boom") as err:
+        run_sweep(POINTS[:1], broken_measure, "toy", root=tmp_path, progress=False)
+    assert any("sweep point" in note and "'x': 0" in note for note in err.value.__notes__)
+
+
+def test_frame_rows_refuses_what_it_would_lose():
+    import numpy as np
+    import pandas as pd
+
+    grouped = pd.DataFrame({"module": ["a", "a", "b"], "err": [0.1, 0.3, 0.2]}).groupby("module").mean()
+    with pytest.raises(ValueError, match="reset_index"):
+        experiments.frame_rows(grouped)
+    with pytest.raises(ValueError, match="repeated column names"):
+        experiments.frame_rows(pd.DataFrame([[1, 2]], columns=["x", "x"]))
+    with pytest.raises(TypeError, match=r"shape \(3,\).*tolist"):
+        experiments.frame_rows(pd.DataFrame({"v": [np.zeros(3)]}))
+    kept = pd.DataFrame({"x": [1, 2, 3]})
+    assert experiments.frame_rows(kept[kept.x > 1]) == [{"x": 2}, {"x": 3}]     # a filtered frame is fine
+
+
+def test_the_plan_helpers_name_a_mistyped_argument(tmp_path):
+    with pytest.raises(TypeError, match="got the string"):
+        experiments.notebook_of_snapshots("quickstart_lee")
+    with pytest.raises(FileNotFoundError, match="no notebook scripts"):
+        experiments.notebook_of_snapshots(["x"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="no results store"):
+        experiments.reproduce_plan(tmp_path / "typo")

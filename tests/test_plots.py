@@ -20,6 +20,20 @@ def test_group_size_axis_labels_only_the_measured_group_sizes():
     plt.close(fig)
 
 
+def test_group_size_curve_draws_the_interval_as_error_bars_when_the_frame_has_one():
+    df = pd.DataFrame({"group_size": [32, 64, 128], "perplexity": [70.0, 90, 150],
+                       "low": [65.0, 84, 140], "high": [76.0, 97, 161]})
+    fig = plots.group_size_curve(df)
+    bars = fig.axes[0].containers
+    assert len(bars) == 1                                            # one ErrorbarContainer
+    segments = bars[0].lines[2][0].get_segments()                   # the vertical bar of each point
+    assert [(seg[0][1], seg[1][1]) for seg in segments] == [(65.0, 76.0), (84.0, 97.0), (140.0, 161.0)]
+    plt.close(fig)
+    fig = plots.group_size_curve(df.drop(columns=["low", "high"]))  # no interval: a plain line
+    assert not fig.axes[0].containers
+    plt.close(fig)
+
+
 def test_activation_depth_gives_a_component_one_colour_in_every_panel_and_one_legend(tmp_path):
     def frame(comps, layers=3):
         return pd.DataFrame([{"layer": l, "component": c, "abs_max": 1.0 + l + i}

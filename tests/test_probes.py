@@ -317,11 +317,19 @@ def test_probe_sweep_stores_a_table_and_reruns_any_matrix_alone(probe, tiny_lm_d
         assert f.keys() == s.keys()
         for k in s:
             assert f[k] == pytest.approx(s[k], rel=1e-5, nan_ok=True) if isinstance(s[k], float) else f[k] == s[k], k
+    with pytest.raises(TypeError, match="got the string"):
+        probes.rerun_probe_rows(record["point"], module)
+    with pytest.raises(ValueError, match=r"no rows for \['model\.typo'\]"):
+        probes.rerun_probe_rows(record["point"], [module, "model.typo"])
 
 
 def test_probe_sweep_errors_name_the_fix(tiny_lm):
     with pytest.raises(ValueError, match="unknown probe 'spectrum'; choose one of"):
         probes.probe_sweep([tiny_lm], "spectrum")
+    with pytest.raises(TypeError, match=r"got one: pass \[loaded\]"):
+        probes.probe_sweep(tiny_lm, "weight_stats")
+    with pytest.raises(ValueError, match=r"no option \['outlier_frac'\]; its options: \['outlier_fraction', 'pattern'\]"):
+        probes.probe_sweep([tiny_lm], "weight_stats", options={"outlier_frac": 0.01})
     with pytest.raises(ValueError, match="one QuantConfig"):
         probes.PROBES["weight_stats"](tiny_lm.model, {"a": QuantConfig(), "b": QuantConfig()}, None, None)
     with pytest.raises(ValueError, match="quantize_report probe needs specs"):

@@ -271,3 +271,39 @@ def test_window_bounds_bootstraps_records_and_marks_the_degenerate_cases():
     assert all(math.isnan(x) for x in stats.window_bounds(windows[:1]))
     assert stats.window_bounds([{"nll": 1e6, "tokens": 1}, {"nll": 1e6, "tokens": 1}]) == (math.inf, math.inf)
     assert stats.window_bounds([{"nll": math.inf, "tokens": 511}] * 2) == (math.inf, math.inf)
+
+
+def test_perplexities_refuse_a_nan_or_a_log_likelihood_instead_of_an_nll():
+    with pytest.raises(ValueError, match="NaN"):
+        stats.perplexity_of(math.nan, 10)
+    with pytest.raises(ValueError, match="log-likelihood"):
+        stats.perplexity_of(-5.0, 10)
+    with pytest.raises(ValueError, match="log-likelihoods"):
+        stats.perplexity_interval([-1.0, -2.0, -3.0], 10)
+    with pytest.raises(ValueError, match="one per window"):
+        stats.perplexity_interval([1.0, 2.0, 3.0, 4.0, 5.0], [10, 10, 10])
+    frame = pd.DataFrame([{"nll": 511 * v, "tokens": 511} for v in (3.0, 3.2, 3.4)])
+    assert stats.window_bounds(frame) == stats.window_bounds(frame.to_dict("records"))
+
+
+def test_paired_windows_refuses_windows_from_two_runs_under_one_label():
+    def run(label, shift):
+        return [{"label": label, "corpus": "lee", "window": i, "nll": 511 * (3 + shift + 0.1 * i), "tokens": 511}
+                for i in range(4)]
+    one = pd.DataFrame(run("a", 0.0) + run("b", 0.1))
+    assert stats.paired_windows(one, "a", "b", "lee")["n"] == 4
+    two = pd.concat([one, pd.DataFrame(run("a", 0.5) + run("b", 0.6))])      # bits=4 and bits=3 concatenated
+    with pytest.raises(ValueError, match="repeated window numbers"):
+        stats.paired_windows(two, "a", "b", "lee")
+    with pytest.raises(ValueError, match=r"corpora present: \['lee'\]"):
+        stats.paired_windows(one, "a", "b", "botchan")
+    with pytest.raises(TypeError, match="DataFrame"):
+        stats.paired_windows(run("a", 0.0), "a", "b", "lee")
+
+
+def test_correlation_test_refuses_too_few_resamples_for_its_p_value():
+    x = np.arange(10.0)
+    with pytest.raises(ValueError, match="n_resamples"):
+        stats.correlation_test(x, x ** 2, n_resamples=10)
+    with pytest.raises(ValueError, match="confidence"):
+        stats.correlation_test(x, x ** 2, confidence=95)

@@ -24,6 +24,7 @@ lower-context effects are smaller. Use lm-eval (workbench.abilities) when you ne
 from __future__ import annotations
 
 import json
+import numbers
 import time
 
 import torch
@@ -54,6 +55,9 @@ def token_windows(tokenizer, text: str | list[str], seqlen: int = 512, max_windo
     per token worse. Every window predicts seqlen - 1 tokens either way."""
     if seqlen < 2:
         raise ValueError(f"seqlen must be at least 2 (one context token, one predicted), got {seqlen}")
+    if max_windows is not None and (isinstance(max_windows, bool) or not isinstance(max_windows, numbers.Integral)
+                                    or max_windows < 1):
+        raise ValueError(f"max_windows is a positive number of windows, or None for the whole text; got {max_windows!r}")
     text = join_documents(text)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]  # [n_tokens]
     bos = starts_with_bos(tokenizer)

@@ -98,7 +98,8 @@ def point_key(point: dict, measure: Callable, defaults: dict | None = None, vers
 
 
 def sweep_dir(name: str, root: str | os.PathLike | None = None) -> Path:
-    """Where sweep `name` stores its records: `<root or results_dir()>/experiments/<name>`."""
+    """Where sweep `name` stores its records: `root` itself when given (that sweep's own folder:
+    two sweeps given one root share it), else `results_dir()/experiments/<name>`."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"a sweep name is one plain folder name, got {name!r}")
     return Path(root) if root is not None else results_dir() / "experiments" / name
@@ -129,7 +130,11 @@ def _check_result(result, point: dict, measure_name: str) -> dict:
 def _timed(measure: Callable, point: dict) -> tuple[dict, float]:
     """Run one point (in whichever process the backend chose); return its result and wall time."""
     t0 = time.perf_counter()
-    result = measure(point)
+    try:
+        result = measure(point)
+    except Exception as e:
+        e.add_note(f"(while measuring the sweep point {point})")
+        raise
     return result, time.perf_counter() - t0
 
 
@@ -265,9 +270,17 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if isinstance(points, dict):
+        raise TypeError("points must be a list of dicts; got one dict: pass [point]")
+    points = list(points)
+    if not points:
+        raise ValueError(f"sweep {name!r} got no points (an empty list, or a generator already used up); "
+                         "pass a list of point dicts" + (f" (with none, its snapshot {snapshot!r} would be emptied)"
+                                                         if snapshot else ""))
+    bad = [p for p in points if not isinstance(p, dict)]
+    if bad:
+        raise TypeError(f"points must be dicts, got {type(bad[0]).__name__} {bad[0]!r}")
     points = [dict(p) for p in points]
-    if not all(isinstance(p, dict) for p in points):
-        raise TypeError("points must be dicts")
     folder = sweep_dir(name, root)
     mname = _measure_name(measure)
     keys = [point_key(p, measure, defaults, versions) for p in points]
@@ -312,8 +325,11 @@ def run_sweep(points: Iterable[dict], measure: Callable[[dict], dict], name: str
 
 def _json_default(obj):
     """Numbers from numpy and torch as plain Python numbers; anything else is an error naming it."""
-    if hasattr(obj, "item") and callable(obj.item):
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
         return obj.item()
+    if getattr(obj, "ndim", 0):
+        raise TypeError(f"a measure returned an array of shape {tuple(obj.shape)}, which a record stores only as a "
+                        "list: return .tolist()")
     raise TypeError(f"a measure returned {obj!r} ({type(obj).__name__}), which a record cannot store; "
                     "return plain numbers, strings, lists and dicts")
 
@@ -321,7 +337,16 @@ def _json_default(obj):
 def frame_rows(frame: pd.DataFrame) -> list[dict]:
     """A DataFrame as the plain rows a measure returns as its items (the inverse of `items_frame`):
     numpy and torch numbers as Python's, tuples as lists, NaN kept; anything a record cannot
-    store is an error naming it."""
+    store is an error naming it. The index is not stored: a frame indexed by something that
+    matters (after a groupby) must `.reset_index()` first."""
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame_rows takes a DataFrame, got {type(frame).__name__}")
+    if not frame.columns.is_unique:
+        raise ValueError(f"frame_rows: repeated column names {sorted(set(frame.columns[frame.columns.duplicated()]))} "
+                         "(one would overwrite the other in a row); rename them")
+    if frame.index.nlevels > 1 or frame.index.name is not None or not pd.api.types.is_integer_dtype(frame.index):
+        raise ValueError("frame_rows stores columns, not the index, and this frame's index carries labels "
+                         f"({frame.index.names}); call frame.reset_index() (or reset_index(drop=True)) first")
     return json.loads(json.dumps(frame.to_dict("records"), allow_nan=True, default=_json_default))
 
 
@@ -352,9 +377,13 @@ def notebook_of_snapshots(names: Iterable[str], notebooks: str | os.PathLike | N
     """{snapshot name: the notebook (file name) whose source names it}, from the jupytext scripts
     in `notebooks` (default: the checkout's notebooks/); a name in an f-string ("x_draw{seed}")
     matches every name it can make. None where no notebook, or more than one, names it."""
+    if isinstance(names, str):
+        raise TypeError(f"names must be a list of snapshot names, got the string {names!r}; pass [{names!r}]")
     folder = Path(notebooks) if notebooks is not None else project_dir() / "notebooks"
     patterns = {p.with_suffix(".ipynb").name: _name_patterns(p.read_text())
                 for p in sorted(folder.glob("[0-9]*.py"))}
+    if not patterns:
+        raise FileNotFoundError(f"no notebook scripts (NN_name.py, the jupytext pairs) in {folder}")
     out = {}
     for name in names:
         hits = [nb for nb, pats in patterns.items() if any(p.fullmatch(name) for p in pats)]
@@ -369,6 +398,9 @@ def reproduce_plan(results: str | os.PathLike | None = None) -> pd.DataFrame:
     With `results` (a results store, e.g. `make reproduce`'s $WORKBENCH_HOME/reproduce) also the
     points already stored there (`done`) and the wall time of the others (`left_s`), so a
     reproduction made in several sittings shows what is left. Sorted by notebook, then cost."""
+    if results is not None and not Path(results).is_dir():
+        raise FileNotFoundError(f"no results store at {results} (make reproduce's is $WORKBENCH_HOME/reproduce, "
+                                "REPRODUCE_RESULTS in the Makefile); pass None for the cost alone")
     folder = project_dir() / "data" / "snapshots"
     names = sorted({p.name.split(".json")[0] for p in folder.glob("*.json*")})
     owners = notebook_of_snapshots(names)
@@ -388,6 +420,9 @@ def reproduce_plan(results: str | os.PathLike | None = None) -> pd.DataFrame:
 
 
 def _print_plan(results: str | None) -> None:
+    if results is not None and not Path(results).is_dir():
+        print(f"(no results store at {results} yet: nothing made in an earlier sitting)\n")
+        results = None
     plan = reproduce_plan(results)
     hours = plan.groupby("notebook", sort=True)[["points", "wall_s"] + (["left_s"] if results else [])].sum()
     with pd.option_context("display.max_rows", None, "display.width", 160):

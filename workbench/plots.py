@@ -76,12 +76,18 @@ def weight_histogram(w: torch.Tensor, w_hat: torch.Tensor, title: str = "", bins
 
 def group_size_curve(df: pd.DataFrame, x: str = "group_size", y: str = "perplexity", hue: str | None = None,
                      title: str = "", path=None):
-    """A metric against group size (log2 x axis), optionally one line per `hue`."""
+    """A metric against group size (log2 x axis), optionally one line per `hue`, with error bars
+    where `df` has `low`/`high` around `y` (a perplexity sweep's interval over windows)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     groups = df.groupby(hue, sort=False) if hue else [("", df)]
     for name, part in groups:
         part = part.sort_values(x)
-        ax.plot(part[x], part[y], "o-", label=str(name) if hue else None)
+        label = str(name) if hue else None
+        if {"low", "high"} <= set(part.columns) and part[["low", "high"]].notna().all().all():
+            ax.errorbar(part[x], part[y], yerr=[part[y] - part.low, part.high - part[y]], fmt="o-", capsize=2, ms=4,
+                        label=label)
+        else:
+            ax.plot(part[x], part[y], "o-", label=label)
     ax.set(xscale="log", xlabel=x.replace("_", " "), ylabel=y.replace("_", " "), title=title)
     ax.set_xticks(sorted(df[x].unique()))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())

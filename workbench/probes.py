@@ -489,11 +489,18 @@ def rerun_probe_rows(point: dict, modules: list[str]) -> list[dict]:
     from workbench.experiments import frame_rows
     from workbench.models import load_model
 
+    if isinstance(modules, str):
+        raise TypeError(f"modules must be a list of module names, got the string {modules!r}; pass [{modules!r}]")
     p = {**PROBE_DEFAULTS, **point}
     model, tokenizer, record = load_model(p["model"])
     if p["weights"] is not None and json.loads(json.dumps(record.key, default=str)) != p["weights"]:
         raise ValueError(f"{p['model']}: these weights are not the ones the record was computed on")
-    return frame_rows(_run_probe(p, model, tokenizer, list(modules)))
+    rows = frame_rows(_run_probe(p, model, tokenizer, list(modules)))
+    missing = sorted(set(modules) - {r["module"] for r in rows})
+    if missing:
+        raise ValueError(f"no rows for {missing}: not linear modules of {p['model']} that this probe measures "
+                         "(module names as the record's rows spell them)")
+    return rows
 
 
 def probe_sweep(models, probe: str, specs: dict | None = None, calibration: dict | None = None,
@@ -516,6 +523,15 @@ def probe_sweep(models, probe: str, specs: dict | None = None, calibration: dict
 
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; choose one of {', '.join(PROBES)}")
+    if hasattr(models, "record"):
+        raise TypeError("models is a list of load_model results; got one: pass [loaded]")
+    import inspect
+
+    params = list(inspect.signature(PROBES[probe]).parameters.values())
+    accepted = {q.name for q in params[4:] if q.kind is not q.VAR_KEYWORD}
+    unknown = sorted(set(options or {}) - accepted)
+    if unknown and not any(q.kind is q.VAR_KEYWORD for q in params):
+        raise ValueError(f"the {probe} probe takes no option {unknown}; its options: {sorted(accepted) or 'none'}")
     points = []
     for loaded_model in models:
         model, tokenizer, record = loaded_model

@@ -70,6 +70,11 @@ def perplexity_of(nll: float, tokens: float) -> float:
     inf, not an OverflowError, when the mean NLL is past what a float holds (a broken quantization)."""
     if not tokens > 0:
         raise ValueError(f"a perplexity needs a positive token count, got {tokens!r}")
+    if math.isnan(nll):
+        raise ValueError("the NLL is NaN: the model's logits held NaN (or inf of both signs); check the quantized "
+                         "weights with modules.check_finite and the activations for overflow")
+    if nll < 0:
+        raise ValueError(f"an NLL is at least 0, got {nll!r}: was a log-likelihood passed? negate it")
     mean = float(nll) / float(tokens)
     return math.exp(mean) if mean < 700 else math.inf
 
@@ -80,9 +85,14 @@ def perplexity_interval(nll: Sequence[float], tokens: Sequence[int] | int, confi
     count or one per window): exp(sum nll / sum tokens), bootstrapped over windows (a ratio of
     sums, so longer windows weigh more). These are the items of `evaluate.perplexity_point`."""
     nll = np.asarray(nll, dtype=float)
-    tok = np.broadcast_to(np.asarray(tokens, dtype=float), nll.shape)
+    tok = np.asarray(tokens, dtype=float)
+    if tok.ndim and tok.shape != nll.shape:
+        raise ValueError(f"tokens: one count, or one per window (got {tok.size} for {nll.size} windows)")
+    tok = np.broadcast_to(tok, nll.shape)
     if nll.ndim != 1 or len(nll) < 2:
         raise ValueError(f"need the NLL of at least 2 windows for an interval, got {nll.size}")
+    if (nll < 0).any():
+        raise ValueError("an NLL is at least 0, and some are negative: were log-likelihoods passed? negate them")
     if not (np.isfinite(nll).all() and (tok > 0).all()):
         raise ValueError("every window needs a finite NLL and a positive token count")
     _z(confidence)
@@ -95,8 +105,11 @@ def perplexity_interval(nll: Sequence[float], tokens: Sequence[int] | int, confi
 
 def window_bounds(windows: Sequence[dict], confidence: float = 0.95) -> tuple[float, float]:
     """(low, high) of the perplexity of per-window records ({"nll", "tokens"}, as a perplexity
-    sweep stores them): `perplexity_interval`'s bootstrap; (inf, inf) when the perplexity itself
-    is infinite (an NLL past a float's range); NaN, NaN with fewer than two windows."""
+    sweep stores them; a DataFrame with those columns will do): `perplexity_interval`'s bootstrap;
+    (inf, inf) when the perplexity itself is infinite (an NLL past a float's range); NaN, NaN with
+    fewer than two windows."""
+    if hasattr(windows, "to_dict"):                                  # a DataFrame of the same records
+        windows = windows.to_dict("records")
     if len(windows) < 2:
         return float("nan"), float("nan")
     nll, tokens = [w["nll"] for w in windows], [w["tokens"] for w in windows]
@@ -265,6 +278,9 @@ def correlation_test(x: Sequence[float], y: Sequence[float], method: str = "spea
     "within_strata"}."""
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
+    _z(confidence)
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be at least 100 for a 95% interval and a p-value below 0.01, got {n_resamples}")
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     g = np.zeros(len(x), dtype=int) if strata is None else np.unique(np.asarray(strata, dtype=str), return_inverse=True)[1]
     if not (x.shape == y.shape == g.shape) or x.ndim != 1:
@@ -305,8 +321,17 @@ def paired_windows(windows, a: str, b: str, corpus: str, confidence: float = 0.9
     (positive: `a` is worse; exp of it is the perplexity ratio). Returns {"column", "a", "b",
     "n", "a_score", "b_score" (perplexities), "difference" (nats per token), "low", "high",
     "p_value", "test"}."""
+    if not hasattr(windows, "corpus"):
+        raise TypeError("paired_windows takes a DataFrame of window records (label, corpus, window, nll, tokens); "
+                        f"got {type(windows).__name__}: wrap a list of records in pd.DataFrame(...)")
     w = windows[windows.corpus == corpus]
+    if not len(w):
+        raise ValueError(f"no windows of corpus {corpus!r}; corpora present: {sorted(set(windows.corpus))}")
     wa, wb = (w[w.label == x].set_index("window").sort_index() for x in (a, b))
+    for label, part in ((a, wa), (b, wb)):
+        if not part.index.is_unique:
+            raise ValueError(f"{label!r} has repeated window numbers on {corpus!r}: the frame mixes runs (other bits, "
+                             "group sizes or seqlens under one label); filter it to one run first")
     if not len(wa) or not len(wb) or not wa.index.equals(wb.index):
         raise ValueError(f"{a!r} and {b!r} need the same windows of {corpus!r} (got {len(wa)} and {len(wb)}; "
                          f"labels present: {sorted(set(w.label))})")

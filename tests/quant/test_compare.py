@@ -125,3 +125,13 @@ def test_compare_libraries_is_a_stored_sweep_whose_windows_rerun(tiny_lm_dir, tm
     record_ = next(r for r in read_sweep("libraries") if r["point"]["method"] == "quanto" and r["items"])
     fresh = compare.rerun_library_windows(record_["point"], [1])
     assert fresh[0]["window"] == 1 and fresh[0]["nll"] == pytest.approx(record_["items"][1]["nll"], rel=1e-6)
+
+
+def test_compare_libraries_refuses_a_mistyped_library_before_running_anything(tiny_lm):
+    from workbench.quant.compare import compare_libraries
+
+    model, tokenizer, _ = tiny_lm
+    with pytest.raises(TypeError, match="got the string 'hqq'"):
+        compare_libraries(model, tokenizer, None, libraries="hqq")
+    with pytest.raises(ValueError, match="unknown libraries \\['torchAO'\\]"):
+        compare_libraries(model, tokenizer, None, libraries=("torchAO",))

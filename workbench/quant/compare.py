@@ -328,6 +328,11 @@ def compare_libraries(model: nn.Module, tokenizer, record, corpus: str = "lee", 
     from workbench.evaluate import perplexity_versions
     from workbench.experiments import provide, run_sweep
 
+    if isinstance(libraries, str):
+        raise TypeError(f"libraries must be a list of names, got the string {libraries!r}; pass ({libraries!r},)")
+    unknown = [lib for lib in libraries if lib not in LIBRARIES]
+    if unknown:
+        raise ValueError(f"unknown libraries {unknown}; choose from {', '.join(LIBRARIES)}")
     provide(("model", "causal-lm", record.name), (model, tokenizer, record))
     base = {"model": record.name, "bits": bits, "group_size": group_size, "corpus": corpus, "seqlen": seqlen,
             "max_windows": max_windows, "skip": skip}
