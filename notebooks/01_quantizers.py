@@ -76,6 +76,11 @@ def sweep(specs, name, calibration=None):
                             calibration=calibration, name=f"quantizers_{name}", snapshot=True, progress=False)
 
 
+def with_interval(df, value="perplexity", low="low", high="high", fmt=".4g"):
+    """Each row's `value` with its 95% interval as one table cell: "37.98 [35.09, 41.13]"."""
+    return [f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" for v, lo, hi in zip(df[value], df[low], df[high])]
+
+
 # %% [markdown]
 # ## 1. Method × bits
 # Every linear layer but the LM head, groups of 128 inputs. GPTQ and channel outliers get 8 × 256 calibration tokens from the calibration split of the same corpus (never the evaluation documents).
@@ -98,7 +103,7 @@ results = pd.concat([sweep(plain, "method_bits"),       # the unquantized model 
                     ignore_index=True)
 results["method"] = [k if k == "unquantized" else k[0] for k in results.label]
 baseline = results.perplexity.iloc[0]
-cells = results.assign(cell=[f"{p:.4g} [{lo:.4g}, {hi:.4g}]" for p, lo, hi in zip(results.perplexity, results.low, results.high)])
+cells = results.assign(cell=with_interval(results))
 table = cells.pivot_table(index="method", columns="bits", values="cell", aggfunc="first", sort=False)[BITS]
 save_table(results.drop(columns=["label", "quantize_time_s"]), "quantizers_method_bits")
 print(f"unquantized perplexity: {baseline:.3f}")
@@ -111,7 +116,7 @@ table.drop(index="GPTQ (act-order)")               # GPTQ's row just below: its 
 table.loc[["GPTQ (act-order)"]]
 
 # %%
-perplexity_vs_bits(results[results.method != "unquantized"], hue="method", baseline=baseline,
+perplexity_vs_bits(results[results.method != "unquantized"], hue="method", baseline=baseline, uniform=len(tokenizer),
                    title=f"{record.name}: perplexity by method (group {GROUP_SIZE})",
                    path=project_dir() / "figures" / "quantizers_method_bits.png")
 plt.show()
@@ -145,7 +150,8 @@ bcq_init = sweep({"unquantized": None, **{("BCQ", init): cfg for init, cfg in in
 bcq_init["init"] = list(inits)
 bcq_init["top level / max|w| (layer 15 down_proj)"] = [top_level_share(w, cfg) for cfg in inits.values()]
 save_table(bcq_init.drop(columns=["label", "quantize_time_s"]), "quantizers_bcq_init")
-bcq_init[["init", "bits", "perplexity", "rel_weight_error", "top level / max|w| (layer 15 down_proj)"]]
+bcq_init.assign(perplexity=with_interval(bcq_init))[["init", "bits", "perplexity", "rel_weight_error",
+                                                   "top level / max|w| (layer 15 down_proj)"]]
 
 # %% [markdown]
 # The greedy start clips (its top level reaches about two thirds of the largest weight) and perplexity explodes; the uniform start keeps the largest weights and is two orders of magnitude better at 4 bits. Even so, plain BCQ trails uniform RTN at the same number of levels at 4 and 3 bits in the method table, and at 3 bits it collapses although its weight error is below RTN's (at 2 bits both are past uniform guessing).
@@ -191,7 +197,7 @@ bcq_zero_tests[["a", "b", "n", "a_score", "b_score", "difference", "low", "high"
 # The missing zero explains it. In layer 15's `down_proj` the symmetric grid pushes 20% of the weights out to ± their group's smallest level (16% after 3 ALS rounds), and on its own, before any fitting, it is 8.7 nats per token worse than RTN (perplexity 812,054 against 138). The same fit with one real offset per group puts a level at zero again: started on RTN's grid it *is* RTN (137.78 against 137.78), and its 3 least-squares rounds then lower perplexity to 110 [101, 120], 0.22 [0.19, 0.26] nats per token better than RTN (paired over the 28 windows, p = 0.0002), while leaving 2% of that matrix's weights away from zero. In the method table *BCQ + offset* is level with RTN at 4 bits and ahead at 3; at 2 bits every method is above uniform guessing. AlphaTuning in notebook 06 starts from this fit. That a fifth of the weights matters this much more than the weight error says is consistent with section 3's real-valued zero (a shift of every small weight in one direction adds up over a row, where unbiased rounding noise cancels); this notebook does not test that mechanism further.
 #
 # ### GPTQ: why act-order
-# GPTQ minimizes each layer's output error on the calibration inputs, and it always beats RTN on that measure. Without act-order, the columns are quantized left to right; with it, the columns whose inputs carry the most energy (largest Hessian diagonal) go first, while there is still room to absorb their error. On this model the order matters for perplexity (3 bits):
+# GPTQ minimizes each layer's output error on the calibration inputs, and it always beats RTN on that measure. Without act-order, the columns are quantized left to right; with it, the columns whose inputs carry the most energy (largest Hessian diagonal) go first, while there is still room to absorb their error. On this model act-order reads a lower perplexity than columns in order at 3 bits, on each of three calibration draws (below; the intervals over windows overlap, the draws agree):
 
 # %% tags=["nbval-ignore-output"]
 gptq_specs = {
@@ -201,7 +207,7 @@ gptq_specs = {
 }
 gptq = sweep(gptq_specs, "gptq_order", CALIBRATION)
 save_table(gptq.drop(columns=["quantize_time_s"]), "quantizers_gptq_order")
-gptq[["label", "perplexity", "rel_weight_error", "rel_output_error"]]
+gptq.assign(perplexity=with_interval(gptq))[["label", "perplexity", "rel_weight_error", "rel_output_error"]]
 
 # %% [markdown]
 # ### How far GPTQ moves
@@ -215,7 +221,8 @@ draws = pd.concat([sweep({"unquantized": None, **{k: v for k, v in gptq_specs.it
 per_draw = draws.pivot_table(index="label", columns="seed", values="perplexity", sort=False)
 per_draw["spread (max/min - 1)"] = per_draw[DRAWS].max(axis=1) / per_draw[DRAWS].min(axis=1) - 1
 save_table(draws.drop(columns=["quantize_time_s"]), "quantizers_gptq_draws")
-per_draw
+draws.assign(cell=with_interval(draws)).pivot_table(index="label", columns="seed", values="cell", aggfunc="first",
+                                                    sort=False).join(per_draw["spread (max/min - 1)"])
 
 # %% [markdown]
 # Then the machine. `workbench` computes with the AVX2 kernels on every x86-64 CPU (`workbench/numerics.py`), so that this notebook gives the same digits on any of them; a library that lets each CPU pick its own kernels does not. `tools/numerics_spread.py --gptq` recomputed the act-order row with the default kernels, with one thread instead of two, and with this machine's own AVX-512 kernels (`WORKBENCH_NUMERICS=native`), and wrote the table below (read from its committed file: it is what that script measured, not recomputed here):
@@ -248,7 +255,7 @@ save_table(groups.drop(columns=["quantize_time_s"]), "quantizers_group_size")
 group_size_curve(groups, title="RTN W3: perplexity vs group size (576 = per channel)",
                  path=project_dir() / "figures" / "quantizers_group_size.png")
 plt.show()
-groups[["label", "perplexity", "rel_weight_error"]]
+groups.assign(perplexity=with_interval(groups))[["label", "perplexity", "rel_weight_error"]]
 
 # %% [markdown]
 # The default model's 576-wide rows do not divide into groups of 128 (or 256): as in the GPTQ reference, each row ends in one shorter group, and the report says so:
@@ -269,7 +276,7 @@ for b in BITS:
     zero_specs[f"W{b} symmetric"] = QuantConfig(bits=b, group_size=GROUP_SIZE, symmetric=True)
 zeros = sweep(zero_specs, "zero_point")
 save_table(zeros.drop(columns=["quantize_time_s"]), "quantizers_zero_point")
-zeros[["label", "perplexity", "rel_weight_error"]]
+zeros.assign(perplexity=with_interval(zeros))[["label", "perplexity", "rel_weight_error"]]
 
 # %% [markdown]
 # ### Is it the GGUF grid?
@@ -340,7 +347,15 @@ mixed_specs = {
 }
 mixed = sweep(mixed_specs, "mixed_precision")
 save_table(mixed.drop(columns=["quantize_time_s", "bits"]), "quantizers_mixed_precision")
-mixed[["label", "perplexity", "rel_weight_error", "quantized_modules"]]
+uniform = len(tokenizer)                          # a perplexity at or above this has lost everything
+vs_uniform = f"vs uniform guessing ({uniform:,})"
+mixed.assign(**{"perplexity": with_interval(mixed),
+                vs_uniform: ["above" if lo > uniform else "below" if hi < uniform else "reaches it"
+                             for lo, hi in zip(mixed.low, mixed.high)]})[
+    ["label", "perplexity", vs_uniform, "rel_weight_error", "quantized_modules"]]
+
+# %% [markdown]
+# Attention tolerates 2 bits better than the FFN here, though neither half at 2 bits is usable: 2-bit FFN weights take SmolLM2 to uniform guessing (44,477 [39,326, 49,957] against 49,152), 2-bit attention weights to 3,199 [2,749, 3,706], about 100 times the unquantized 29.8; keeping only `down_proj` at 2 bits costs 696 [621, 783]. The last row, whose interval lies above uniform guessing, ranks nothing.
 
 # %%
 try:
@@ -453,7 +468,8 @@ scale = scale[scale.label.map(lambda k: k == "unquantized" or k in scale_specs)]
 scale_w = pd.concat([w for _, w in parts], ignore_index=True)
 scale["method"] = [k if k == "unquantized" else k[0] for k in scale.label]
 save_table(scale.drop(columns=["label", "quantize_time_s"]), "quantizers_scale")
-scale_table = scale.pivot_table(index=["model", "method"], columns="bits", values="perplexity", sort=False)[BITS]
+scale_table = scale.assign(cell=with_interval(scale)).pivot_table(index=["model", "method"], columns="bits", values="cell",
+                                                                  aggfunc="first", sort=False)[BITS]
 scale_table.drop(index="GPTQ (act-order)", level="method")      # GPTQ's rows apart, as in section 1
 
 # %% tags=["nbval-ignore-output"]
@@ -488,7 +504,10 @@ for label in scale_specs:
     scale_rows.append(row)
 scale_tests = pd.DataFrame(scale_rows)
 save_table(scale_tests, "quantizers_scale_tests")
-shown = scale_tests.drop(columns=[c for c in scale_tests if c.endswith(" low") or c.endswith(" high")])
+shown = scale_tests[["method", "bits"]].assign(**{
+    f"{m} nats/token": with_interval(scale_tests, f"{m} nats/token", f"{m} low", f"{m} high", fmt="+.3f")
+    for m in (gemma_record.name, record.name)}, **{
+    "Gemma − SmolLM2": with_interval(scale_tests, "Gemma − SmolLM2", fmt="+.3f"), "p_value": scale_tests.p_value})
 shown[shown.method != "GPTQ (act-order)"]
 
 # %% tags=["nbval-ignore-output"]

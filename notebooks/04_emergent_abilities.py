@@ -375,7 +375,8 @@ rows.append({"paper's claim": "fine-tuning closes the gap to the unquantized mod
              "model": "RTN W3 + LoRA vs base + LoRA",
              "this workbench": "; ".join(f"seed {r.seed}: {r.difference:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p={r.p_value:.2g}"
                                          for r in left.itertuples())
-             + f" (5-shot ICL, control − W3+LoRA); recovery {summary.loc['icl k=5', 'mean']:.0%} of the loss",
+             + f" (5-shot ICL, control − W3+LoRA); recovery {summary.loc['icl k=5', 'mean']:.0%} of the loss "
+               f"(mean of 3 seeds, {summary.loc['icl k=5', 'min']:.0%} to {summary.loc['icl k=5', 'max']:.0%})",
              "verdict": "contradicts" if (left.p_value < 0.05).all() and (left.difference > 0).all() else
              "agrees" if (left.high < MARGIN).all() else "cannot test here"})
 g_base = scale_intervals[scale_intervals.label == "base"].set_index("column")
