@@ -698,7 +698,7 @@ save_table(wakv_ratios, "quantizers_wakv")
 wakv_ratios
 
 # %% [markdown]
-# Each setting's perplexity as a multiple of the unquantized model's, with its paired 95% interval over windows (log axis; the dashed line is the unquantized model):
+# Each setting's perplexity as a multiple of the unquantized model's, with its paired 95% interval over windows (log axis; the dashed line is the unquantized model, the dotted one uniform guessing over the vocabulary):
 
 # %% tags=["nbval-ignore-output"]
 from workbench.plots import component_bars
@@ -706,7 +706,7 @@ from workbench.plots import component_bars
 bars = pd.concat([pd.DataFrame([{"label": "unquantized", "column": "perplexity × unquantized", "estimate": 1.0,
                                  "low": 1.0, "high": 1.0}]),
                   wakv_ratios.rename(columns={"× unquantized": "estimate"}).assign(column="perplexity × unquantized")])
-fig = component_bars(bars, ["perplexity × unquantized"], base_label="unquantized",
+fig = component_bars(bars, ["perplexity × unquantized"], base_label="unquantized", uniform=len(tokenizer) / baseline,
                      title="SmolLM2: weights × activations × KV cache (RTN, g128)", path=project_dir() / "figures" / "quantizers_wakv.png")
 
 # %% [markdown]

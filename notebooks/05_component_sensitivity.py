@@ -113,24 +113,32 @@ tests.assign(cell=[f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] p={p:.2g}" for d, lo, hi, p
 
 # %% [markdown]
 # ## 2. In total and per parameter
-# *Only X* says what quantizing X costs by itself; *all but X* says what sparing X saves when everything else is quantized. Per parameter divides each by the group's size (per 10 million weights): a group can cost most in total only because it is the largest.
+# *Only X* says what quantizing X costs by itself; *all but X* says what sparing X saves when everything else is quantized (all but X against all, paired on the same items and windows). Per parameter divides each by the group's size (per 10 million weights), interval included: a group can cost most in total only because it is the largest. Each cell: the estimate [95% interval]; the p-values and n are in the saved table.
 
 # %%
-cost = tests.set_index(["variant", "column"]).difference
+def sparing_test(g, c):
+    """What sparing group g saves when the rest is quantized, paired: all but g against all (positive: it saves)."""
+    if c.startswith("perplexity"):
+        return abilities.paired_windows(res.windows, "all", f"all but {g}", c.removeprefix("perplexity "))
+    return abilities.paired_items(res.samples, f"all but {g}", "all", c)
+
+
+only = tests.set_index(["variant", "column"])
 rows = []
 for g in sizes.index:
-    row = {"group": g, "parameters (M)": sizes.loc[g, "parameters"] / 1e6}
-    for c, name in [("icl k=5", "ICL 5-shot lost"), ("perplexity lee", "NLL/token added (lee)")]:
-        alone = cost[(f"only {g}", c)]
-        saved = cost[("all", c)] - cost[(f"all but {g}", c)]
-        row[f"{name}, only {g}"] = alone
-        row[f"{name}, only, per 10M"] = alone / (sizes.loc[g, "parameters"] / 1e7)
-        row[f"{name}, saved by sparing"] = saved
-        row[f"{name}, saved, per 10M"] = saved / (sizes.loc[g, "parameters"] / 1e7)
-    rows.append(row)
-per_param = pd.DataFrame(rows).set_index("group")
-save_table(per_param.reset_index(), f"component_sensitivity_w{BITS}_per_parameter")
-per_param.T
+    per = sizes.loc[g, "parameters"] / 1e7                        # the group's size in units of 10M weights
+    for c, measure in [("icl k=5", "ICL 5-shot lost"), ("perplexity lee", "NLL/token added (lee)")]:
+        for kind, t in (("only", only.loc[(f"only {g}", c)]), ("saved by sparing", sparing_test(g, c))):
+            rows.append({"group": g, "parameters (M)": per * 10, "measure": measure, "kind": kind, "n": t["n"],
+                         "total": t["difference"], "low": t["low"], "high": t["high"], "p_value": t["p_value"],
+                         "per 10M": t["difference"] / per, "per 10M low": t["low"] / per, "per 10M high": t["high"] / per})
+per_param = pd.DataFrame(rows)
+save_table(per_param, f"component_sensitivity_w{BITS}_per_parameter")
+per_param.assign(
+    total=[f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in zip(per_param.total, per_param.low, per_param.high)],
+    **{"per 10M": [f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in
+                   zip(per_param["per 10M"], per_param["per 10M low"], per_param["per 10M high"])]}
+).pivot(index=["measure", "kind"], columns="group", values=["total", "per 10M"]).T.round(3)
 
 # %% [markdown]
 # **Which group costs more: the FFN or attention?** Paired directly on the same items and windows (only FFN against only attention; positive: the FFN alone costs more).

@@ -22,7 +22,7 @@
 #
 # This notebook tests both on SmolLM2-135M (`workbench.quant.by_frequency`). The frequencies are counted on the calibration split of the news corpus; perplexity is measured on the whole held-out split of the same corpus (never the text the frequencies came from), each allocation paired window by window with its controls: the **same widths shuffled over the rows** (exactly the same size: what frequency adds) and the **uniform** width at the same mean.
 #
-# *Two caveats that shape the answer.* SmolLM2 ties its output head to the token embedding, so a row's width is also the width of that token's output logit: quantizing the embedding is quantizing the LM head, the group with the largest perplexity cost per parameter in notebook 05 (not tested there against the other groups). And the bundled weights are a dequantized 4-bit GGUF checkpoint (notebook 00).
+# *Two caveats that shape the answer.* SmolLM2 ties its output head to the token embedding, so a row's width is also the width of that token's output logit: quantizing the embedding is quantizing the LM head, the group with the largest perplexity cost per parameter in notebook 05 (at 4 bits, 0.054 [0.050, 0.059] nats per token per 10M weights quantized alone, against attention's 0.030 [0.026, 0.034] and the FFN's 0.019 [0.018, 0.020]; intervals apart, not tested pairwise). And the bundled weights are a dequantized 4-bit GGUF checkpoint (notebook 00).
 
 # %% [markdown]
 # ## Parameters
@@ -174,7 +174,7 @@ print(f"best allocation: {best}")
 block_tests[["a", "b", "n", "a_score", "b_score", "difference", "low", "high", "p_value"]]
 
 # %% [markdown]
-# Every allocation other than the uniform one, under 3 code bits per weight with widths {2, 3, 4, 8}, has to put some block at 2 bits, and on this model any block at 2 bits collapses it (perplexity 4e4 to 4e6, against 318 for 3 bits everywhere, each p = 0.0002 in the paired test). So uniform wins here, and the test is narrow: a budget that allows an allocation without 2-bit blocks (e.g. 3.5 bits: embeddings 4 / attention 4 / FFN 3) would ask the question the paper asks; the embedding block, with the largest perplexity cost per parameter in notebook 05 (untested there), is the natural one to widen.
+# Every allocation other than the uniform one, under 3 code bits per weight with widths {2, 3, 4, 8}, has to put some block at 2 bits, and on this model any block at 2 bits collapses it (perplexity 4e4 to 4e6, against 318 for 3 bits everywhere, each p = 0.0002 in the paired test). So uniform wins here, and the test is narrow: a budget that allows an allocation without 2-bit blocks (e.g. 3.5 bits: embeddings 4 / attention 4 / FFN 3) would ask the question the paper asks; the embedding block, with the largest perplexity cost per parameter in notebook 05, is the natural one to widen.
 
 # %% [markdown]
 # ## 5. Explore the allocation

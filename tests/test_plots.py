@@ -85,3 +85,15 @@ def test_abilities_vs_bits_joins_only_the_bit_widths_a_method_measured():
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["icl k=5", "unquantized (16)", "majority-class baseline"]
     plt.close(fig)
+
+
+def test_component_bars_marks_uniform_guessing_on_perplexity_panels_only():
+    iv = pd.DataFrame([{"label": l, "column": c, "estimate": e, "low": e * 0.9, "high": e * 1.1, "majority": m}
+                       for l, e in (("base", 30.0), ("only ffn", 45.0)) for c, m in (("perplexity lee", None),)]
+                      + [{"label": l, "column": "icl k=5", "estimate": e, "low": e - 0.05, "high": e + 0.05,
+                          "majority": 0.13} for l, e in (("base", 0.43), ("only ffn", 0.2))])
+    fig = plots.component_bars(iv, ["perplexity lee", "icl k=5"], uniform=49152)
+    labels = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert "uniform guessing (49,152)" in labels[0] and not any("uniform" in t for t in labels[1])
+    assert "majority class" in labels[1]
+    plt.close(fig)

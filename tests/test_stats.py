@@ -307,3 +307,11 @@ def test_correlation_test_refuses_too_few_resamples_for_its_p_value():
         stats.correlation_test(x, x ** 2, n_resamples=10)
     with pytest.raises(ValueError, match="confidence"):
         stats.correlation_test(x, x ** 2, confidence=95)
+
+
+def test_seeds_bootstrap_names_a_groupby_passed_for_per_seed_lists():
+    df = pd.DataFrame({"seed": [0, 0, 1, 1, 2, 2], "correct": [1, 0, 1, 1, 0, 1]})
+    with pytest.raises(TypeError, match="per-seed lists.*DataFrameGroupBy|per-seed lists.*SeriesGroupBy"):
+        stats.seeds_bootstrap(df.groupby("seed").correct)
+    ok = stats.seeds_bootstrap([g.tolist() for _, g in df.groupby("seed").correct])
+    assert ok["n"] >= 2

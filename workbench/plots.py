@@ -251,10 +251,12 @@ def abilities_vs_bits(intervals: pd.DataFrame, columns: list[str], methods: list
 
 
 def component_bars(intervals: pd.DataFrame, columns: list[str], base_label: str = "base",
-                   title: str = "", path=None):
+                   title: str = "", uniform: float | None = None, path=None):
     """One panel per score column: a bar per label (e.g. "only attention", "all but ffn"), in table
     order, with its 95% interval; the `base_label` row as a dashed line and, where the column has
-    one, the majority-class baseline as a dotted line. Perplexity columns get a log axis.
+    one, the majority-class baseline as a dotted line. Perplexity columns get a log axis and, with
+    `uniform` (uniform guessing in the column's units: the vocabulary size, or it divided by the
+    base perplexity for a ratio), a dotted line there.
     `intervals` is `abilities.ability_intervals` output (label, column, estimate, low, high, majority)."""
     labels = [x for x in dict.fromkeys(intervals.label) if x != base_label]
     fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 0.32 * len(labels) + 1.8), squeeze=False,
@@ -271,6 +273,8 @@ def component_bars(intervals: pd.DataFrame, columns: list[str], base_label: str 
             ax.axvline(float(part.loc[base_label, "estimate"]), color="gray", ls="--", lw=1, label=base_label)
         if "majority" in part and part.majority.notna().any():
             ax.axvline(float(part.majority.dropna().iloc[0]), color="C3", ls=":", lw=1, label="majority class")
+        if uniform is not None and col.startswith("perplexity"):
+            ax.axvline(uniform, color="C3", ls=":", lw=1, label=f"uniform guessing ({uniform:,.0f})")
         ax.set(xlabel=col, xscale="log" if col.startswith("perplexity") else "linear")
         ax.legend(fontsize=7)
     axes[0][0].invert_yaxis()

@@ -192,6 +192,10 @@ def paired_outcomes(a: Sequence[float], b: Sequence[float], confidence: float = 
 
 
 def _groups(groups, name: str) -> list[np.ndarray]:
+    if hasattr(groups, "ngroups") or hasattr(groups, "columns"):      # a pandas groupby, or a wide DataFrame
+        raise TypeError(f"{name} is a list of per-seed lists of per-item values, e.g. "
+                        "[g.tolist() for _, g in df.groupby('seed').correct]; got a pandas "
+                        f"{type(groups).__name__}")
     out = [np.asarray(g, dtype=float) for g in groups]
     if len(out) < 2 or any(g.ndim != 1 or len(g) < 1 or not np.isfinite(g).all() for g in out):
         raise ValueError(f"{name} must hold at least 2 seeds, each a non-empty list of finite per-item values")
