@@ -62,7 +62,7 @@ from workbench.plots import group_size_curve, perplexity_vs_bits, weight_histogr
 from workbench.probes import probe_sweep
 from workbench.quant import QuantConfig, quantize_model, rtn_quantize_weight
 from workbench import stats
-from workbench.report import project_dir, save_table
+from workbench.report import interval_text, project_dir, save_table
 from workbench.widgets import quantizer_explorer
 
 pd.set_option("display.float_format", "{:.4g}".format)
@@ -78,7 +78,7 @@ def sweep(specs, name, calibration=None):
 
 def with_interval(df, value="perplexity", low="low", high="high", fmt=".4g"):
     """Each row's `value` with its 95% interval as one table cell: "37.98 [35.09, 41.13]"."""
-    return [f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" for v, lo, hi in zip(df[value], df[low], df[high])]
+    return interval_text(df[value], df[low], df[high], fmt)
 
 
 # %% [markdown]

@@ -56,7 +56,7 @@ import pandas as pd
 from workbench import abilities, stats
 from workbench.models import load_model
 from workbench.plots import component_bars
-from workbench.report import interval_cells, project_dir, save_table
+from workbench.report import interval_cells, interval_text, project_dir, save_table
 
 pd.set_option("display.float_format", "{:.3g}".format)
 pd.set_option("display.width", 200)
@@ -135,10 +135,9 @@ for g in sizes.index:
 per_param = pd.DataFrame(rows)
 save_table(per_param, f"component_sensitivity_w{BITS}_per_parameter")
 per_param.assign(
-    total=[f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in zip(per_param.total, per_param.low, per_param.high)],
-    **{"per 10M": [f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in
-                   zip(per_param["per 10M"], per_param["per 10M low"], per_param["per 10M high"])]}
-).pivot(index=["measure", "kind"], columns="group", values=["total", "per 10M"]).T.round(3)
+    total=interval_text(per_param.total, per_param.low, per_param.high, "+.3f"),
+    **{"per 10M": interval_text(per_param["per 10M"], per_param["per 10M low"], per_param["per 10M high"], "+.3f")}
+).pivot(index=["measure", "kind"], columns="group", values=["total", "per 10M"]).T
 
 # %% [markdown]
 # **Which group costs more: the FFN or attention?** Paired directly on the same items and windows (only FFN against only attention; positive: the FFN alone costs more).

@@ -315,3 +315,16 @@ def test_seeds_bootstrap_names_a_groupby_passed_for_per_seed_lists():
         stats.seeds_bootstrap(df.groupby("seed").correct)
     ok = stats.seeds_bootstrap([g.tolist() for _, g in df.groupby("seed").correct])
     assert ok["n"] >= 2
+
+
+def test_interval_text_writes_each_estimate_with_its_interval():
+    from workbench.report import interval_text
+
+    assert interval_text([37.9802, 5.025e6], [35.09, 4.157e6], [41.13, 6.089e6]) == [
+        "37.98 [35.09, 41.13]", "5.025e+06 [4.157e+06, 6.089e+06]"]
+    assert interval_text(pd.Series([0.0541]), [0.0503], [0.0588], "+.3f") == ["+0.054 [+0.050, +0.059]"]
+
+
+def test_window_bounds_refuses_a_nan_nll_rather_than_calling_it_infinite():
+    with pytest.raises(ValueError, match="NaN"):
+        stats.window_bounds([{"nll": math.nan, "tokens": 511}, {"nll": 1500.0, "tokens": 511}])

@@ -350,6 +350,6 @@ def perplexity_point(point: dict) -> dict:
     nll = window_nll(model, windows, batch_size=p["batch_size"], progress=False)
     tokens = windows.shape[0] * (p["seqlen"] - 1)
     mean = nll.sum().item() / tokens
-    return {"summary": {"perplexity": perplexity_of(mean, 1), "nll_per_token": mean,
+    return {"summary": {"perplexity": perplexity_of(nll.sum().item(), tokens), "nll_per_token": mean,
                         "n_windows": windows.shape[0], "tokens": tokens, **quant},
             "items": [{"window": i, "nll": float(v), "tokens": p["seqlen"] - 1} for i, v in enumerate(nll.tolist())]}

@@ -102,7 +102,12 @@ def sweep_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     two sweeps given one root share it), else `results_dir()/experiments/<name>`."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"a sweep name is one plain folder name, got {name!r}")
-    return Path(root) if root is not None else results_dir() / "experiments" / name
+    return Path(root) if root is not None else _store_folder(results_dir(), name)
+
+
+def _store_folder(results: str | os.PathLike, name: str) -> Path:
+    """Sweep `name`'s folder in the results store `results` (run_sweep's layout without a `root`)."""
+    return Path(results) / "experiments" / name
 
 
 def _read(path: Path) -> dict | None:
@@ -407,8 +412,7 @@ def reproduce_plan(results: str | os.PathLike | None = None) -> pd.DataFrame:
     rows = []
     for name in names:
         records = read_snapshot(name)
-        done = ({p.stem for p in (Path(results) / "experiments" / name).glob("*.json")}
-                if results is not None else set())
+        done = {p.stem for p in _store_folder(results, name).glob("*.json")} if results is not None else set()
         rows.append({"notebook": owners[name], "snapshot": name, "points": len(records),
                      "wall_s": sum(r.get("wall_s") or 0.0 for r in records),
                      "done": sum(r["key"] in done for r in records),

@@ -69,6 +69,13 @@ def interval_cells(intervals: pd.DataFrame, index: str = "label", columns: str =
     return wide
 
 
+def interval_text(estimate, low, high, fmt: str = ".4g") -> list[str]:
+    """Estimates with their intervals as table cells, "37.98 [35.09, 41.13]", element by element
+    (columns of a table: `df.assign(perplexity=interval_text(df.perplexity, df.low, df.high))`);
+    `fmt` is a format spec, e.g. "+.3f" for differences."""
+    return [f"{e:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" for e, lo, hi in zip(estimate, low, high)]
+
+
 def paired_cell(test: dict, digits: int = 2, unit: str = "") -> str:
     """One paired test as a findings-table cell: "a 0.70 vs b 0.58: +0.12 [+0.05, +0.19], p=0.001,
     n=180 (3 seeds)", from a dict with a, b, a_score, b_score, difference, low, high, p_value, n
